@@ -1,0 +1,132 @@
+//! Events: every change to a conversation is one event in its append-only log.
+//!
+//! On the wire an event is `{id, kind, at, actor: {id, role, name}, ...}` where the rest
+//! depends on `kind` ([`EventData`]). Its [`Visibility`] follows from what it is (a
+//! message is public, a note internal or supervisors-only), so it can never disagree with
+//! the content.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::ids::{Audience, EventId, InboxId, Role, UserId};
+
+/// Who may see an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    /// The customer, agents and supervisors.
+    Public,
+    /// Agents and supervisors.
+    Internal,
+    /// Supervisors and admins only.
+    Supervisors,
+}
+
+impl Visibility {
+    pub fn visible_to(self, audience: Audience) -> bool {
+        matches!(
+            (self, audience),
+            (Visibility::Public, _)
+                | (
+                    Visibility::Internal,
+                    Audience::Agents | Audience::Supervisors
+                )
+                | (Visibility::Supervisors, Audience::Supervisors)
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Public => "public",
+            Visibility::Internal => "internal",
+            Visibility::Supervisors => "supervisors",
+        }
+    }
+}
+
+/// The person behind an event, as shown to those who may see the event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub id: UserId,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// What kind of internal note this is; it shapes how consoles show it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoteType {
+    #[default]
+    General,
+    Context,
+    Transfer,
+    Resolution,
+    Coaching,
+}
+
+/// Who reads a note: the whole team, or supervisors and admins only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoteAudience {
+    #[default]
+    Agents,
+    Supervisors,
+}
+
+/// The kind-specific part of an event. Serialized with a `kind` tag beside its fields.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventData {
+    /// The first event of every conversation.
+    ConversationOpened {
+        inbox_id: InboxId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+    },
+    /// A message the customer sees: from the customer, or an agent's reply.
+    Message { body: String },
+    /// An internal note. Never shown to the customer.
+    Note {
+        body: String,
+        note_type: NoteType,
+        audience: NoteAudience,
+    },
+}
+
+impl EventData {
+    /// Who may see this event. Derived from the content, never stored apart from it.
+    pub fn visibility(&self) -> Visibility {
+        match self {
+            EventData::ConversationOpened { .. } | EventData::Message { .. } => Visibility::Public,
+            EventData::Note {
+                audience: NoteAudience::Agents,
+                ..
+            } => Visibility::Internal,
+            EventData::Note {
+                audience: NoteAudience::Supervisors,
+                ..
+            } => Visibility::Supervisors,
+        }
+    }
+
+    /// The wire name of the kind (`message`, `note`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventData::ConversationOpened { .. } => "conversation_opened",
+            EventData::Message { .. } => "message",
+            EventData::Note { .. } => "note",
+        }
+    }
+}
+
+/// An event as it appears inside an `event` frame or an HTTP history page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventView {
+    pub id: EventId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub actor: Actor,
+    #[serde(flatten)]
+    pub data: EventData,
+}
