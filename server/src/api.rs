@@ -1,0 +1,233 @@
+//! The HTTP API: one router, built in [`router`], and handlers that translate between
+//! HTTP and the [`Service`].
+//!
+//! **Only `api` and `ws` know HTTP.** Every error leaves as
+//! `{"error": {"code", "message"}}` with the status of its code, including the ones axum
+//! would answer itself (a malformed body, an unknown path).
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use backchannel_protocol::http::{ErrorBody, ErrorDetail, OpenConversation, PutInbox};
+use backchannel_protocol::{ConversationId, InboxId};
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::auth::Identity;
+use crate::error::ServiceError;
+use crate::service::ListQuery;
+
+/// Largest request body.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/ws", get(crate::ws::upgrade))
+        .route("/v1/inboxes/{id}", put(put_inbox))
+        .route(
+            "/v1/conversations",
+            post(open_conversation).get(list_conversations),
+        )
+        .route("/v1/conversations/{id}", get(show_conversation))
+        .route("/v1/conversations/{id}/events", get(history))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// A service error on its way out as an HTTP response.
+#[derive(Debug)]
+pub struct ApiError(pub ServiceError);
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.0.code();
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.0.to_string(),
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+fn body_error(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError(ServiceError::TooLarge(format!(
+            "request body over {MAX_BODY_BYTES} bytes"
+        )))
+    } else {
+        ApiError(ServiceError::bad_request(rejection.body_text()))
+    }
+}
+
+fn query_error(rejection: QueryRejection) -> ApiError {
+    ApiError(ServiceError::bad_request(rejection.body_text()))
+}
+
+fn conversation_id(raw: &str) -> Result<ConversationId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError(ServiceError::bad_request("not a conversation id (a UUID)")))
+}
+
+/// The caller, from `Authorization: Bearer <token>`.
+pub struct Caller(pub Identity);
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError(ServiceError::Unauthorized(
+                    "missing `Authorization: Bearer <token>`".into(),
+                ))
+            })?;
+        Ok(Caller(state.service.authenticate(token.trim()).await?))
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.service.ready().await {
+        Ok(()) => Json(serde_json::json!({"store": "ok", "broker": "ok"})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"store": e.to_string(), "broker": "ok"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError(ServiceError::NotFound("route".into()))
+}
+
+async fn put_inbox(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    body: Result<Json<PutInbox>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(body_error)?;
+    let inbox = state
+        .service
+        .put_inbox(&who, InboxId(id), body.name)
+        .await?;
+    Ok(Json(inbox).into_response())
+}
+
+async fn open_conversation(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    body: Result<Json<OpenConversation>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(body_error)?;
+    let view = state.service.open_conversation(&who, body).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn list_conversations(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let list = state.service.list_conversations(&who, query).await?;
+    Ok(Json(serde_json::json!({ "conversations": list })).into_response())
+}
+
+async fn show_conversation(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = conversation_id(&id)?;
+    let view = state.service.conversation(&who, id).await?;
+    Ok(Json(view).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<u32>,
+}
+
+async fn history(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let id = conversation_id(&id)?;
+    let Query(query) = query.map_err(query_error)?;
+    let page = state
+        .service
+        .history(&who, id, query.after, query.limit)
+        .await?;
+    Ok(Json(page).into_response())
+}
+
+/// Keeps the protocol's code list and the HTTP mapping in one place for tests.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backchannel_protocol::ErrorCode;
+
+    #[test]
+    fn every_code_has_an_http_status() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::Conflict,
+            ErrorCode::TooLarge,
+            ErrorCode::RateLimited,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ] {
+            assert!(StatusCode::from_u16(code.http_status()).is_ok());
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Assembly and lifecycle: builds the store, writer, hub and service, serves the router
+//! on a listener, and shuts everything down in order.
+//!
+//! Shutdown: the caller's `shutdown` future resolves → one [`CancellationToken`] is
+//! cancelled → axum stops accepting and finishes HTTP requests in flight, and every
+//! socket finishes the command it is handling, sends what it has queued and closes with
+//! 1001 → once every socket task is done, the writer commits what is still queued and
+//! the store closes.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{self, AuthError, Keys};
+use crate::config::{Config, Limits};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::service::Service;
+use crate::store::sqlite::SqliteStore;
+use crate::store::writer::Writer;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// What handlers share.
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub allowed_origins: Option<Vec<String>>,
+    /// Cancelled once, when the node shuts down.
+    pub shutdown: CancellationToken,
+    /// Every socket task, so shutdown can wait for them.
+    pub sockets: TaskTracker,
+    pub open_sockets: AtomicUsize,
+}
+
+/// Serves on `listener` until `shutdown` resolves, then shuts down gracefully.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    if config.database_url.is_some() {
+        return Err(ServerError::Unsupported(
+            "PostgreSQL (--database-url) is not supported yet; leave it unset to use SQLite",
+        ));
+    }
+    if config.redis_url.is_some() {
+        return Err(ServerError::Unsupported(
+            "Redis (--redis-url) is not supported yet; leave it unset to run one node",
+        ));
+    }
+    let (secret, _) = auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
+    let store: Arc<dyn Store> = SqliteStore::open(&config.data_dir).await?;
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new(store.clone()));
+    let writer = Writer::start(store.clone(), hub.clone(), metrics.clone());
+    let service = Arc::new(Service::new(store, writer, hub, Keys::new(&secret)));
+    let stop = CancellationToken::new();
+    let state = Arc::new(AppState {
+        service: service.clone(),
+        metrics,
+        limits: config.limits.clone(),
+        allowed_origins: config.allowed_origins.clone(),
+        shutdown: stop.clone(),
+        sockets: TaskTracker::new(),
+        open_sockets: AtomicUsize::new(0),
+    });
+    let router = crate::api::router(state.clone());
+
+    let trigger = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        })
+    };
+    let listener = listener.tap_io(|tcp| {
+        // Frames are small and latency matters more than packet count.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("cannot set TCP_NODELAY: {e}");
+        }
+    });
+    tracing::info!(node = %config.node_id, "serving");
+    let graceful = {
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    };
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(graceful)
+        .await;
+    stop.cancel();
+    trigger.abort();
+    state.sockets.close();
+    state.sockets.wait().await;
+    service.shutdown().await;
+    tracing::info!("stopped");
+    served.map_err(ServerError::from)
+}

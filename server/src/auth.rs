@@ -1,0 +1,254 @@
+//! Tokens: who a caller is.
+//!
+//! Every caller presents an HS256 JWT signed with the node's secret. [`Keys::verify`]
+//! turns a token into an [`Identity`] or refuses it; [`Keys::mint`] signs one (for
+//! `backchannel token` and tests). The secret is given (`--jwt-secret`) or generated once
+//! and kept in the data directory, so every restart accepts the tokens it issued.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backchannel_protocol::{InboxId, Role, UserId};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// Longest `sub` a token may carry.
+const MAX_SUB_LEN: usize = 128;
+/// Seconds of clock skew tolerated on `exp`.
+const EXP_LEEWAY_SECS: u64 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("token refused: {0}")]
+    Invalid(String),
+    #[error("cannot read or write the secret file {path}: {source}")]
+    SecretFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot sign a token: {0}")]
+    Sign(String),
+}
+
+/// The claims of a Backchannel token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teams: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inboxes: Option<Vec<String>>,
+    pub exp: u64,
+}
+
+/// Which inboxes a staff member may work in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InboxScope {
+    All,
+    Only(HashSet<InboxId>),
+}
+
+impl InboxScope {
+    pub fn allows(&self, inbox: &InboxId) -> bool {
+        match self {
+            InboxScope::All => true,
+            InboxScope::Only(set) => set.contains(inbox),
+        }
+    }
+}
+
+/// A verified caller.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub user_id: UserId,
+    pub role: Role,
+    pub name: Option<String>,
+    /// The @mention handle: the `handle` claim, else `sub` lower-cased.
+    pub handle: String,
+    pub teams: Vec<String>,
+    /// Meaningful for staff only; customers reach conversations through their contact id.
+    pub inboxes: InboxScope,
+}
+
+impl Identity {
+    fn from_claims(claims: Claims) -> Result<Self, AuthError> {
+        if claims.sub.is_empty() || claims.sub.chars().count() > MAX_SUB_LEN {
+            return Err(AuthError::Invalid(format!(
+                "`sub` must be 1 to {MAX_SUB_LEN} characters"
+            )));
+        }
+        let inboxes = match (&claims.inboxes, claims.role) {
+            (Some(list), _) if list.iter().any(|i| i == "*") => InboxScope::All,
+            (Some(list), _) => InboxScope::Only(list.iter().map(|i| InboxId(i.clone())).collect()),
+            (None, Role::Supervisor | Role::Admin) => InboxScope::All,
+            (None, _) => InboxScope::Only(HashSet::new()),
+        };
+        let handle = claims
+            .handle
+            .clone()
+            .unwrap_or_else(|| claims.sub.to_lowercase());
+        Ok(Identity {
+            user_id: UserId(claims.sub),
+            role: claims.role,
+            name: claims.name,
+            handle,
+            teams: claims.teams.unwrap_or_default(),
+            inboxes,
+        })
+    }
+}
+
+/// The node's signing and verifying keys.
+#[derive(Clone)]
+pub struct Keys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(..)")
+    }
+}
+
+impl Keys {
+    pub fn new(secret: &[u8]) -> Self {
+        // Only HS256: a token naming `none` or any other algorithm fails validation.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp"]);
+        validation.validate_exp = true;
+        validation.leeway = EXP_LEEWAY_SECS;
+        Keys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        Identity::from_claims(data.claims)
+    }
+
+    pub fn mint(&self, claims: &Claims) -> Result<String, AuthError> {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .map_err(|e| AuthError::Sign(e.to_string()))
+    }
+}
+
+/// `exp` for a token valid for `ttl` from now.
+pub fn expiry_after(ttl: Duration) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (now + ttl).as_secs()
+}
+
+/// The file a generated secret is kept in.
+pub fn secret_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("jwt-secret")
+}
+
+/// The configured secret, or the one kept in the data directory (generated on first use).
+/// Returns the secret and, when it came from a file, the file's path.
+pub fn load_or_create_secret(
+    configured: Option<&str>,
+    data_dir: &Path,
+) -> Result<(Vec<u8>, Option<PathBuf>), AuthError> {
+    if let Some(secret) = configured {
+        return Ok((secret.as_bytes().to_vec(), None));
+    }
+    let path = secret_path(data_dir);
+    let io_err = |source| AuthError::SecretFile {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => {
+            return Ok((text.trim().as_bytes().to_vec(), Some(path)))
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    std::fs::create_dir_all(data_dir).map_err(io_err)?;
+    let bytes: [u8; 32] = rand::random();
+    let secret = hex::encode(bytes);
+    write_private(&path, secret.as_bytes()).map_err(io_err)?;
+    Ok((secret.into_bytes(), Some(path)))
+}
+
+/// Writes a file readable by its owner only.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(role: Role) -> Claims {
+        Claims {
+            sub: "Alice".into(),
+            role,
+            name: None,
+            handle: None,
+            teams: None,
+            inboxes: None,
+            exp: expiry_after(Duration::from_secs(60)),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_defaults() {
+        let keys = Keys::new(b"secret");
+        let token = keys.mint(&claims(Role::Agent)).expect("mint");
+        let id = keys.verify(&token).expect("verify");
+        assert_eq!(id.handle, "alice");
+        assert_eq!(id.inboxes, InboxScope::Only(HashSet::new()));
+        let token = keys.mint(&claims(Role::Supervisor)).expect("mint");
+        assert_eq!(
+            keys.verify(&token).expect("verify").inboxes,
+            InboxScope::All
+        );
+    }
+
+    #[test]
+    fn refuses_other_secret_and_expired() {
+        let keys = Keys::new(b"secret");
+        let other = Keys::new(b"other");
+        let token = other.mint(&claims(Role::Agent)).expect("mint");
+        assert!(keys.verify(&token).is_err());
+        let mut old = claims(Role::Agent);
+        old.exp = 1_000;
+        let token = keys.mint(&old).expect("mint");
+        assert!(keys.verify(&token).is_err());
+    }
+
+    #[test]
+    fn secret_is_generated_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, path) = load_or_create_secret(None, dir.path()).expect("create");
+        let (b, _) = load_or_create_secret(None, dir.path()).expect("load");
+        assert_eq!(a, b);
+        assert!(path.expect("path").exists());
+    }
+}

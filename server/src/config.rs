@@ -1,0 +1,70 @@
+//! Runtime configuration: what `backchannel serve` was told, with the contract's defaults.
+//!
+//! `main.rs` fills a [`Config`] from flags and environment; tests build one directly with
+//! [`Config::for_tests`]. Nothing else reads flags or the environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything [`crate::run`] needs besides the listening socket.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the SQLite file and the generated JWT secret live.
+    pub data_dir: PathBuf,
+    /// `postgres://...` selects PostgreSQL; unset means SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// Redis pub/sub between nodes; unset means this node is alone.
+    pub redis_url: Option<String>,
+    /// HS256 secret; unset means generated once and kept in `data_dir`.
+    pub jwt_secret: Option<String>,
+    /// Origins allowed to open a WebSocket; `None` allows any.
+    pub allowed_origins: Option<Vec<String>>,
+    /// This node's name in logs and metrics.
+    pub node_id: String,
+    pub limits: Limits,
+}
+
+/// The bounds that keep one node's memory and work finite whatever clients do.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Open WebSockets; the next upgrade is refused with 503.
+    pub max_connections: usize,
+    /// Frames queued for one socket; a socket whose queue is full is closed with 4008.
+    pub send_queue_frames: usize,
+    /// Largest client frame, in bytes; a larger one closes the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// How long a new socket has to send `hello`.
+    pub hello_timeout: Duration,
+    /// Interval of server pings; a socket silent for two intervals is closed.
+    pub heartbeat_interval: Duration,
+    /// Conversations one socket may subscribe to at once.
+    pub max_subscriptions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            send_queue_frames: 2_048,
+            max_frame_bytes: backchannel_protocol::MAX_FRAME_BYTES,
+            hello_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(25),
+            max_subscriptions: 500,
+        }
+    }
+}
+
+impl Config {
+    /// A node on SQLite in `data_dir`, with a fixed secret, as the tests start it.
+    pub fn for_tests(data_dir: PathBuf, jwt_secret: &str) -> Self {
+        Self {
+            data_dir,
+            database_url: None,
+            redis_url: None,
+            jwt_secret: Some(jwt_secret.to_owned()),
+            allowed_origins: None,
+            node_id: "test".to_owned(),
+            limits: Limits::default(),
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! One conversation's subscribers on this node, and the order they receive events in.
+//!
+//! A room keeps the heads of what it has delivered and a small reorder buffer. An event
+//! with the next supervisor `seq` is fanned out at once; a duplicate is dropped; one that
+//! leaves a hole waits in the buffer while a backfill task reads the hole from the store.
+//! Each member also remembers the last `seq` it was given, so an event that reached it by
+//! replay is never delivered to it again.
+//!
+//! Customers and staff are kept in two lists of different types: the customer list holds
+//! [`CustomerOutbox`]es, which accept only frames built from public events.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backchannel_protocol::server::SubscribeResult;
+use backchannel_protocol::{Audience, ConversationId, MAX_REPLAY};
+use parking_lot::Mutex;
+use tokio::sync::OnceCell;
+
+use super::{ConnId, Hub, HubError};
+use crate::store::{Event, Heads, StoreError};
+use crate::visibility::{CustomerFrame, PublicEvent, PublicTyping, StaffFrame, Typing};
+use crate::ws::outbox::{CustomerOutbox, StaffOutbox};
+
+/// How long a hole may stay open before it is read from the store: events from other
+/// nodes can arrive slightly out of order.
+const HOLE_WAIT: Duration = Duration::from_millis(20);
+/// Events held while a hole is being filled; beyond that they are dropped and read back
+/// from the store with the hole.
+const MAX_PENDING: usize = 4096;
+/// Events read from the store per step of a replay.
+const REPLAY_PAGE: u32 = 500;
+
+/// Where a subscriber's frames go, typed by which side of the conversation it is on.
+#[derive(Clone)]
+pub enum Seat {
+    Customer(CustomerOutbox),
+    Staff(StaffOutbox),
+}
+
+impl Seat {
+    pub fn audience(&self) -> Audience {
+        match self {
+            Seat::Customer(_) => Audience::Customer,
+            Seat::Staff(outbox) => outbox.audience().audience(),
+        }
+    }
+
+    /// Queues one replayed event, waiting for room. False if the socket closed.
+    async fn replay(&self, event: Arc<Event>) -> bool {
+        match self {
+            Seat::Customer(outbox) => match PublicEvent::try_from(event) {
+                Ok(public) => outbox.push_wait(&CustomerFrame::event(&public)).await,
+                Err(_) => {
+                    tracing::error!("a non-public event was read from the public stream");
+                    true
+                }
+            },
+            Seat::Staff(outbox) => match StaffFrame::event(&event, outbox.audience()) {
+                Some(frame) => outbox.push_wait(&frame).await,
+                None => true,
+            },
+        }
+    }
+}
+
+struct Member<O> {
+    conn: ConnId,
+    outbox: O,
+    /// The last `seq` of the member's stream it has been given.
+    last_seq: u64,
+}
+
+#[derive(Default)]
+struct RoomState {
+    /// Heads of what this room has delivered; `None` until read from the store.
+    heads: Option<Heads>,
+    /// Events that arrived ahead of a hole, by supervisor `seq`.
+    pending: BTreeMap<u64, Arc<Event>>,
+    customers: Vec<Member<CustomerOutbox>>,
+    staff: Vec<Member<StaffOutbox>>,
+    /// Set when the room is removed from the hub; a join that sees it starts over.
+    closed: bool,
+    backfilling: bool,
+}
+
+impl RoomState {
+    fn is_empty(&self) -> bool {
+        self.customers.is_empty() && self.staff.is_empty()
+    }
+
+    /// Delivers `event` to every member that has not had it, and moves the heads.
+    fn fan_out(&mut self, event: &Arc<Event>) {
+        if let Some(heads) = self.heads.as_mut() {
+            *heads = heads.after(&event.seqs);
+        }
+        if !self.customers.is_empty() {
+            if let Ok(public) = PublicEvent::try_from(event.clone()) {
+                let seq = public.seq();
+                let frame = CustomerFrame::event(&public);
+                self.customers.retain_mut(|member| {
+                    if member.last_seq >= seq {
+                        return true;
+                    }
+                    member.last_seq = seq;
+                    member.outbox.push(&frame)
+                });
+            }
+        }
+        // Built at most once per staff audience, then shared.
+        let mut agents_frame: Option<StaffFrame> = None;
+        let mut supervisors_frame: Option<StaffFrame> = None;
+        self.staff.retain_mut(|member| {
+            let audience = member.outbox.audience();
+            let Some(seq) = event.seqs.for_audience(audience.audience()) else {
+                return true;
+            };
+            if member.last_seq >= seq {
+                return true;
+            }
+            let slot = match audience {
+                crate::visibility::StaffAudience::Agents => &mut agents_frame,
+                crate::visibility::StaffAudience::Supervisors => &mut supervisors_frame,
+            };
+            if slot.is_none() {
+                *slot = StaffFrame::event(event, audience);
+            }
+            let Some(frame) = slot.as_ref() else {
+                return true;
+            };
+            member.last_seq = seq;
+            member.outbox.push(frame)
+        });
+    }
+
+    /// Delivers buffered events that have become next in line.
+    fn drain_pending(&mut self) {
+        let Some(mut next) = self.heads.map(|h| h.supervisor + 1) else {
+            return;
+        };
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() < next {
+                entry.remove();
+            } else if *entry.key() == next {
+                let event = entry.remove();
+                self.fan_out(&event);
+                next += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn buffer(&mut self, event: &Arc<Event>) {
+        if self.pending.len() < MAX_PENDING {
+            self.pending.insert(event.seqs.supervisor, event.clone());
+        }
+    }
+
+    /// Supervisor seq range `(after, before)` still missing, if any.
+    fn hole(&self) -> Option<(u64, u64)> {
+        let head = self.heads?.supervisor;
+        let (&first, _) = self.pending.first_key_value()?;
+        (first > head + 1).then_some((head, first))
+    }
+}
+
+pub(super) enum JoinError {
+    RoomClosed,
+    Hub(HubError),
+}
+
+impl From<HubError> for JoinError {
+    fn from(e: HubError) -> Self {
+        JoinError::Hub(e)
+    }
+}
+
+impl From<StoreError> for JoinError {
+    fn from(e: StoreError) -> Self {
+        JoinError::Hub(HubError::Store(e))
+    }
+}
+
+pub struct Room {
+    id: ConversationId,
+    state: Mutex<RoomState>,
+    ready: OnceCell<()>,
+}
+
+impl Room {
+    pub fn new(id: ConversationId) -> Room {
+        Room {
+            id,
+            state: Mutex::new(RoomState::default()),
+            ready: OnceCell::new(),
+        }
+    }
+
+    /// Reads the heads from the store once. The room is already in the hub's map, so
+    /// every event committed after this read reaches [`Room::deliver`]; those committed
+    /// before are at or below the heads and replayed from the store by each subscriber.
+    async fn ensure_ready(self: &Arc<Self>, hub: &Hub) -> Result<(), HubError> {
+        self.ready
+            .get_or_try_init(|| async {
+                let record = hub
+                    .store()
+                    .conversation(self.id)
+                    .await?
+                    .ok_or(HubError::NotFound)?;
+                let mut state = self.state.lock();
+                state.heads = Some(record.heads);
+                state.drain_pending();
+                self.start_backfill_if_needed(&mut state, hub);
+                Ok::<(), HubError>(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    pub(super) async fn join(
+        self: &Arc<Self>,
+        hub: &Hub,
+        conn: ConnId,
+        seat: Seat,
+        since: Option<u64>,
+    ) -> Result<SubscribeResult, JoinError> {
+        self.ensure_ready(hub).await?;
+        let audience = seat.audience();
+        let record = hub
+            .store()
+            .conversation(self.id)
+            .await?
+            .ok_or(HubError::NotFound)?;
+        let stream_head = record.heads.get(audience);
+        let mut result = SubscribeResult {
+            conversation_id: self.id,
+            ..Default::default()
+        };
+        let mut last = since.unwrap_or(0);
+        if last > stream_head {
+            result.reset = true;
+            last = 0;
+        }
+        if stream_head - last > MAX_REPLAY {
+            last = stream_head - MAX_REPLAY;
+            result.truncated = true;
+            result.replay_from = Some(last + 1);
+        }
+        loop {
+            {
+                let mut state = self.state.lock();
+                if state.closed {
+                    return Err(JoinError::RoomClosed);
+                }
+                let delivered = state.heads.map(|h| h.get(audience)).unwrap_or(0);
+                if delivered <= last {
+                    // Everything the room has delivered, this socket has been given by
+                    // replay; from here on it is live, under the same lock as delivery.
+                    match seat {
+                        Seat::Customer(outbox) => state.customers.push(Member {
+                            conn,
+                            outbox,
+                            last_seq: last,
+                        }),
+                        Seat::Staff(outbox) => state.staff.push(Member {
+                            conn,
+                            outbox,
+                            last_seq: last,
+                        }),
+                    }
+                    result.head = last;
+                    return Ok(result);
+                }
+            }
+            let events = hub
+                .store()
+                .events_after(self.id, audience, last, REPLAY_PAGE)
+                .await?;
+            if events.is_empty() {
+                // Delivery follows commit, so the store holds whatever the room delivered.
+                return Err(StoreError::Corrupt(format!(
+                    "conversation {} delivered past its stored head",
+                    self.id
+                ))
+                .into());
+            }
+            for event in events {
+                let Some(seq) = event.seqs.for_audience(audience) else {
+                    continue;
+                };
+                if !seat.replay(Arc::new(event)).await {
+                    return Err(HubError::SocketClosed.into());
+                }
+                last = seq;
+            }
+        }
+    }
+
+    pub fn remove_member(&self, conn: ConnId) {
+        let mut state = self.state.lock();
+        state.customers.retain(|m| m.conn != conn);
+        state.staff.retain(|m| m.conn != conn);
+    }
+
+    /// Marks the room closed if nobody is in it; the hub then drops it.
+    pub fn close_if_empty(&self) -> bool {
+        let mut state = self.state.lock();
+        if state.is_empty() {
+            state.closed = true;
+        }
+        state.closed
+    }
+
+    /// Delivers one committed event, in order, once.
+    pub fn deliver(self: &Arc<Self>, hub: &Hub, event: &Arc<Event>) {
+        let mut state = self.state.lock();
+        if state.closed {
+            return;
+        }
+        let Some(heads) = state.heads else {
+            state.buffer(event);
+            return;
+        };
+        let seq = event.seqs.supervisor;
+        if seq <= heads.supervisor {
+            return;
+        }
+        if seq == heads.supervisor + 1 {
+            state.fan_out(event);
+            state.drain_pending();
+        } else {
+            state.buffer(event);
+            self.start_backfill_if_needed(&mut state, hub);
+        }
+    }
+
+    fn start_backfill_if_needed(self: &Arc<Self>, state: &mut RoomState, hub: &Hub) {
+        if state.backfilling || state.hole().is_none() {
+            return;
+        }
+        state.backfilling = true;
+        let room = self.clone();
+        let store = hub.store().clone();
+        hub.tasks().spawn(async move {
+            tokio::time::sleep(HOLE_WAIT).await;
+            loop {
+                let hole = {
+                    let mut state = room.state.lock();
+                    let hole = if state.closed { None } else { state.hole() };
+                    if hole.is_none() {
+                        state.backfilling = false;
+                        return;
+                    }
+                    hole
+                };
+                let Some((after, before)) = hole else { return };
+                let limit = u32::try_from(before - after - 1).unwrap_or(u32::MAX);
+                match store
+                    .events_after(room.id, Audience::Supervisors, after, limit)
+                    .await
+                {
+                    Ok(events) => {
+                        let progressed = {
+                            let mut state = room.state.lock();
+                            let before = state.heads;
+                            for event in events {
+                                let next = state.heads.map(|h| h.supervisor + 1);
+                                if Some(event.seqs.supervisor) == next {
+                                    state.fan_out(&Arc::new(event));
+                                }
+                            }
+                            state.drain_pending();
+                            state.heads != before
+                        };
+                        if !progressed {
+                            // Not visible to this reader yet: try again shortly.
+                            tokio::time::sleep(HOLE_WAIT).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(conversation = %room.id, "backfill failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    pub fn typing(&self, from: ConnId, typing: Typing) {
+        let mut state = self.state.lock();
+        let staff_frame = StaffFrame::typing(&typing);
+        state
+            .staff
+            .retain(|m| m.conn == from || m.outbox.push(&staff_frame));
+        if let Ok(public) = PublicTyping::try_from(typing) {
+            let frame = CustomerFrame::typing(&public);
+            state
+                .customers
+                .retain(|m| m.conn == from || m.outbox.push(&frame));
+        }
+    }
+}

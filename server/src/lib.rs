@@ -1,0 +1,38 @@
+//! Backchannel: a real-time collaboration hub for customer-support teams.
+//!
+//! A conversation has a customer on one side and a team on the other. Every change is an
+//! event appended to a durable log and then delivered, live, to every socket allowed to
+//! see it. The customer's side of a room can only be handed public events: that rule is
+//! carried by the types in [`visibility`], not by checks in handlers.
+//!
+//! Map of the modules, in the order a note travels through them:
+//!
+//! - [`ws`]: the WebSocket endpoint. One task reads a socket and calls the service;
+//!   one writer task per socket drains its bounded [`ws::outbox::Outbox`].
+//! - [`api`]: the HTTP endpoints, calling the same service.
+//! - [`service`]: the one write path. Checks who may do what, builds events, hands them to
+//!   the writer and waits until they are durable.
+//! - [`store`]: the event log. [`store::writer`] group-commits appends; only `store`
+//!   names sqlx.
+//! - [`hub`]: rooms per conversation; delivers committed events to subscribers in `seq`
+//!   order, once, serializing each event once per audience.
+//! - [`visibility`]: `PublicEvent` and the typed frames each side of a room accepts.
+//! - [`auth`]: tokens. [`metrics`]: Prometheus counters. [`config`]: limits and flags.
+//!
+//! [`run`] starts all of it on a bound listener and returns after a graceful shutdown.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod metrics;
+pub mod service;
+pub mod store;
+pub mod visibility;
+pub mod ws;
+
+mod app;
+
+pub use app::{run, ServerError};
+pub use config::{Config, Limits};

@@ -1,0 +1,206 @@
+//! The `backchannel` binary: parses flags, binds, and hands over to [`backchannel::run`].
+//!
+//! `backchannel serve` runs a node; `backchannel token` prints a signed token for trying
+//! it out and for scripts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use backchannel::auth::{self, Claims, Keys};
+use backchannel::{Config, Limits};
+use backchannel_protocol::Role;
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "backchannel",
+    version,
+    about = "Real-time collaboration hub for support teams"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (SQLite in the data directory unless --database-url is given).
+    Serve(ServeArgs),
+    /// Print a signed token.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct SecretArgs {
+    /// Where the SQLite file and the generated secret live.
+    #[arg(long, env = "BACKCHANNEL_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// HS256 secret; unset: generated once and kept in the data directory.
+    #[arg(long, env = "BACKCHANNEL_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long, env = "BACKCHANNEL_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    #[command(flatten)]
+    secret: SecretArgs,
+    /// postgres://... selects PostgreSQL.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Redis pub/sub between nodes.
+    #[arg(long, env = "BACKCHANNEL_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Comma-separated origins allowed to open a WebSocket.
+    #[arg(long, env = "BACKCHANNEL_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Option<Vec<String>>,
+    #[arg(long, env = "BACKCHANNEL_NODE_ID")]
+    node_id: Option<String>,
+    /// Open WebSockets before upgrades are refused with 503.
+    #[arg(long, env = "BACKCHANNEL_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Frames queued per socket before it is closed with 4008.
+    #[arg(long, env = "BACKCHANNEL_SEND_QUEUE")]
+    send_queue: Option<usize>,
+    #[arg(long, env = "BACKCHANNEL_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u64>,
+    #[arg(long, env = "BACKCHANNEL_HELLO_TIMEOUT_MS")]
+    hello_timeout_ms: Option<u64>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[arg(long)]
+    role: Role,
+    #[arg(long)]
+    sub: String,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    handle: Option<String>,
+    /// Comma-separated inbox ids, or `*`.
+    #[arg(long, value_delimiter = ',')]
+    inboxes: Option<Vec<String>>,
+    /// Comma-separated team ids.
+    #[arg(long, value_delimiter = ',')]
+    teams: Option<Vec<String>>,
+    /// How long the token is valid: 30m, 1h, 7d...
+    #[arg(long, default_value = "1h")]
+    ttl: humantime::Duration,
+    #[command(flatten)]
+    secret: SecretArgs,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Token(args) => token(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("backchannel: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let (secret, secret_file) =
+        auth::load_or_create_secret(args.secret.jwt_secret.as_deref(), &args.secret.data_dir)
+            .map_err(|e| e.to_string())?;
+    let secret = String::from_utf8(secret).map_err(|_| "the secret is not UTF-8".to_string())?;
+    let defaults = Limits::default();
+    let config = Config {
+        data_dir: args.secret.data_dir,
+        database_url: args.database_url,
+        redis_url: args.redis_url,
+        jwt_secret: Some(secret),
+        allowed_origins: args.allowed_origins,
+        node_id: args
+            .node_id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()),
+        limits: Limits {
+            max_connections: args.max_connections.unwrap_or(defaults.max_connections),
+            send_queue_frames: args.send_queue.unwrap_or(defaults.send_queue_frames),
+            heartbeat_interval: args
+                .heartbeat_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.heartbeat_interval),
+            hello_timeout: args
+                .hello_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.hello_timeout),
+            ..defaults
+        },
+    };
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        match &secret_file {
+            Some(path) => println!("jwt secret kept in {}", path.display()),
+            None => println!("jwt secret from --jwt-secret"),
+        }
+        println!("listening on http://{address}");
+        backchannel::run(config, listener, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
+
+fn token(args: TokenArgs) -> Result<(), String> {
+    let (secret, _) =
+        auth::load_or_create_secret(args.secret.jwt_secret.as_deref(), &args.secret.data_dir)
+            .map_err(|e| e.to_string())?;
+    let claims = Claims {
+        sub: args.sub,
+        role: args.role,
+        name: args.name,
+        handle: args.handle,
+        teams: args.teams,
+        inboxes: args.inboxes,
+        exp: auth::expiry_after(args.ttl.into()),
+    };
+    let token = Keys::new(&secret)
+        .mint(&claims)
+        .map_err(|e| e.to_string())?;
+    println!("{token}");
+    Ok(())
+}

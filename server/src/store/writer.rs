@@ -1,0 +1,151 @@
+//! The single writer: group commit, then acknowledge, then publish.
+//!
+//! Every append from every connection and HTTP request is a [`WriteRequest`] sent to one
+//! task. The task takes everything waiting in its queue (up to [`MAX_BATCH`]), writes it
+//! in one transaction, and only after the commit returns does it hand the new events to
+//! the [`CommitListener`] (the hub, which delivers them) and answer each caller. So an
+//! `ok` always follows durability, delivery follows commit order, and one fsync serves
+//! every append that arrived together.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{Event, Store, WriteOutcome, WriteRefusal, WriteRequest};
+use crate::metrics::Metrics;
+
+/// Most requests committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+/// Requests that may wait for the writer before callers are made to wait in turn.
+const QUEUE_DEPTH: usize = 8192;
+
+/// Told about events once they are durable, in commit order.
+pub trait CommitListener: Send + Sync + 'static {
+    fn committed(&self, events: &[Arc<Event>]);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Refused(#[from] WriteRefusal),
+    /// The store failed; nothing of the batch was written.
+    #[error("the store failed: {0}")]
+    Store(String),
+    /// The writer has shut down.
+    #[error("the server is shutting down")]
+    Closed,
+}
+
+struct Job {
+    request: WriteRequest,
+    reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
+}
+
+/// The handle callers write through.
+pub struct Writer {
+    queue: mpsc::Sender<Job>,
+    stop: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Writer {
+    pub fn start(
+        store: Arc<dyn Store>,
+        listener: Arc<dyn CommitListener>,
+        metrics: Arc<Metrics>,
+    ) -> Writer {
+        let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(store, listener, metrics, jobs, stop.clone()));
+        Writer {
+            queue,
+            stop,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Appends and waits until the result is durable.
+    pub async fn write(&self, request: WriteRequest) -> Result<WriteOutcome, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Job { request, reply })
+            .await
+            .map_err(|_| WriteError::Closed)?;
+        answer.await.map_err(|_| WriteError::Closed)?
+    }
+
+    /// Stops taking requests, commits those already queued, and waits for the task.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let task = self.task.lock().take();
+        if let Some(task) = task {
+            if let Err(e) = task.await {
+                tracing::error!("writer task failed: {e}");
+            }
+        }
+    }
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    listener: Arc<dyn CommitListener>,
+    metrics: Arc<Metrics>,
+    mut jobs: mpsc::Receiver<Job>,
+    stop: CancellationToken,
+) {
+    let mut closed = false;
+    loop {
+        let first = tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => break,
+            },
+            _ = stop.cancelled(), if !closed => {
+                // No new requests; the loop drains what is queued, then recv() ends it.
+                jobs.close();
+                closed = true;
+                continue;
+            }
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (requests, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|j| (j.request, j.reply)).unzip();
+        let started = Instant::now();
+        let result = store.write_batch(&requests).await;
+        metrics.observe_commit(started.elapsed(), requests.len());
+        match result {
+            Ok(outcomes) => {
+                let fresh: Vec<Arc<Event>> = outcomes
+                    .iter()
+                    .filter_map(|o| match o {
+                        Ok(WriteOutcome::Stored(event)) => Some(event.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                metrics.events_appended.inc_by(fresh.len() as u64);
+                listener.committed(&fresh);
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    // A caller that went away no longer needs its answer.
+                    let _ = reply.send(outcome.map_err(WriteError::Refused));
+                }
+            }
+            Err(e) => {
+                tracing::error!(batch = requests.len(), "append batch failed: {e}");
+                let message = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(WriteError::Store(message.clone())));
+                }
+            }
+        }
+    }
+}

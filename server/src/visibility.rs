@@ -1,0 +1,298 @@
+//! Who may be handed what: the customer's side of a room can only carry public content.
+//!
+//! The rule is carried by types rather than by checks in handlers:
+//!
+//! - [`PublicEvent`] can only be made by `PublicEvent::try_from(event)`, which refuses
+//!   internal and supervisors-only events. It carries the event's public `seq`.
+//! - [`PublicTyping`] can only be made from a [`Typing`] whose audience is public.
+//! - [`CustomerFrame`] can only be made from those two. The customer's outbox
+//!   ([`crate::ws::outbox::CustomerOutbox`]) accepts nothing else, and the replay and HTTP
+//!   history paths for customers go through [`PublicEvent`] too.
+//! - [`StaffFrame`] carries any event, with the `seq` of the staff member's stream; it
+//!   can only be pushed into a [`crate::ws::outbox::StaffOutbox`], which can only be made
+//!   for a staff identity.
+//!
+//! Every frame is serialized once per audience and shared by every recipient:
+//! [`SharedFrame`] is a reference-counted buffer, so cloning it is a pointer copy.
+
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use backchannel_protocol::client::TypingAudience;
+use backchannel_protocol::server::ServerFrame;
+use backchannel_protocol::{Actor, Audience, ConversationId, EventView, Visibility};
+
+use crate::store::Event;
+
+/// An event the customer may see. There is no other constructor than `try_from`.
+#[derive(Clone, Debug)]
+pub struct PublicEvent {
+    event: Arc<Event>,
+    seq: u64,
+}
+
+/// The event was not public.
+#[derive(Debug, thiserror::Error)]
+#[error("event is not public")]
+pub struct NotPublic;
+
+impl TryFrom<Arc<Event>> for PublicEvent {
+    type Error = NotPublic;
+
+    fn try_from(event: Arc<Event>) -> Result<Self, NotPublic> {
+        match (event.visibility(), event.seqs.public) {
+            (Visibility::Public, Some(seq)) => Ok(PublicEvent { event, seq }),
+            _ => Err(NotPublic),
+        }
+    }
+}
+
+impl PublicEvent {
+    /// The event's `seq` in the public stream.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn view(&self) -> &EventView {
+        &self.event.view
+    }
+
+    pub fn conversation_id(&self) -> ConversationId {
+        self.event.conversation_id
+    }
+}
+
+/// Someone is writing, in one conversation. Not stored.
+#[derive(Clone, Debug)]
+pub struct Typing {
+    pub conversation_id: ConversationId,
+    pub user: Actor,
+    pub audience: TypingAudience,
+}
+
+/// A typing indicator the customer may see: someone writing a public reply.
+#[derive(Clone, Debug)]
+pub struct PublicTyping(Typing);
+
+impl TryFrom<Typing> for PublicTyping {
+    type Error = NotPublic;
+
+    fn try_from(typing: Typing) -> Result<Self, NotPublic> {
+        match typing.audience {
+            TypingAudience::Public => Ok(PublicTyping(typing)),
+            TypingAudience::Internal => Err(NotPublic),
+        }
+    }
+}
+
+/// One serialized frame, shared by every socket it goes to.
+#[derive(Clone, Debug)]
+pub struct SharedFrame(Utf8Bytes);
+
+impl SharedFrame {
+    fn encode<R: serde::Serialize>(frame: &ServerFrame<'_, R>) -> SharedFrame {
+        // Serializing these plain structs cannot fail: no maps with non-string keys, no
+        // fallible Serialize impls. An empty frame would be dropped by clients anyway.
+        let text = serde_json::to_string(frame).unwrap_or_default();
+        SharedFrame(Utf8Bytes::from(text))
+    }
+
+    pub(crate) fn bytes(&self) -> &Utf8Bytes {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A frame for a customer's socket.
+#[derive(Clone, Debug)]
+pub struct CustomerFrame(SharedFrame);
+
+impl CustomerFrame {
+    pub fn event(event: &PublicEvent) -> CustomerFrame {
+        CustomerFrame(SharedFrame::encode::<()>(&ServerFrame::Event {
+            conversation_id: event.conversation_id(),
+            seq: event.seq,
+            event: event.view(),
+        }))
+    }
+
+    pub fn typing(typing: &PublicTyping) -> CustomerFrame {
+        CustomerFrame(typing_frame(&typing.0))
+    }
+
+    pub(crate) fn shared(&self) -> &SharedFrame {
+        &self.0
+    }
+}
+
+/// The two streams the team reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StaffAudience {
+    Agents,
+    Supervisors,
+}
+
+impl StaffAudience {
+    pub fn audience(self) -> Audience {
+        match self {
+            StaffAudience::Agents => Audience::Agents,
+            StaffAudience::Supervisors => Audience::Supervisors,
+        }
+    }
+
+    /// The staff stream a role reads; `None` for customers.
+    pub fn of(audience: Audience) -> Option<StaffAudience> {
+        match audience {
+            Audience::Customer => None,
+            Audience::Agents => Some(StaffAudience::Agents),
+            Audience::Supervisors => Some(StaffAudience::Supervisors),
+        }
+    }
+}
+
+/// A frame for an agent's, supervisor's or admin's socket.
+#[derive(Clone, Debug)]
+pub struct StaffFrame(SharedFrame);
+
+impl StaffFrame {
+    /// The event as `audience` sees it, or `None` if that audience may not see it.
+    pub fn event(event: &Event, audience: StaffAudience) -> Option<StaffFrame> {
+        let seq = event.seqs.for_audience(audience.audience())?;
+        Some(StaffFrame(SharedFrame::encode::<()>(&ServerFrame::Event {
+            conversation_id: event.conversation_id,
+            seq,
+            event: &event.view,
+        })))
+    }
+
+    /// Staff see every typing indicator, for replies and notes alike.
+    pub fn typing(typing: &Typing) -> StaffFrame {
+        StaffFrame(typing_frame(typing))
+    }
+
+    pub(crate) fn shared(&self) -> &SharedFrame {
+        &self.0
+    }
+}
+
+fn typing_frame(typing: &Typing) -> SharedFrame {
+    SharedFrame::encode::<()>(&ServerFrame::Typing {
+        conversation_id: typing.conversation_id,
+        user: &typing.user,
+        audience: typing.audience,
+    })
+}
+
+/// A frame that answers the socket's own commands (`welcome`, `ok`, `error`, `pong`).
+/// It carries no event; results are built from ids and counters.
+#[derive(Clone, Debug)]
+pub struct ControlFrame(SharedFrame);
+
+impl ControlFrame {
+    pub fn new<R: serde::Serialize>(frame: &ServerFrame<'_, R>) -> ControlFrame {
+        debug_assert!(!matches!(
+            frame,
+            ServerFrame::Event { .. } | ServerFrame::Typing { .. }
+        ));
+        ControlFrame(SharedFrame::encode(frame))
+    }
+
+    pub(crate) fn shared(&self) -> &SharedFrame {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Seqs;
+    use backchannel_protocol::{EventData, EventId, NoteAudience, NoteType, Role, UserId};
+
+    fn event(data: EventData, seqs: Seqs) -> Arc<Event> {
+        Arc::new(Event {
+            conversation_id: ConversationId::new(),
+            seqs,
+            view: EventView {
+                id: EventId::new(),
+                at: crate::store::now(),
+                actor: Actor {
+                    id: UserId::from("alice"),
+                    role: Role::Agent,
+                    name: None,
+                },
+                data,
+            },
+            client_id: None,
+            hash: [0; 32],
+        })
+    }
+
+    #[test]
+    fn notes_never_become_public_events() {
+        for audience in [NoteAudience::Agents, NoteAudience::Supervisors] {
+            let note = event(
+                EventData::Note {
+                    body: "secret".into(),
+                    note_type: NoteType::General,
+                    audience,
+                },
+                Seqs {
+                    supervisor: 2,
+                    agent: Some(2),
+                    // Even a wrongly numbered note is refused: visibility decides.
+                    public: Some(2),
+                },
+            );
+            assert!(PublicEvent::try_from(note).is_err());
+        }
+        let message = event(
+            EventData::Message { body: "hi".into() },
+            Seqs {
+                supervisor: 3,
+                agent: Some(3),
+                public: Some(2),
+            },
+        );
+        assert_eq!(PublicEvent::try_from(message).expect("public").seq(), 2);
+    }
+
+    #[test]
+    fn internal_typing_is_not_public() {
+        let typing = Typing {
+            conversation_id: ConversationId::new(),
+            user: Actor {
+                id: UserId::from("alice"),
+                role: Role::Agent,
+                name: None,
+            },
+            audience: TypingAudience::Internal,
+        };
+        assert!(PublicTyping::try_from(typing).is_err());
+    }
+
+    #[test]
+    fn staff_frames_use_the_audience_seq() {
+        let note = event(
+            EventData::Note {
+                body: "coaching".into(),
+                note_type: NoteType::Coaching,
+                audience: NoteAudience::Supervisors,
+            },
+            Seqs {
+                supervisor: 5,
+                agent: None,
+                public: None,
+            },
+        );
+        assert!(StaffFrame::event(&note, StaffAudience::Agents).is_none());
+        let frame = StaffFrame::event(&note, StaffAudience::Supervisors).expect("visible");
+        assert!(frame.shared().bytes().as_str().contains("\"seq\":5"));
+    }
+}

@@ -1,0 +1,358 @@
+//! One socket: `hello`, then commands until the socket closes.
+//!
+//! The reading task parses each frame in two steps (its `type` and `ref` first, so even a
+//! malformed command is answered under its `ref`), calls the [`Service`], and queues the
+//! one answer. Commands of one socket are handled in order, so answers come back in the
+//! order the frames were sent. On shutdown the command in progress finishes (its `ok`
+//! is queued) before the socket is closed with 1001.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use backchannel_protocol::client::CLIENT_FRAME_TYPES;
+use backchannel_protocol::server::{AppendResult, SessionUser, SubscribeResult};
+use backchannel_protocol::{ClientFrame, ConversationId, FrameHead, Ref};
+use futures::stream::SplitStream;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::outbox::{self, CloseReason, CustomerOutbox, Outbox, StaffOutbox};
+use super::SocketPermit;
+use crate::app::AppState;
+use crate::auth::Identity;
+use crate::error::ServiceError;
+use crate::hub::{ConnId, Seat};
+use crate::service::Service;
+use crate::visibility::ControlFrame;
+use backchannel_protocol::server::ServerFrame;
+
+/// What an `ok` carries besides `type` and `ref`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Reply {
+    Subscribed(SubscribeResult),
+    Appended(AppendResult),
+    Empty {},
+    /// `ping`'s answer: `ok` with its `ref`, else a `pong` frame.
+    Pong {},
+}
+
+pub async fn serve(socket: WebSocket, state: Arc<AppState>, _permit: SocketPermit) {
+    let (sink, mut stream) = socket.split();
+    let (outbox, receiver) = Outbox::new(state.limits.send_queue_frames, state.metrics.clone());
+    let writer = tokio::spawn(outbox::write_loop(sink, receiver));
+    if let Some(identity) = hello(&mut stream, &outbox, &state).await {
+        let mut session = Session {
+            conn: ConnId::next(),
+            identity,
+            outbox: outbox.clone(),
+            service: state.service.clone(),
+            subscriptions: HashSet::new(),
+            max_subscriptions: state.limits.max_subscriptions,
+        };
+        session.run(&mut stream, &state).await;
+        session.leave_all();
+    }
+    // Whatever ended the session has asked the writer to close; this covers the rest.
+    outbox.close(CloseReason::ClientGone);
+    if let Err(e) = writer.await {
+        tracing::error!("socket writer failed: {e}");
+    }
+}
+
+/// Waits for a valid `hello` and answers `welcome`; `None` if the socket must close.
+async fn hello(
+    stream: &mut SplitStream<WebSocket>,
+    outbox: &Outbox,
+    state: &AppState,
+) -> Option<Identity> {
+    let deadline = Instant::now() + state.limits.hello_timeout;
+    loop {
+        let message = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                outbox.close(CloseReason::Unauthorized);
+                return None;
+            }
+            _ = state.shutdown.cancelled() => {
+                outbox.close(CloseReason::GoingAway);
+                return None;
+            }
+            message = stream.next() => message,
+        };
+        let text = match message {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Binary(_))) => {
+                refuse(outbox, None, "the first frame must be a JSON `hello`").await;
+                return None;
+            }
+            Some(Ok(Message::Close(_))) | None => return None,
+            Some(Err(e)) => {
+                outbox.close(read_error_reason(e));
+                return None;
+            }
+        };
+        state.metrics.frames_in.inc();
+        let head: FrameHead = serde_json::from_str(&text).unwrap_or_default();
+        let token = match serde_json::from_str::<ClientFrame>(&text) {
+            Ok(ClientFrame::Hello { token }) => token,
+            _ => {
+                refuse(
+                    outbox,
+                    head.reference.as_ref(),
+                    "the first frame must be `hello`",
+                )
+                .await;
+                return None;
+            }
+        };
+        return match state.service.authenticate(&token).await {
+            Ok(identity) => {
+                let user = SessionUser {
+                    id: identity.user_id.clone(),
+                    role: identity.role,
+                    name: identity.name.clone(),
+                };
+                let session_id = uuid::Uuid::new_v4().to_string();
+                let welcome: ServerFrame<'_, ()> = ServerFrame::Welcome {
+                    session_id: &session_id,
+                    user: &user,
+                    heartbeat_ms: state.limits.heartbeat_interval.as_millis() as u64,
+                };
+                outbox.control(ControlFrame::new(&welcome)).await;
+                Some(identity)
+            }
+            Err(e) => {
+                refuse(outbox, head.reference.as_ref(), &e.to_string()).await;
+                None
+            }
+        };
+    }
+}
+
+/// Answers `unauthorized` and closes the socket with 4001.
+async fn refuse(outbox: &Outbox, reference: Option<&Ref>, message: &str) {
+    let frame: ServerFrame<'_, ()> = ServerFrame::Error {
+        reference,
+        code: backchannel_protocol::ErrorCode::Unauthorized,
+        message,
+    };
+    outbox.control(ControlFrame::new(&frame)).await;
+    outbox.close(CloseReason::Unauthorized);
+}
+
+/// A read error closes the socket; a frame over the limit with 1009.
+fn read_error_reason(error: axum::Error) -> CloseReason {
+    match error.into_inner().downcast::<tungstenite::Error>() {
+        Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => CloseReason::TooBig,
+        _ => CloseReason::ClientGone,
+    }
+}
+
+struct Session {
+    conn: ConnId,
+    identity: Identity,
+    outbox: Outbox,
+    service: Arc<Service>,
+    subscriptions: HashSet<ConversationId>,
+    max_subscriptions: usize,
+}
+
+impl Session {
+    async fn run(&mut self, stream: &mut SplitStream<WebSocket>, state: &AppState) {
+        let interval = state
+            .limits
+            .heartbeat_interval
+            .max(Duration::from_millis(10));
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_seen = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = state.shutdown.cancelled() => {
+                    self.outbox.close(CloseReason::GoingAway);
+                    return;
+                }
+                _ = self.outbox.closing() => return,
+                _ = heartbeat.tick() => {
+                    if last_seen.elapsed() >= interval * 2 {
+                        self.outbox.close(CloseReason::HeartbeatTimeout);
+                        return;
+                    }
+                    if !self.outbox.ping().await {
+                        return;
+                    }
+                }
+                message = stream.next() => {
+                    let message = match message {
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) => {
+                            self.outbox.close(read_error_reason(e));
+                            return;
+                        }
+                        None => return,
+                    };
+                    last_seen = Instant::now();
+                    state.metrics.frames_in.inc();
+                    match message {
+                        Message::Text(text) => self.handle_text(&text).await,
+                        Message::Binary(_) => {
+                            let error = ServiceError::bad_request(
+                                "binary frames are not accepted; send JSON text frames",
+                            );
+                            self.answer(None, Err(error)).await;
+                        }
+                        Message::Close(_) => return,
+                        Message::Ping(_) | Message::Pong(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_text(&mut self, text: &str) {
+        let head: FrameHead = match serde_json::from_str(text) {
+            Ok(head) => head,
+            Err(e) => {
+                let error =
+                    ServiceError::bad_request(format!("a frame must be one JSON object: {e}"));
+                return self.answer(None, Err(error)).await;
+            }
+        };
+        let reference = head.reference;
+        let result = match head.kind.as_deref() {
+            None => Err(ServiceError::bad_request("missing `type`")),
+            Some(kind) if !CLIENT_FRAME_TYPES.contains(&kind) => Err(ServiceError::bad_request(
+                format!("unknown type `{}`", truncate(kind, 64)),
+            )),
+            Some(kind) => match serde_json::from_str::<ClientFrame>(text) {
+                Ok(frame) => self.dispatch(frame).await,
+                Err(e) => Err(ServiceError::bad_request(format!(
+                    "invalid `{kind}` frame: {e}"
+                ))),
+            },
+        };
+        self.answer(reference.as_ref(), result).await;
+    }
+
+    async fn dispatch(&mut self, frame: ClientFrame) -> Result<Reply, ServiceError> {
+        let who = &self.identity;
+        match frame {
+            ClientFrame::Hello { .. } => Err(ServiceError::bad_request("already said hello")),
+            ClientFrame::Ping => Ok(Reply::Pong {}),
+            ClientFrame::Subscribe {
+                conversation_id,
+                since,
+            } => {
+                if !self.subscriptions.contains(&conversation_id)
+                    && self.subscriptions.len() >= self.max_subscriptions
+                {
+                    return Err(ServiceError::bad_request(format!(
+                        "at most {} subscriptions per socket",
+                        self.max_subscriptions
+                    )));
+                }
+                let seat = self.seat();
+                match self
+                    .service
+                    .subscribe(who, self.conn, seat, conversation_id, since)
+                    .await
+                {
+                    Ok(result) => {
+                        self.subscriptions.insert(conversation_id);
+                        Ok(Reply::Subscribed(result))
+                    }
+                    Err(e) => {
+                        self.subscriptions.remove(&conversation_id);
+                        Err(e)
+                    }
+                }
+            }
+            ClientFrame::Unsubscribe { conversation_id } => {
+                self.service.unsubscribe(self.conn, conversation_id);
+                self.subscriptions.remove(&conversation_id);
+                Ok(Reply::Empty {})
+            }
+            ClientFrame::Send {
+                conversation_id,
+                client_id,
+                body,
+            } => self
+                .service
+                .send_message(who, conversation_id, client_id, body)
+                .await
+                .map(Reply::Appended),
+            ClientFrame::Note {
+                conversation_id,
+                client_id,
+                body,
+                note_type,
+                audience,
+            } => self
+                .service
+                .write_note(who, conversation_id, client_id, body, note_type, audience)
+                .await
+                .map(Reply::Appended),
+            ClientFrame::Typing {
+                conversation_id,
+                audience,
+            } => {
+                if !self.subscriptions.contains(&conversation_id) {
+                    return Err(ServiceError::bad_request(
+                        "subscribe to the conversation before sending `typing`",
+                    ));
+                }
+                self.service
+                    .typing(who, self.conn, conversation_id, audience)
+                    .map(|()| Reply::Empty {})
+            }
+        }
+    }
+
+    /// This socket's place in a room: a customer's socket can only ever get a customer
+    /// seat, whose outbox takes public frames only.
+    fn seat(&self) -> Seat {
+        match StaffOutbox::new(self.outbox.clone(), &self.identity) {
+            Some(staff) => Seat::Staff(staff),
+            None => Seat::Customer(CustomerOutbox::new(self.outbox.clone())),
+        }
+    }
+
+    /// Queues the one answer a frame gets: `ok` if it had a `ref`, `error` if it failed.
+    async fn answer(&self, reference: Option<&Ref>, result: Result<Reply, ServiceError>) {
+        let frame = match (&result, reference) {
+            (Ok(reply), Some(reference)) => ControlFrame::new(&ServerFrame::Ok {
+                reference,
+                result: reply,
+            }),
+            (Ok(Reply::Pong {}), None) => ControlFrame::new::<()>(&ServerFrame::Pong),
+            (Ok(_), None) => return,
+            (Err(error), reference) => {
+                let message = error.to_string();
+                ControlFrame::new::<()>(&ServerFrame::Error {
+                    reference,
+                    code: error.code(),
+                    message: &message,
+                })
+            }
+        };
+        self.outbox.control(frame).await;
+    }
+
+    fn leave_all(&mut self) {
+        for conversation in self.subscriptions.drain() {
+            self.service.unsubscribe(self.conn, conversation);
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

@@ -1,0 +1,311 @@
+//! A socket's bounded send queue and the one task that writes it.
+//!
+//! Rooms push shared frames with [`CustomerOutbox::push`] / [`StaffOutbox::push`], which
+//! never wait: if the queue is full, the reader has stopped reading, and the socket is
+//! closed with 4008 rather than letting memory grow (the client resumes with `since`).
+//! The socket's own task pushes replies and replays with the `*_wait` variants, which
+//! wait for room instead. The writer task drains everything queued, `feed`s it, and
+//! flushes once, so a burst costs one write.
+//!
+//! The raw queue is private to this module: what reaches a customer's socket is decided
+//! by which typed outbox the socket was given (see [`crate::visibility`]).
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use backchannel_protocol::close_code;
+use futures::stream::SplitSink;
+use futures::SinkExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Identity;
+use crate::metrics::Metrics;
+use crate::visibility::{ControlFrame, CustomerFrame, SharedFrame, StaffAudience, StaffFrame};
+
+/// Most frames fed before one flush.
+const MAX_FRAMES_PER_FLUSH: usize = 256;
+/// How long the close frame may take to leave once the socket is being closed.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a socket is being closed, which decides the close code and whether what is still
+/// queued is sent first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed or went away: nothing more to send.
+    ClientGone,
+    /// The server is shutting down: send what is queued, then 1001.
+    GoingAway,
+    /// A frame over the size limit: 1009.
+    TooBig,
+    /// No valid `hello`: 4001.
+    Unauthorized,
+    /// Silent for two heartbeat intervals: 4002.
+    HeartbeatTimeout,
+    /// The send queue overflowed: 4008, dropping what is queued.
+    SlowConsumer,
+}
+
+impl CloseReason {
+    fn code(self) -> Option<(u16, &'static str)> {
+        match self {
+            CloseReason::ClientGone => None,
+            CloseReason::GoingAway => Some((close_code::GOING_AWAY, "server shutting down")),
+            CloseReason::TooBig => Some((close_code::TOO_BIG, "frame too large")),
+            CloseReason::Unauthorized => Some((close_code::UNAUTHORIZED, "unauthorized")),
+            CloseReason::HeartbeatTimeout => {
+                Some((close_code::HEARTBEAT_TIMEOUT, "heartbeat timeout"))
+            }
+            CloseReason::SlowConsumer => Some((close_code::SLOW_CONSUMER, "send queue overflow")),
+        }
+    }
+
+    fn as_u16(self) -> u16 {
+        self as u16 + 1
+    }
+
+    fn from_u16(v: u16) -> Option<CloseReason> {
+        use CloseReason::*;
+        [
+            ClientGone,
+            GoingAway,
+            TooBig,
+            Unauthorized,
+            HeartbeatTimeout,
+            SlowConsumer,
+        ]
+        .into_iter()
+        .find(|r| r.as_u16() == v)
+    }
+}
+
+struct Shared {
+    closing: CancellationToken,
+    /// The first close reason wins; 0 while open.
+    reason: AtomicU16,
+    metrics: Arc<Metrics>,
+}
+
+/// A socket's send queue. Cloning it shares the queue.
+#[derive(Clone)]
+pub struct Outbox {
+    queue: mpsc::Sender<Message>,
+    shared: Arc<Shared>,
+}
+
+/// The writer's end, handed to [`write_loop`].
+pub struct OutboxReceiver {
+    queue: mpsc::Receiver<Message>,
+    shared: Arc<Shared>,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (Outbox, OutboxReceiver) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let shared = Arc::new(Shared {
+            closing: CancellationToken::new(),
+            reason: AtomicU16::new(0),
+            metrics,
+        });
+        (
+            Outbox {
+                queue: tx,
+                shared: shared.clone(),
+            },
+            OutboxReceiver { queue: rx, shared },
+        )
+    }
+
+    /// Asks the writer to close the socket. The first reason given wins.
+    pub fn close(&self, reason: CloseReason) {
+        if self
+            .shared
+            .reason
+            .compare_exchange(0, reason.as_u16(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            && reason == CloseReason::SlowConsumer
+        {
+            self.shared.metrics.slow_consumers_closed.inc();
+        }
+        self.shared.closing.cancel();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.shared.closing.is_cancelled()
+    }
+
+    /// Resolves once the socket is being closed, for whatever reason.
+    pub async fn closing(&self) {
+        self.shared.closing.cancelled().await
+    }
+
+    /// Queues without waiting; a full queue closes the socket with 4008.
+    fn try_push(&self, frame: &SharedFrame) -> bool {
+        if self.is_closing() {
+            return false;
+        }
+        match self.queue.try_send(Message::Text(frame.bytes().clone())) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(CloseReason::SlowConsumer);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues, waiting for room; false once the socket is closing.
+    async fn push_wait(&self, message: Message) -> bool {
+        if self.is_closing() {
+            return false;
+        }
+        tokio::select! {
+            sent = self.queue.send(message) => sent.is_ok(),
+            _ = self.shared.closing.cancelled() => false,
+        }
+    }
+
+    /// Queues an answer to this socket's own command.
+    pub async fn control(&self, frame: ControlFrame) -> bool {
+        self.push_wait(Message::Text(frame.shared().bytes().clone()))
+            .await
+    }
+
+    /// Queues a WebSocket ping (heartbeat).
+    pub async fn ping(&self) -> bool {
+        self.push_wait(Message::Ping(Default::default())).await
+    }
+}
+
+/// The customer's side: accepts only [`CustomerFrame`]s.
+#[derive(Clone)]
+pub struct CustomerOutbox(Outbox);
+
+impl CustomerOutbox {
+    pub fn new(outbox: Outbox) -> Self {
+        CustomerOutbox(outbox)
+    }
+
+    /// Live delivery: never waits; false if the socket is gone or was just closed as slow.
+    pub fn push(&self, frame: &CustomerFrame) -> bool {
+        self.0.try_push(frame.shared())
+    }
+
+    /// Replay: waits for room in the queue.
+    pub async fn push_wait(&self, frame: &CustomerFrame) -> bool {
+        self.0
+            .push_wait(Message::Text(frame.shared().bytes().clone()))
+            .await
+    }
+}
+
+/// The team's side: any event of the member's stream.
+#[derive(Clone)]
+pub struct StaffOutbox {
+    outbox: Outbox,
+    audience: StaffAudience,
+}
+
+impl StaffOutbox {
+    /// `None` for a customer: a customer's socket can never hold a staff outbox.
+    pub fn new(outbox: Outbox, identity: &Identity) -> Option<Self> {
+        let audience = StaffAudience::of(identity.role.audience())?;
+        Some(StaffOutbox { outbox, audience })
+    }
+
+    pub fn audience(&self) -> StaffAudience {
+        self.audience
+    }
+
+    pub fn push(&self, frame: &StaffFrame) -> bool {
+        self.outbox.try_push(frame.shared())
+    }
+
+    pub async fn push_wait(&self, frame: &StaffFrame) -> bool {
+        self.outbox
+            .push_wait(Message::Text(frame.shared().bytes().clone()))
+            .await
+    }
+}
+
+/// Writes queued frames to the socket until it is closed, then sends the close frame.
+pub async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut receiver: OutboxReceiver) {
+    let closing = receiver.shared.closing.clone();
+    let metrics = receiver.shared.metrics.clone();
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = closing.cancelled() => break,
+            message = receiver.queue.recv() => message,
+        };
+        let Some(first) = first else { break };
+        // Feeding and flushing can block on a reader that stopped reading: stay
+        // responsive to a close request meanwhile.
+        let written = tokio::select! {
+            biased;
+            _ = abort_requested(&receiver.shared) => break,
+            written = feed_and_flush(&mut sink, &mut receiver.queue, first) => written,
+        };
+        match written {
+            Ok(count) => {
+                metrics.frames_out.inc_by(count as u64);
+            }
+            Err(_) => return,
+        }
+    }
+    let reason = CloseReason::from_u16(receiver.shared.reason.load(Ordering::Acquire))
+        .unwrap_or(CloseReason::ClientGone);
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if reason == CloseReason::GoingAway {
+            // Graceful shutdown: what was acknowledged or delivered before still goes out.
+            receiver.queue.close();
+            while let Some(message) = receiver.queue.recv().await {
+                if sink.feed(message).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if let Some((code, text)) = reason.code() {
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: text.into(),
+                })))
+                .await;
+        }
+        let _ = sink.close().await;
+    })
+    .await;
+}
+
+/// Resolves when the socket must stop writing at once: on any close but a graceful
+/// shutdown, which lets the write in progress finish.
+async fn abort_requested(shared: &Shared) {
+    shared.closing.cancelled().await;
+    if CloseReason::from_u16(shared.reason.load(Ordering::Acquire)) == Some(CloseReason::GoingAway)
+    {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn feed_and_flush(
+    sink: &mut SplitSink<WebSocket, Message>,
+    queue: &mut mpsc::Receiver<Message>,
+    first: Message,
+) -> Result<usize, axum::Error> {
+    sink.feed(first).await?;
+    let mut count = 1;
+    while count < MAX_FRAMES_PER_FLUSH {
+        match queue.try_recv() {
+            Ok(message) => {
+                sink.feed(message).await?;
+                count += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    sink.flush().await?;
+    Ok(count)
+}
