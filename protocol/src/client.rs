@@ -7,8 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{NoteAudience, NoteType};
-use crate::ids::ConversationId;
+use std::collections::BTreeMap;
+
+use crate::event::{FieldTarget, NoteAudience, NoteType, Status};
+use crate::ids::{ConversationId, EventId, TeamId, UserId};
 
 /// A client's correlation id: any string or number, echoed in the one answer to its frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,13 +20,30 @@ pub enum Ref {
     String(String),
 }
 
-/// The envelope every client frame shares.
+/// The envelope every client frame shares. Both fields are read as any JSON value, so
+/// that a frame whose `type` is mistyped can still be answered under its `ref`.
 #[derive(Debug, Default, Deserialize)]
 pub struct FrameHead {
     #[serde(rename = "type", default)]
-    pub kind: Option<String>,
+    pub kind: Option<serde_json::Value>,
     #[serde(rename = "ref", default)]
-    pub reference: Option<Ref>,
+    pub reference: Option<serde_json::Value>,
+}
+
+impl FrameHead {
+    /// The `ref`, if it is a string or a number.
+    pub fn reference(&self) -> Option<Ref> {
+        match self.reference.as_ref()? {
+            serde_json::Value::Number(n) => Some(Ref::Number(n.clone())),
+            serde_json::Value::String(s) => Some(Ref::String(s.clone())),
+            _ => None,
+        }
+    }
+
+    /// The `type`, if it is a string.
+    pub fn kind(&self) -> Option<&str> {
+        self.kind.as_ref()?.as_str()
+    }
 }
 
 /// Which side of the conversation a typing indicator is for.
@@ -56,6 +75,10 @@ pub enum ClientFrame {
         conversation_id: ConversationId,
         client_id: String,
         body: String,
+        /// Reply guard: the last `seq` the sender has seen. If a message or note by
+        /// someone else arrived after it, the send is refused with `conflict`.
+        #[serde(default)]
+        based_on_seq: Option<u64>,
     },
     Note {
         conversation_id: ConversationId,
@@ -66,11 +89,58 @@ pub enum ClientFrame {
         #[serde(default)]
         audience: Option<NoteAudience>,
     },
+    EditNote {
+        conversation_id: ConversationId,
+        note_id: EventId,
+        body: String,
+    },
+    PinNote {
+        conversation_id: ConversationId,
+        note_id: EventId,
+        #[serde(default = "yes")]
+        pinned: bool,
+    },
     Typing {
         conversation_id: ConversationId,
         audience: TypingAudience,
     },
+    /// Sets the assignee and team (absent: none) and writes an optional handoff note.
+    Assign {
+        conversation_id: ConversationId,
+        #[serde(default)]
+        assignee_id: Option<UserId>,
+        #[serde(default)]
+        team_id: Option<TeamId>,
+        #[serde(default)]
+        note: Option<String>,
+    },
+    SetStatus {
+        conversation_id: ConversationId,
+        status: Status,
+    },
+    Tag {
+        conversation_id: ConversationId,
+        #[serde(default)]
+        add: Vec<String>,
+        #[serde(default)]
+        remove: Vec<String>,
+    },
+    SetFields {
+        target: FieldTarget,
+        id: String,
+        fields: BTreeMap<String, serde_json::Value>,
+    },
+    ReadNotifications {
+        #[serde(default)]
+        ids: Option<Vec<u64>>,
+        #[serde(default)]
+        up_to: Option<u64>,
+    },
     Ping,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The `type` values a client may send, for error messages.
@@ -80,7 +150,14 @@ pub const CLIENT_FRAME_TYPES: &[&str] = &[
     "unsubscribe",
     "send",
     "note",
+    "edit_note",
+    "pin_note",
     "typing",
+    "assign",
+    "set_status",
+    "tag",
+    "set_fields",
+    "read_notifications",
     "ping",
 ];
 
@@ -92,7 +169,10 @@ mod tests {
     fn head_reads_ref_even_when_the_command_is_malformed() {
         let text = r#"{"type":"send","ref":7,"conversation_id":42}"#;
         let head: FrameHead = serde_json::from_str(text).expect("head parses");
-        assert_eq!(head.reference, Some(Ref::Number(7.into())));
+        assert_eq!(head.reference(), Some(Ref::Number(7.into())));
+        let head: FrameHead = serde_json::from_str(r#"{"type":42,"ref":"m"}"#).expect("parses");
+        assert_eq!(head.reference(), Some(Ref::String("m".into())));
+        assert_eq!(head.kind(), None);
         assert!(serde_json::from_str::<ClientFrame>(text).is_err());
     }
 

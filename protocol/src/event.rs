@@ -5,10 +5,12 @@
 //! message is public, a note internal or supervisors-only), so it can never disagree with
 //! the content.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::ids::{Audience, EventId, InboxId, Role, UserId};
+use crate::ids::{Audience, EventId, InboxId, Role, TeamId, UserId};
 
 /// Who may see an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,6 +76,60 @@ pub enum NoteAudience {
     Supervisors,
 }
 
+/// Where a conversation stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    #[default]
+    Open,
+    Pending,
+    Snoozed,
+    Resolved,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Pending => "pending",
+            Status::Snoozed => "snoozed",
+            Status::Resolved => "resolved",
+        }
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "open" => Ok(Status::Open),
+            "pending" => Ok(Status::Pending),
+            "snoozed" => Ok(Status::Snoozed),
+            "resolved" => Ok(Status::Resolved),
+            other => Err(format!(
+                "unknown status `{other}` (expected open, pending, snoozed or resolved)"
+            )),
+        }
+    }
+}
+
+/// What custom fields are attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldTarget {
+    Conversation,
+    Contact,
+}
+
+impl FieldTarget {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldTarget::Conversation => "conversation",
+            FieldTarget::Contact => "contact",
+        }
+    }
+}
+
 /// The kind-specific part of an event. Serialized with a `kind` tag beside its fields.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -85,12 +141,52 @@ pub enum EventData {
         subject: Option<String>,
     },
     /// A message the customer sees: from the customer, or an agent's reply.
-    Message { body: String },
+    Message {
+        body: String,
+    },
     /// An internal note. Never shown to the customer.
     Note {
         body: String,
         note_type: NoteType,
         audience: NoteAudience,
+        /// Users notified by an @mention in the body (resolved when written).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mentions: Vec<UserId>,
+    },
+    /// A note's new text. The note event itself is never changed.
+    NoteEdited {
+        note_id: EventId,
+        body: String,
+        audience: NoteAudience,
+    },
+    /// A note pinned to (or unpinned from) the conversation; a pinned `context` note
+    /// also shows in every conversation of the same contact.
+    NotePinned {
+        note_id: EventId,
+        pinned: bool,
+        audience: NoteAudience,
+    },
+    /// The conversation changed hands. Both absent: unassigned.
+    Assigned {
+        #[serde(default)]
+        assignee_id: Option<UserId>,
+        #[serde(default)]
+        team_id: Option<TeamId>,
+    },
+    StatusChanged {
+        status: Status,
+    },
+    TagsChanged {
+        #[serde(default)]
+        added: Vec<String>,
+        #[serde(default)]
+        removed: Vec<String>,
+    },
+    /// Custom field values set (`null`: cleared) on the conversation or its contact.
+    FieldsChanged {
+        target: FieldTarget,
+        target_id: String,
+        changes: BTreeMap<String, serde_json::Value>,
     },
 }
 
@@ -99,14 +195,17 @@ impl EventData {
     pub fn visibility(&self) -> Visibility {
         match self {
             EventData::ConversationOpened { .. } | EventData::Message { .. } => Visibility::Public,
-            EventData::Note {
-                audience: NoteAudience::Agents,
-                ..
-            } => Visibility::Internal,
-            EventData::Note {
-                audience: NoteAudience::Supervisors,
-                ..
-            } => Visibility::Supervisors,
+            EventData::Note { audience, .. }
+            | EventData::NoteEdited { audience, .. }
+            | EventData::NotePinned { audience, .. } => match audience {
+                NoteAudience::Agents => Visibility::Internal,
+                NoteAudience::Supervisors => Visibility::Supervisors,
+            },
+            // Team activity: the customer sees none of it.
+            EventData::Assigned { .. }
+            | EventData::StatusChanged { .. }
+            | EventData::TagsChanged { .. }
+            | EventData::FieldsChanged { .. } => Visibility::Internal,
         }
     }
 
@@ -116,6 +215,12 @@ impl EventData {
             EventData::ConversationOpened { .. } => "conversation_opened",
             EventData::Message { .. } => "message",
             EventData::Note { .. } => "note",
+            EventData::NoteEdited { .. } => "note_edited",
+            EventData::NotePinned { .. } => "note_pinned",
+            EventData::Assigned { .. } => "assigned",
+            EventData::StatusChanged { .. } => "status_changed",
+            EventData::TagsChanged { .. } => "tags_changed",
+            EventData::FieldsChanged { .. } => "fields_changed",
         }
     }
 }

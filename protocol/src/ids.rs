@@ -84,6 +84,10 @@ string_id!(
     UserId
 );
 string_id!(
+    /// A team (`@team-id` mentions every member; conversations can be assigned to one).
+    TeamId
+);
+string_id!(
     /// An inbox (a queue of conversations, such as `support` or `billing`).
     InboxId
 );

@@ -17,8 +17,10 @@ pub mod ids;
 pub mod server;
 
 pub use client::{ClientFrame, FrameHead, Ref};
-pub use event::{Actor, EventData, EventView, NoteAudience, NoteType, Visibility};
-pub use ids::{Audience, ConversationId, EventId, InboxId, Role, UserId};
+pub use event::{
+    Actor, EventData, EventView, FieldTarget, NoteAudience, NoteType, Status, Visibility,
+};
+pub use ids::{Audience, ConversationId, EventId, InboxId, Role, TeamId, UserId};
 pub use server::{close_code, ErrorCode};
 
 /// Largest text frame a client may send, in bytes; a larger one closes the socket with 1009.

@@ -5,9 +5,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use time::OffsetDateTime;
+
 use crate::client::{Ref, TypingAudience};
 use crate::event::{Actor, EventView};
-use crate::ids::{ConversationId, Role, UserId};
+use crate::http::HistoryEntry;
+use crate::ids::{ConversationId, EventId, Role, UserId};
 
 /// The `code` of an `error` frame or HTTP error body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -87,6 +90,13 @@ pub enum ServerFrame<'a, R: Serialize = serde_json::Value> {
         reference: Option<&'a Ref>,
         code: ErrorCode,
         message: &'a str,
+        /// With `conflict` from the reply guard: the events the sender had not seen.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        missed: Option<&'a [HistoryEntry]>,
+    },
+    Notification {
+        #[serde(flatten)]
+        notification: &'a Notification,
     },
     Event {
         conversation_id: ConversationId,
@@ -130,4 +140,45 @@ pub struct AppendResult {
     /// For `note`: the users notified by a mention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mentioned: Option<Vec<UserId>>,
+}
+
+/// Why someone was notified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    Mention,
+    Assigned,
+}
+
+impl NotificationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationKind::Mention => "mention",
+            NotificationKind::Assigned => "assigned",
+        }
+    }
+}
+
+/// A mention or assignment addressed to one user: a `notification` frame, and a row of
+/// `GET /v1/notifications`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub id: u64,
+    pub kind: NotificationKind,
+    pub conversation_id: ConversationId,
+    pub event_id: EventId,
+    pub from: Actor,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    #[serde(default)]
+    pub read: bool,
+}
+
+/// The result of `read_notifications`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReadResult {
+    /// Notifications newly marked read.
+    pub marked: u64,
+    /// Unread notifications left.
+    pub unread: u64,
 }

@@ -15,13 +15,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use backchannel_protocol::http::{ErrorBody, ErrorDetail, OpenConversation, PutInbox};
+use backchannel_protocol::http::{PutField, PutTag, PutTeam};
 use backchannel_protocol::{ConversationId, InboxId};
+use backchannel_protocol::{FieldTarget, NoteAudience, NoteType, Status, TeamId, UserId};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 use crate::app::AppState;
 use crate::auth::Identity;
 use crate::error::ServiceError;
-use crate::service::ListQuery;
+use crate::service::{ListQuery, SearchQuery};
 
 /// Largest request body.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -39,6 +42,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/conversations/{id}", get(show_conversation))
         .route("/v1/conversations/{id}/events", get(history))
+        .route("/v1/conversations/{id}/audit", get(audit))
+        .route("/v1/conversations/{id}/messages", post(send_message))
+        .route("/v1/conversations/{id}/notes", post(write_note))
+        .route("/v1/conversations/{id}/assign", post(assign))
+        .route("/v1/conversations/{id}/status", post(set_status))
+        .route("/v1/conversations/{id}/tags", post(tag))
+        .route("/v1/fields/values", post(set_fields))
+        .route("/v1/contacts/{id}", get(contact))
+        .route("/v1/notifications", get(notifications))
+        .route("/v1/notifications/read", post(read_notifications))
+        .route("/v1/search/notes", get(search_notes))
+        .route("/v1/tags", get(list_tags))
+        .route("/v1/tags/{name}", put(put_tag).delete(delete_tag))
+        .route("/v1/fields", get(list_fields))
+        .route("/v1/fields/{key}", put(put_field))
+        .route("/v1/teams", get(list_teams))
+        .route("/v1/teams/{id}", put(put_team))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -206,6 +226,281 @@ async fn history(
         .history(&who, id, query.after, query.limit)
         .await?;
     Ok(Json(page).into_response())
+}
+
+async fn audit(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = conversation_id(&id)?;
+    Ok(Json(state.service.audit(&who, id).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    client_id: String,
+    body: String,
+    #[serde(default)]
+    based_on_seq: Option<u64>,
+}
+
+async fn send_message(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    body: Result<Json<SendBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let id = conversation_id(&id)?;
+    let Json(body) = body.map_err(body_error)?;
+    let result = state
+        .service
+        .send_message(&who, id, body.client_id, body.body, body.based_on_seq)
+        .await?;
+    Ok((StatusCode::CREATED, Json(result)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoteBody {
+    client_id: String,
+    body: String,
+    #[serde(default)]
+    note_type: Option<NoteType>,
+    #[serde(default)]
+    audience: Option<NoteAudience>,
+}
+
+async fn write_note(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    body: Result<Json<NoteBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let id = conversation_id(&id)?;
+    let Json(body) = body.map_err(body_error)?;
+    let result = state
+        .service
+        .write_note(
+            &who,
+            id,
+            body.client_id,
+            body.body,
+            body.note_type,
+            body.audience,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(result)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssignBody {
+    #[serde(default)]
+    assignee_id: Option<UserId>,
+    #[serde(default)]
+    team_id: Option<TeamId>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+async fn assign(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    body: Result<Json<AssignBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let id = conversation_id(&id)?;
+    let Json(body) = body.map_err(body_error)?;
+    let result = state
+        .service
+        .assign(&who, id, body.assignee_id, body.team_id, body.note)
+        .await?;
+    Ok(Json(result).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusBody {
+    status: Status,
+}
+
+async fn set_status(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    body: Result<Json<StatusBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let id = conversation_id(&id)?;
+    let Json(body) = body.map_err(body_error)?;
+    Ok(Json(state.service.set_status(&who, id, body.status).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TagBody {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+async fn tag(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    body: Result<Json<TagBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let id = conversation_id(&id)?;
+    let Json(body) = body.map_err(body_error)?;
+    match state.service.tag(&who, id, body.add, body.remove).await? {
+        Some(result) => Ok(Json(result).into_response()),
+        None => Ok(Json(serde_json::json!({})).into_response()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldsBody {
+    target: FieldTarget,
+    id: String,
+    fields: BTreeMap<String, serde_json::Value>,
+}
+
+async fn set_fields(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    body: Result<Json<FieldsBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(body_error)?;
+    let result = state
+        .service
+        .set_fields(&who, body.target, body.id, body.fields)
+        .await?;
+    Ok(Json(result).into_response())
+}
+
+async fn contact(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.service.contact(&who, UserId(id)).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct NotificationsQuery {
+    #[serde(default)]
+    unread: bool,
+    limit: Option<u32>,
+}
+
+async fn notifications(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    query: Result<Query<NotificationsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let page = state
+        .service
+        .notifications(&who, query.unread, query.limit)
+        .await?;
+    Ok(Json(page).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadBody {
+    #[serde(default)]
+    ids: Option<Vec<u64>>,
+    #[serde(default)]
+    up_to: Option<u64>,
+}
+
+async fn read_notifications(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    body: Result<Json<ReadBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(body_error)?;
+    let result = state
+        .service
+        .read_notifications(&who, body.ids, body.up_to)
+        .await?;
+    Ok(Json(result).into_response())
+}
+
+async fn search_notes(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    query: Result<Query<SearchQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    Ok(Json(state.service.search_notes(&who, query).await?).into_response())
+}
+
+async fn list_tags(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+) -> Result<Response, ApiError> {
+    let tags = state.service.tags(&who).await?;
+    Ok(Json(serde_json::json!({ "tags": tags })).into_response())
+}
+
+async fn put_tag(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Path(name): Path<String>,
+    body: Result<Json<PutTag>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(body_error)?;
+    Ok(Json(state.service.put_tag(&who, name, body).await?).into_response())
+}
+
+async fn delete_tag(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    state.service.delete_tag(&who, name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_fields(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+) -> Result<Response, ApiError> {
+    let fields = state.service.fields(&who).await?;
+    Ok(Json(serde_json::json!({ "fields": fields })).into_response())
+}
+
+async fn put_field(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+    body: Result<Json<PutField>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(body_error)?;
+    Ok(Json(state.service.put_field(&who, key, body).await?).into_response())
+}
+
+async fn list_teams(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+) -> Result<Response, ApiError> {
+    let teams = state.service.teams(&who).await?;
+    Ok(Json(serde_json::json!({ "teams": teams })).into_response())
+}
+
+async fn put_team(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    body: Result<Json<PutTeam>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(body_error)?;
+    Ok(Json(state.service.put_team(&who, TeamId(id), body).await?).into_response())
 }
 
 /// Keeps the protocol's code list and the HTTP mapping in one place for tests.

@@ -4,6 +4,7 @@
 //! never the content of an event, so an error can be shown to whoever caused it. Store
 //! and internal failures are logged in full and reported in general terms.
 
+use backchannel_protocol::http::HistoryEntry;
 use backchannel_protocol::ErrorCode;
 
 use crate::hub::HubError;
@@ -22,6 +23,13 @@ pub enum ServiceError {
     NotFound(String),
     #[error("{0}")]
     TooLarge(String),
+    /// The reply guard refused a send; `missed` is what the sender had not seen, in
+    /// their own stream.
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        missed: Vec<HistoryEntry>,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -36,6 +44,7 @@ impl ServiceError {
             ServiceError::Forbidden(_) => ErrorCode::Forbidden,
             ServiceError::NotFound(_) => ErrorCode::NotFound,
             ServiceError::TooLarge(_) => ErrorCode::TooLarge,
+            ServiceError::Conflict { .. } => ErrorCode::Conflict,
             ServiceError::Unavailable(_) => ErrorCode::Unavailable,
             ServiceError::Internal => ErrorCode::Internal,
         }
@@ -70,6 +79,12 @@ impl From<WriteError> for ServiceError {
             WriteError::Refused(WriteRefusal::InboxNotFound) => {
                 ServiceError::NotFound("inbox".into())
             }
+            // The service turns this one into `Conflict` with the events in the sender's
+            // stream; reaching here means a caller forgot to.
+            WriteError::Refused(WriteRefusal::Unseen(_)) => ServiceError::Conflict {
+                message: "new messages or notes arrived since the seq you replied to".into(),
+                missed: Vec::new(),
+            },
             WriteError::Store(detail) => {
                 tracing::error!("append failed: {detail}");
                 ServiceError::Unavailable("the store is unavailable; retry later".into())

@@ -18,14 +18,20 @@
 //!   order, once, serializing each event once per audience.
 //! - [`visibility`]: `PublicEvent` and the typed frames each side of a room accepts.
 //! - [`auth`]: tokens. [`metrics`]: Prometheus counters. [`config`]: limits and flags.
+//! - [`mentions`] and [`fields`]: parsing `@mentions` and checking custom field values.
+//!
+//! - [`audit`]: verifying and exporting the hash chains (`backchannel audit`).
 //!
 //! [`run`] starts all of it on a bound listener and returns after a graceful shutdown.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod fields;
 pub mod hub;
+pub mod mentions;
 pub mod metrics;
 pub mod service;
 pub mod store;

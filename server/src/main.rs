@@ -30,6 +30,25 @@ enum Command {
     Serve(ServeArgs),
     /// Print a signed token.
     Token(TokenArgs),
+    /// Verify or export the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute every conversation's hash chain; exit 1 naming the first broken event.
+    Verify {
+        #[arg(long, env = "BACKCHANNEL_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// Write every event with its hash as JSON lines (to --out, or stdout).
+    Export {
+        #[arg(long, env = "BACKCHANNEL_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -105,6 +124,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
+        Command::Audit(command) => audit(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -183,6 +203,60 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
+}
+
+fn audit(command: AuditCommand) -> Result<(), String> {
+    use backchannel::store::sqlite::SqliteStore;
+    use backchannel::store::Store;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        match command {
+            AuditCommand::Verify { data_dir } => {
+                let store = SqliteStore::open(&data_dir)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let report = backchannel::audit::verify_all(store.as_ref())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                store.close().await;
+                println!(
+                    "checked {} events in {} conversations",
+                    report.events, report.conversations
+                );
+                match report.broken.first() {
+                    None => {
+                        println!("every chain verifies");
+                        Ok(())
+                    }
+                    Some((conversation, broken)) => Err(format!(
+                        "chain broken in {} conversation(s); first: conversation {conversation}, \
+                         seq {}, event {}: {}",
+                        report.broken.len(),
+                        broken.seq,
+                        broken.event_id.as_deref().unwrap_or("(missing)"),
+                        broken.reason
+                    )),
+                }
+            }
+            AuditCommand::Export { data_dir, out } => {
+                let store = SqliteStore::open(&data_dir)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut sink: Box<dyn std::io::Write> = match &out {
+                    Some(path) => Box::new(std::io::BufWriter::new(
+                        std::fs::File::create(path).map_err(|e| e.to_string())?,
+                    )),
+                    None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+                };
+                let lines = backchannel::audit::export(store.as_ref(), &mut *sink)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                store.close().await;
+                eprintln!("exported {lines} events");
+                Ok(())
+            }
+        }
+    })
 }
 
 fn token(args: TokenArgs) -> Result<(), String> {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use backchannel_protocol::client::TypingAudience;
-use backchannel_protocol::server::ServerFrame;
+use backchannel_protocol::server::{Notification, ServerFrame};
 use backchannel_protocol::{Actor, Audience, ConversationId, EventView, Visibility};
 
 use crate::store::Event;
@@ -172,6 +172,13 @@ impl StaffFrame {
         })))
     }
 
+    /// A mention or assignment, for the sessions of the user it is addressed to.
+    pub fn notification(notification: &Notification) -> StaffFrame {
+        StaffFrame(SharedFrame::encode::<()>(&ServerFrame::Notification {
+            notification,
+        }))
+    }
+
     /// Staff see every typing indicator, for replies and notes alike.
     pub fn typing(typing: &Typing) -> StaffFrame {
         StaffFrame(typing_frame(typing))
@@ -242,6 +249,7 @@ mod tests {
                     body: "secret".into(),
                     note_type: NoteType::General,
                     audience,
+                    mentions: vec![],
                 },
                 Seqs {
                     supervisor: 2,
@@ -284,6 +292,7 @@ mod tests {
                 body: "coaching".into(),
                 note_type: NoteType::Coaching,
                 audience: NoteAudience::Supervisors,
+                mentions: vec![],
             },
             Seqs {
                 supervisor: 5,

@@ -13,15 +13,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use backchannel_protocol::server::SubscribeResult;
-use backchannel_protocol::ConversationId;
+use backchannel_protocol::{ConversationId, UserId};
 use dashmap::DashMap;
 use tokio_util::task::TaskTracker;
 
 pub use room::{Room, Seat};
 
 use crate::store::writer::CommitListener;
-use crate::store::{Event, Store, StoreError};
-use crate::visibility::Typing;
+use crate::store::{Event, Store, StoreError, UserNotification};
+use crate::visibility::{StaffFrame, Typing};
+use crate::ws::outbox::StaffOutbox;
 
 /// Identifies one socket on this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,6 +48,9 @@ pub enum HubError {
 
 pub struct Hub {
     rooms: DashMap<ConversationId, Arc<Room>>,
+    /// Open staff sessions by user, for notifications. Customers are never here: the
+    /// map holds staff outboxes only.
+    sessions: DashMap<UserId, Vec<(ConnId, StaffOutbox)>>,
     store: Arc<dyn Store>,
     /// Backfill tasks, so shutdown can wait for them.
     tasks: TaskTracker,
@@ -56,6 +60,7 @@ impl Hub {
     pub fn new(store: Arc<dyn Store>) -> Hub {
         Hub {
             rooms: DashMap::new(),
+            sessions: DashMap::new(),
             store,
             tasks: TaskTracker::new(),
         }
@@ -111,6 +116,32 @@ impl Hub {
             .remove_if(&conversation, |_, room| room.close_if_empty());
     }
 
+    /// Registers a staff session to receive the user's notifications.
+    pub fn register_session(&self, user: &UserId, conn: ConnId, outbox: StaffOutbox) {
+        self.sessions
+            .entry(user.clone())
+            .or_default()
+            .push((conn, outbox));
+    }
+
+    pub fn unregister_session(&self, user: &UserId, conn: ConnId) {
+        if let Some(mut sessions) = self.sessions.get_mut(user) {
+            sessions.retain(|(c, _)| *c != conn);
+        }
+        self.sessions
+            .remove_if(user, |_, sessions| sessions.is_empty());
+    }
+
+    /// Delivers a notification to every open session of its user on this node.
+    pub fn notify(&self, notification: &UserNotification) {
+        if let Some(sessions) = self.sessions.get(&notification.user_id) {
+            let frame = StaffFrame::notification(&notification.notification);
+            for (_, outbox) in sessions.iter() {
+                outbox.push(&frame);
+            }
+        }
+    }
+
     /// Shows a typing indicator to the conversation's other subscribers on this node.
     pub fn typing(&self, from: ConnId, typing: Typing) {
         if let Some(room) = self.rooms.get(&typing.conversation_id).map(|r| r.clone()) {
@@ -131,12 +162,15 @@ impl Hub {
 }
 
 impl CommitListener for Hub {
-    fn committed(&self, events: &[Arc<Event>]) {
+    fn committed(&self, events: &[Arc<Event>], notifications: &[UserNotification]) {
         for event in events {
             let room = self.rooms.get(&event.conversation_id).map(|r| r.clone());
             if let Some(room) = room {
                 room.deliver(self, event);
             }
+        }
+        for notification in notifications {
+            self.notify(notification);
         }
     }
 }

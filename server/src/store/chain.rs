@@ -109,3 +109,61 @@ mod tests {
         assert_eq!(base, link(&GENESIS, &sample("{\"body\":\"a\"}", None)));
     }
 }
+
+/// Where and why a chain stops verifying.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Break {
+    pub seq: u64,
+    pub event_id: Option<String>,
+    pub reason: String,
+}
+
+/// Recomputes a conversation's chain from its stored rows (in supervisor order) and
+/// compares each link, then the head kept on the conversation row.
+pub fn verify(rows: &[super::AuditRow], head: Option<&[u8]>) -> Result<(), Break> {
+    let mut previous = GENESIS;
+    for (index, row) in rows.iter().enumerate() {
+        let expected_seq = index as u64 + 1;
+        let broken = |reason: &str| Break {
+            seq: expected_seq,
+            event_id: Some(row.id.clone()),
+            reason: reason.to_owned(),
+        };
+        if row.supervisor_seq != expected_seq as i64 {
+            return Err(broken("an event is missing or out of order"));
+        }
+        let id = uuid::Uuid::parse_str(&row.id).map_err(|_| broken("malformed event id"))?;
+        let conversation = uuid::Uuid::parse_str(&row.conversation_id)
+            .map_err(|_| broken("malformed conversation id"))?;
+        let computed = link(
+            &previous,
+            &CanonicalEvent {
+                id: id.as_bytes(),
+                conversation_id: conversation.as_bytes(),
+                supervisor_seq: expected_seq,
+                agent_seq: row.agent_seq.map(|s| s as u64),
+                public_seq: row.public_seq.map(|s| s as u64),
+                kind: &row.kind,
+                visibility: &row.visibility,
+                actor_id: &row.actor_id,
+                actor_role: &row.actor_role,
+                actor_name: row.actor_name.as_deref(),
+                client_id: row.client_id.as_deref(),
+                payload: &row.payload,
+                created_at_micros: row.created_at,
+            },
+        );
+        if computed[..] != row.hash[..] {
+            return Err(broken("the event's content does not match its hash"));
+        }
+        previous = computed;
+    }
+    match head {
+        Some(head) if head != previous => Err(Break {
+            seq: rows.len() as u64 + 1,
+            event_id: None,
+            reason: "events after the last stored one are missing".into(),
+        }),
+        _ => Ok(()),
+    }
+}

@@ -15,10 +15,14 @@ pub mod writer;
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
+use backchannel_protocol::http::{FieldDefinition, TagDefinition, Team};
+use backchannel_protocol::server::Notification;
 use backchannel_protocol::{
-    Actor, Audience, ConversationId, EventData, EventId, EventView, InboxId, Role, UserId,
-    Visibility,
+    Actor, Audience, ConversationId, EventData, EventId, EventView, FieldTarget, InboxId,
+    NoteAudience, NoteType, Role, TeamId, UserId, Visibility,
 };
 use time::OffsetDateTime;
 
@@ -110,37 +114,70 @@ pub struct NewConversation {
     pub opened: NewEvent,
 }
 
-/// One unit of work for the writer.
+/// The reply guard of `send`: refuse if someone else's message or note arrived after the
+/// last `seq` the sender had seen.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplyGuard {
+    pub audience: Audience,
+    pub seen: u64,
+}
+
+/// One unit of work for the writer: applied entirely or not at all.
 #[derive(Clone, Debug)]
 pub enum WriteRequest {
-    Open(NewConversation),
-    Append(NewEvent),
+    Open(Box<NewConversation>),
+    /// Events of one conversation, appended together (an assignment and its handoff
+    /// note, for instance). The first event's `client_id`, if any, makes it idempotent.
+    Append {
+        events: Vec<NewEvent>,
+        guard: Option<ReplyGuard>,
+    },
 }
 
-/// What became of one write request in a committed batch.
-#[derive(Clone, Debug)]
-pub enum WriteOutcome {
-    /// Appended now.
-    Stored(Arc<Event>),
-    /// The author had already stored this `client_id`: the earlier event, unchanged.
-    Duplicate(Arc<Event>),
-}
-
-impl WriteOutcome {
-    pub fn event(&self) -> &Arc<Event> {
-        match self {
-            WriteOutcome::Stored(e) | WriteOutcome::Duplicate(e) => e,
+impl WriteRequest {
+    pub fn append(event: NewEvent) -> WriteRequest {
+        WriteRequest::Append {
+            events: vec![event],
+            guard: None,
         }
     }
 }
 
+/// A notification stored for one user, to deliver to their open sessions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserNotification {
+    pub user_id: UserId,
+    pub notification: Notification,
+}
+
+/// What became of one write request in a committed batch.
+#[derive(Clone, Debug)]
+pub struct WriteOutcome {
+    /// The events appended now, or, for a retried `client_id`, the event stored the
+    /// first time.
+    pub events: Vec<Arc<Event>>,
+    pub notifications: Vec<UserNotification>,
+    /// True when nothing was written because the `client_id` had been stored before.
+    pub duplicate: bool,
+}
+
+impl WriteOutcome {
+    /// The request's main event (the first).
+    pub fn event(&self) -> Option<&Arc<Event>> {
+        self.events.first()
+    }
+}
+
 /// Why one request of a batch was not applied (the rest of the batch still commits).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum WriteRefusal {
     #[error("conversation not found")]
     ConversationNotFound,
     #[error("inbox not found")]
     InboxNotFound,
+    /// The reply guard tripped: these events (in the sender's stream) were unseen.
+    #[error("new messages or notes arrived since the seq you replied to")]
+    Unseen(Vec<Event>),
 }
 
 /// A conversation row.
@@ -152,6 +189,7 @@ pub struct ConversationRecord {
     pub subject: Option<String>,
     pub status: String,
     pub assignee_id: Option<UserId>,
+    pub team_id: Option<TeamId>,
     pub created_at: OffsetDateTime,
     /// Moves with every event.
     pub last_activity_at: OffsetDateTime,
@@ -168,7 +206,66 @@ pub struct ConversationFilter {
     pub contact_id: Option<UserId>,
     pub status: Option<String>,
     pub assignee_id: Option<UserId>,
+    pub tag: Option<String>,
+    /// A custom field of the conversation and its value (JSON).
+    pub field: Option<(String, serde_json::Value)>,
     pub limit: u32,
+}
+
+/// A note with its current text and pin state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NoteRecord {
+    pub id: EventId,
+    pub conversation_id: ConversationId,
+    pub contact_id: Option<UserId>,
+    pub author: Actor,
+    pub note_type: NoteType,
+    pub audience: NoteAudience,
+    pub body: String,
+    pub at: OffsetDateTime,
+    pub pinned: bool,
+}
+
+/// What `GET /v1/search/notes` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct NoteSearch {
+    /// Words, each matched as a prefix-free term (no query syntax).
+    pub terms: Vec<String>,
+    /// Only these inboxes (`None`: all).
+    pub inboxes: Option<Vec<InboxId>>,
+    /// Include supervisors-only notes.
+    pub include_supervisors: bool,
+    pub note_type: Option<NoteType>,
+    pub author: Option<UserId>,
+    pub tag: Option<String>,
+    pub limit: u32,
+}
+
+/// One event's stored columns, as the audit chain hashes them.
+#[derive(Clone, Debug)]
+pub struct AuditRow {
+    pub id: String,
+    pub conversation_id: String,
+    pub supervisor_seq: i64,
+    pub agent_seq: Option<i64>,
+    pub public_seq: Option<i64>,
+    pub kind: String,
+    pub visibility: String,
+    pub actor_id: String,
+    pub actor_role: String,
+    pub actor_name: Option<String>,
+    pub client_id: Option<String>,
+    pub payload: String,
+    pub created_at: i64,
+    pub hash: Vec<u8>,
+}
+
+/// Which notifications to mark read.
+#[derive(Clone, Debug)]
+pub enum MarkRead {
+    Ids(Vec<u64>),
+    UpTo(u64),
+    All,
 }
 
 /// A staff member as last seen in a valid token.
@@ -179,6 +276,17 @@ pub struct DirectoryEntry {
     pub name: Option<String>,
     pub handle: String,
     pub teams: Vec<String>,
+    /// Inbox ids the user may work in; `*` for all.
+    pub inboxes: Vec<String>,
+}
+
+impl DirectoryEntry {
+    /// Whether this staff member may see conversations of `inbox`.
+    pub fn may_work_in(&self, inbox: &InboxId) -> bool {
+        self.inboxes
+            .iter()
+            .any(|i| i == "*" || i.as_str() == inbox.as_str())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -232,6 +340,77 @@ pub trait Store: Send + Sync + 'static {
 
     async fn upsert_directory_entry(&self, entry: &DirectoryEntry) -> Result<(), StoreError>;
 
+    async fn directory_entry(&self, id: &UserId) -> Result<Option<DirectoryEntry>, StoreError>;
+
+    /// Staff whose handle is one of `names`, or who belong to a team named in `names`.
+    async fn mention_candidates(&self, names: &[String])
+        -> Result<Vec<DirectoryEntry>, StoreError>;
+
+    async fn put_team(&self, team: &Team) -> Result<(), StoreError>;
+    async fn team(&self, id: &TeamId) -> Result<Option<Team>, StoreError>;
+    async fn teams(&self) -> Result<Vec<Team>, StoreError>;
+
+    async fn put_tag(&self, tag: &TagDefinition) -> Result<(), StoreError>;
+    async fn tags(&self) -> Result<Vec<TagDefinition>, StoreError>;
+    /// False if there was no such tag.
+    async fn delete_tag(&self, name: &str) -> Result<bool, StoreError>;
+
+    async fn put_field(&self, field: &FieldDefinition) -> Result<(), StoreError>;
+    async fn fields(&self) -> Result<Vec<FieldDefinition>, StoreError>;
+
+    /// Tags of each conversation.
+    async fn conversation_tags(
+        &self,
+        ids: &[ConversationId],
+    ) -> Result<BTreeMap<ConversationId, Vec<String>>, StoreError>;
+
+    /// Custom field values of each target id.
+    async fn field_values(
+        &self,
+        target: FieldTarget,
+        ids: &[String],
+    ) -> Result<BTreeMap<String, BTreeMap<String, serde_json::Value>>, StoreError>;
+
+    async fn note(&self, id: EventId) -> Result<Option<NoteRecord>, StoreError>;
+
+    /// Pinned notes of the conversation, and pinned `context` notes of the contact.
+    async fn pinned_notes(
+        &self,
+        conversation: ConversationId,
+        contact: Option<&UserId>,
+    ) -> Result<Vec<NoteRecord>, StoreError>;
+
+    /// Conversations of a contact, newest activity first.
+    async fn contact_conversations(
+        &self,
+        contact: &UserId,
+        limit: u32,
+    ) -> Result<Vec<ConversationRecord>, StoreError>;
+
+    async fn search_notes(&self, search: &NoteSearch) -> Result<Vec<NoteRecord>, StoreError>;
+
+    /// Newest first.
+    async fn notifications(
+        &self,
+        user: &UserId,
+        unread_only: bool,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError>;
+    async fn unread_notifications(&self, user: &UserId) -> Result<u64, StoreError>;
+    /// Returns how many were newly marked.
+    async fn mark_notifications_read(
+        &self,
+        user: &UserId,
+        which: &MarkRead,
+    ) -> Result<u64, StoreError>;
+
+    /// Every stored event of a conversation in supervisor order, as hashed.
+    async fn audit_rows(&self, conversation: ConversationId) -> Result<Vec<AuditRow>, StoreError>;
+    /// The chain head kept on the conversation row.
+    async fn last_hash(&self, conversation: ConversationId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every conversation id, oldest first.
+    async fn conversation_ids(&self) -> Result<Vec<ConversationId>, StoreError>;
+
     /// Cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -253,4 +432,21 @@ pub(crate) fn to_micros(at: OffsetDateTime) -> i64 {
 
 pub(crate) fn from_micros(micros: i64) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1_000).ok()
+}
+
+impl AuditRow {
+    /// The event as stored, for display next to its hash.
+    pub fn view(&self) -> Result<EventView, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("audit row {}: {what}", self.id));
+        Ok(EventView {
+            id: EventId(uuid::Uuid::parse_str(&self.id).map_err(|_| corrupt("event id"))?),
+            at: from_micros(self.created_at).ok_or_else(|| corrupt("timestamp"))?,
+            actor: Actor {
+                id: UserId(self.actor_id.clone()),
+                role: self.actor_role.parse().map_err(|_| corrupt("role"))?,
+                name: self.actor_name.clone(),
+            },
+            data: serde_json::from_str(&self.payload).map_err(|_| corrupt("payload"))?,
+        })
+    }
 }

@@ -12,8 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use std::collections::BTreeMap;
+
+use backchannel_protocol::http::{FieldDefinition, TagDefinition, Team};
+use backchannel_protocol::server::{Notification, NotificationKind};
 use backchannel_protocol::{
-    Actor, Audience, ConversationId, EventData, EventId, EventView, InboxId, Role, UserId,
+    Actor, Audience, ConversationId, EventData, EventId, EventView, FieldTarget, InboxId, Role,
+    TeamId, UserId,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -23,8 +28,9 @@ use sqlx::{QueryBuilder, Row, SqliteConnection};
 
 use super::chain::{self, CanonicalEvent};
 use super::{
-    from_micros, to_micros, ConversationFilter, ConversationRecord, DirectoryEntry, Event, Heads,
-    NewConversation, NewEvent, Seqs, Store, StoreError, WriteOutcome, WriteRefusal, WriteRequest,
+    from_micros, to_micros, AuditRow, ConversationFilter, ConversationRecord, DirectoryEntry,
+    Event, Heads, MarkRead, NewConversation, NewEvent, NoteRecord, NoteSearch, ReplyGuard, Seqs,
+    Store, StoreError, UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
 };
 
 /// The database file inside the data directory.
@@ -34,7 +40,10 @@ const EVENT_COLUMNS: &str = "id, conversation_id, supervisor_seq, agent_seq, pub
      kind, visibility, actor_id, actor_role, actor_name, client_id, payload, created_at, hash";
 
 const CONVERSATION_COLUMNS: &str = "id, inbox_id, contact_id, subject, status, assignee_id, \
-     public_seq, agent_seq, supervisor_seq, created_at, last_activity_at, last_public_at";
+     team_id, public_seq, agent_seq, supervisor_seq, created_at, last_activity_at, last_public_at";
+
+const NOTE_COLUMNS: &str = "n.id, n.conversation_id, n.contact_id, n.author_id, n.author_role, \
+     n.author_name, n.note_type, n.audience, n.body, n.created_at, n.pinned";
 
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -76,7 +85,7 @@ impl SqliteStore {
         request: &WriteRequest,
     ) -> Result<Result<WriteOutcome, WriteRefusal>, StoreError> {
         match request {
-            WriteRequest::Append(event) => Self::append(conn, event).await,
+            WriteRequest::Append { events, guard } => Self::append(conn, events, *guard).await,
             WriteRequest::Open(conversation) => Self::open_conversation(conn, conversation).await,
         }
     }
@@ -107,45 +116,134 @@ impl SqliteStore {
         .bind(at)
         .execute(&mut *conn)
         .await?;
-        Self::append(conn, &new.opened).await
+        Self::append(conn, std::slice::from_ref(&new.opened), None).await
     }
 
+    /// Appends events of one conversation: allocates their seqs from the conversation's
+    /// counters, chains their hashes, and updates the projections they imply.
     async fn append(
         conn: &mut SqliteConnection,
-        new: &NewEvent,
+        events: &[NewEvent],
+        guard: Option<ReplyGuard>,
     ) -> Result<Result<WriteOutcome, WriteRefusal>, StoreError> {
-        if let Some(client_id) = &new.client_id {
+        let Some(first) = events.first() else {
+            return Ok(Ok(WriteOutcome {
+                events: Vec::new(),
+                notifications: Vec::new(),
+                duplicate: false,
+            }));
+        };
+        let conversation = first.conversation_id;
+        if let Some(client_id) = &first.client_id {
             let existing = sqlx::query(&format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE actor_id = ? AND client_id = ?"
             ))
-            .bind(new.actor.id.as_str())
+            .bind(first.actor.id.as_str())
             .bind(client_id)
             .fetch_optional(&mut *conn)
             .await?;
             if let Some(row) = existing {
-                return Ok(Ok(WriteOutcome::Duplicate(Arc::new(event_from_row(&row)?))));
+                return Ok(Ok(WriteOutcome {
+                    events: vec![Arc::new(event_from_row(&row)?)],
+                    notifications: Vec::new(),
+                    duplicate: true,
+                }));
             }
         }
         let Some(row) = sqlx::query(
-            "SELECT public_seq, agent_seq, supervisor_seq, last_hash FROM conversations \
-             WHERE id = ?",
+            "SELECT public_seq, agent_seq, supervisor_seq, last_hash, contact_id \
+             FROM conversations WHERE id = ?",
         )
-        .bind(new.conversation_id.to_string())
+        .bind(conversation.to_string())
         .fetch_optional(&mut *conn)
         .await?
         else {
             return Ok(Err(WriteRefusal::ConversationNotFound));
         };
-        let heads = Heads {
+        if let Some(guard) = guard {
+            let unseen = Self::unseen(conn, conversation, guard, &first.actor.id).await?;
+            if !unseen.is_empty() {
+                return Ok(Err(WriteRefusal::Unseen(unseen)));
+            }
+        }
+        let mut heads = Heads {
             public: get_u64(&row, "public_seq")?,
             agent: get_u64(&row, "agent_seq")?,
             supervisor: get_u64(&row, "supervisor_seq")?,
         };
+        let contact_id: Option<String> = row.try_get("contact_id")?;
         let previous: Vec<u8> = row.try_get("last_hash")?;
-        let previous: [u8; 32] = previous
+        let mut previous: [u8; 32] = previous
             .try_into()
             .map_err(|_| StoreError::Corrupt("last_hash is not 32 bytes".into()))?;
+        let mut stored = Vec::with_capacity(events.len());
+        let mut notifications = Vec::new();
+        let mut last_at = to_micros(first.at);
+        let mut last_public_at = None;
+        for new in events {
+            if new.conversation_id != conversation {
+                return Err(StoreError::Corrupt(
+                    "one append request spans two conversations".into(),
+                ));
+            }
+            let event = Self::insert_event(conn, new, heads, previous).await?;
+            heads = heads.after(&event.seqs);
+            previous = event.hash;
+            last_at = to_micros(new.at);
+            if event.seqs.public.is_some() {
+                last_public_at = Some(last_at);
+            }
+            Self::project(conn, &event, contact_id.as_deref(), &mut notifications).await?;
+            stored.push(Arc::new(event));
+        }
+        sqlx::query(
+            "UPDATE conversations SET public_seq = ?, agent_seq = ?, supervisor_seq = ?, \
+             last_hash = ?, last_activity_at = ?, \
+             last_public_at = COALESCE(?, last_public_at) WHERE id = ?",
+        )
+        .bind(heads.public as i64)
+        .bind(heads.agent as i64)
+        .bind(heads.supervisor as i64)
+        .bind(&previous[..])
+        .bind(last_at)
+        .bind(last_public_at)
+        .bind(conversation.to_string())
+        .execute(&mut *conn)
+        .await?;
+        Ok(Ok(WriteOutcome {
+            events: stored,
+            notifications,
+            duplicate: false,
+        }))
+    }
 
+    /// Messages and notes by others after `guard.seen` in the sender's stream.
+    async fn unseen(
+        conn: &mut SqliteConnection,
+        conversation: ConversationId,
+        guard: ReplyGuard,
+        sender: &UserId,
+    ) -> Result<Vec<Event>, StoreError> {
+        let column = seq_column(guard.audience);
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = ? \
+             AND {column} IS NOT NULL AND {column} > ? AND actor_id != ? \
+             AND kind IN ('message', 'note') ORDER BY {column} LIMIT 50"
+        ))
+        .bind(conversation.to_string())
+        .bind(guard.seen as i64)
+        .bind(sender.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn insert_event(
+        conn: &mut SqliteConnection,
+        new: &NewEvent,
+        heads: Heads,
+        previous: [u8; 32],
+    ) -> Result<Event, StoreError> {
         let visibility = new.data.visibility();
         let seqs = Seqs {
             supervisor: heads.supervisor + 1,
@@ -196,23 +294,7 @@ impl SqliteStore {
         .bind(&hash[..])
         .execute(&mut *conn)
         .await?;
-        let after = heads.after(&seqs);
-        sqlx::query(
-            "UPDATE conversations SET public_seq = ?, agent_seq = ?, supervisor_seq = ?, \
-             last_hash = ?, last_activity_at = ?, \
-             last_public_at = CASE WHEN ? THEN ? ELSE last_public_at END WHERE id = ?",
-        )
-        .bind(after.public as i64)
-        .bind(after.agent as i64)
-        .bind(after.supervisor as i64)
-        .bind(&hash[..])
-        .bind(at)
-        .bind(seqs.public.is_some())
-        .bind(at)
-        .bind(new.conversation_id.to_string())
-        .execute(&mut *conn)
-        .await?;
-        Ok(Ok(WriteOutcome::Stored(Arc::new(Event {
+        Ok(Event {
             conversation_id: new.conversation_id,
             seqs,
             view: EventView {
@@ -223,7 +305,194 @@ impl SqliteStore {
             },
             client_id: new.client_id.clone(),
             hash,
-        }))))
+        })
+    }
+
+    /// Keeps the tables derived from the log (notes, search, tags, fields, assignment,
+    /// status) and the notifications an event implies, in the append transaction.
+    async fn project(
+        conn: &mut SqliteConnection,
+        event: &Event,
+        contact_id: Option<&str>,
+        notifications: &mut Vec<UserNotification>,
+    ) -> Result<(), StoreError> {
+        let conversation = event.conversation_id.to_string();
+        let actor = &event.view.actor;
+        match &event.view.data {
+            EventData::Note {
+                body,
+                note_type,
+                audience,
+                mentions,
+            } => {
+                let inserted = sqlx::query(
+                    "INSERT INTO notes (id, conversation_id, contact_id, author_id, author_role, \
+                     author_name, note_type, audience, body, created_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(event.view.id.to_string())
+                .bind(&conversation)
+                .bind(contact_id)
+                .bind(actor.id.as_str())
+                .bind(actor.role.as_str())
+                .bind(actor.name.as_deref())
+                .bind(enum_text(note_type)?)
+                .bind(enum_text(audience)?)
+                .bind(body)
+                .bind(to_micros(event.view.at))
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query("INSERT INTO note_search (rowid, body) VALUES (?, ?)")
+                    .bind(inserted.last_insert_rowid())
+                    .bind(body)
+                    .execute(&mut *conn)
+                    .await?;
+                let mut seen = std::collections::HashSet::new();
+                for user in mentions {
+                    if *user != actor.id && seen.insert(user) {
+                        let n = Self::notify(conn, user, NotificationKind::Mention, event).await?;
+                        notifications.push(n);
+                    }
+                }
+            }
+            EventData::NoteEdited { note_id, body, .. } => {
+                let row = sqlx::query("UPDATE notes SET body = ? WHERE id = ? RETURNING rowid")
+                    .bind(body)
+                    .bind(note_id.to_string())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                if let Some(row) = row {
+                    let rowid: i64 = row.try_get(0)?;
+                    sqlx::query("UPDATE note_search SET body = ? WHERE rowid = ?")
+                        .bind(body)
+                        .bind(rowid)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+            }
+            EventData::NotePinned {
+                note_id, pinned, ..
+            } => {
+                sqlx::query("UPDATE notes SET pinned = ? WHERE id = ?")
+                    .bind(*pinned)
+                    .bind(note_id.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            EventData::Assigned {
+                assignee_id,
+                team_id,
+            } => {
+                sqlx::query("UPDATE conversations SET assignee_id = ?, team_id = ? WHERE id = ?")
+                    .bind(assignee_id.as_ref().map(|a| a.as_str()))
+                    .bind(team_id.as_ref().map(|t| t.as_str()))
+                    .bind(&conversation)
+                    .execute(&mut *conn)
+                    .await?;
+                if let Some(assignee) = assignee_id {
+                    if *assignee != actor.id {
+                        let n =
+                            Self::notify(conn, assignee, NotificationKind::Assigned, event).await?;
+                        notifications.push(n);
+                    }
+                }
+            }
+            EventData::StatusChanged { status } => {
+                sqlx::query("UPDATE conversations SET status = ? WHERE id = ?")
+                    .bind(status.as_str())
+                    .bind(&conversation)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            EventData::TagsChanged { added, removed } => {
+                for tag in added {
+                    sqlx::query(
+                        "INSERT OR IGNORE INTO conversation_tags (conversation_id, tag) VALUES (?, ?)",
+                    )
+                    .bind(&conversation)
+                    .bind(tag)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                for tag in removed {
+                    sqlx::query(
+                        "DELETE FROM conversation_tags WHERE conversation_id = ? AND tag = ?",
+                    )
+                    .bind(&conversation)
+                    .bind(tag)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+            }
+            EventData::FieldsChanged {
+                target,
+                target_id,
+                changes,
+            } => {
+                for (key, value) in changes {
+                    if value.is_null() {
+                        sqlx::query(
+                            "DELETE FROM field_values WHERE target = ? AND target_id = ? AND key = ?",
+                        )
+                        .bind(target.as_str())
+                        .bind(target_id)
+                        .bind(key)
+                        .execute(&mut *conn)
+                        .await?;
+                    } else {
+                        sqlx::query(
+                            "INSERT INTO field_values (target, target_id, key, value) \
+                             VALUES (?, ?, ?, ?) ON CONFLICT (target, target_id, key) \
+                             DO UPDATE SET value = excluded.value",
+                        )
+                        .bind(target.as_str())
+                        .bind(target_id)
+                        .bind(key)
+                        .bind(value.to_string())
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                }
+            }
+            EventData::ConversationOpened { .. } | EventData::Message { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn notify(
+        conn: &mut SqliteConnection,
+        user: &UserId,
+        kind: NotificationKind,
+        event: &Event,
+    ) -> Result<UserNotification, StoreError> {
+        let actor = &event.view.actor;
+        let row = sqlx::query(
+            "INSERT INTO notifications (user_id, kind, conversation_id, event_id, from_id, \
+             from_role, from_name, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(user.as_str())
+        .bind(kind.as_str())
+        .bind(event.conversation_id.to_string())
+        .bind(event.view.id.to_string())
+        .bind(actor.id.as_str())
+        .bind(actor.role.as_str())
+        .bind(actor.name.as_deref())
+        .bind(to_micros(event.view.at))
+        .fetch_one(&mut *conn)
+        .await?;
+        let id: i64 = row.try_get(0)?;
+        Ok(UserNotification {
+            user_id: user.clone(),
+            notification: Notification {
+                id: id as u64,
+                kind,
+                conversation_id: event.conversation_id,
+                event_id: event.view.id,
+                from: actor.clone(),
+                at: event.view.at,
+                read: false,
+            },
+        })
     }
 }
 
@@ -261,11 +530,7 @@ impl Store for SqliteStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
-        let column = match audience {
-            Audience::Customer => "public_seq",
-            Audience::Agents => "agent_seq",
-            Audience::Supervisors => "supervisor_seq",
-        };
+        let column = seq_column(audience);
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = ? \
              AND {column} IS NOT NULL AND {column} > ? ORDER BY {column} LIMIT ?"
@@ -353,21 +618,437 @@ impl Store for SqliteStore {
     async fn upsert_directory_entry(&self, entry: &DirectoryEntry) -> Result<(), StoreError> {
         let teams = serde_json::to_string(&entry.teams)
             .map_err(|e| StoreError::Corrupt(format!("cannot encode teams: {e}")))?;
+        let inboxes = serde_json::to_string(&entry.inboxes)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode inboxes: {e}")))?;
         sqlx::query(
-            "INSERT INTO users (id, role, name, handle, teams, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET role = excluded.role, \
+            "INSERT INTO users (id, role, name, handle, teams, inboxes, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET role = excluded.role, \
              name = excluded.name, handle = excluded.handle, teams = excluded.teams, \
-             updated_at = excluded.updated_at",
+             inboxes = excluded.inboxes, updated_at = excluded.updated_at",
         )
         .bind(entry.id.as_str())
         .bind(entry.role.as_str())
         .bind(entry.name.as_deref())
         .bind(&entry.handle)
         .bind(teams)
+        .bind(inboxes)
         .bind(to_micros(super::now()))
         .execute(&self.writer)
         .await?;
         Ok(())
+    }
+
+    async fn directory_entry(&self, id: &UserId) -> Result<Option<DirectoryEntry>, StoreError> {
+        let row =
+            sqlx::query("SELECT id, role, name, handle, teams, inboxes FROM users WHERE id = ?")
+                .bind(id.as_str())
+                .fetch_optional(&self.readers)
+                .await?;
+        row.as_ref().map(directory_from_row).transpose()
+    }
+
+    async fn mention_candidates(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<DirectoryEntry>, StoreError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut query = QueryBuilder::new(
+            "SELECT id, role, name, handle, teams, inboxes FROM users u WHERE handle IN (",
+        );
+        let mut list = query.separated(", ");
+        for name in names {
+            list.push_bind(name.clone());
+        }
+        query.push(") OR EXISTS (SELECT 1 FROM json_each(u.teams) t WHERE lower(t.value) IN (");
+        let mut list = query.separated(", ");
+        for name in names {
+            list.push_bind(name.clone());
+        }
+        query.push(")) ORDER BY id");
+        let rows = query.build().fetch_all(&self.readers).await?;
+        rows.iter().map(directory_from_row).collect()
+    }
+
+    async fn put_team(&self, team: &Team) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO teams (id, name) VALUES (?, ?) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+        )
+        .bind(team.id.as_str())
+        .bind(&team.name)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn team(&self, id: &TeamId) -> Result<Option<Team>, StoreError> {
+        let row = sqlx::query("SELECT id, name FROM teams WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.readers)
+            .await?;
+        row.map(|r| {
+            Ok(Team {
+                id: TeamId(r.try_get("id")?),
+                name: r.try_get("name")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn teams(&self) -> Result<Vec<Team>, StoreError> {
+        let rows = sqlx::query("SELECT id, name FROM teams ORDER BY id")
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Team {
+                    id: TeamId(r.try_get("id")?),
+                    name: r.try_get("name")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_tag(&self, tag: &TagDefinition) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tags (name, color, description) VALUES (?, ?, ?) ON CONFLICT (name) \
+             DO UPDATE SET color = excluded.color, description = excluded.description",
+        )
+        .bind(&tag.name)
+        .bind(tag.color.as_deref())
+        .bind(tag.description.as_deref())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn tags(&self) -> Result<Vec<TagDefinition>, StoreError> {
+        let rows = sqlx::query("SELECT name, color, description FROM tags ORDER BY name")
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TagDefinition {
+                    name: r.try_get("name")?,
+                    color: r.try_get("color")?,
+                    description: r.try_get("description")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_tag(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM tags WHERE name = ?")
+            .bind(name)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn put_field(&self, field: &FieldDefinition) -> Result<(), StoreError> {
+        let options = serde_json::to_string(&field.options)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode options: {e}")))?;
+        sqlx::query(
+            "INSERT INTO field_definitions (key, type, applies_to, label, required, options) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET type = excluded.type, \
+             applies_to = excluded.applies_to, label = excluded.label, \
+             required = excluded.required, options = excluded.options",
+        )
+        .bind(&field.key)
+        .bind(enum_text(&field.field_type)?)
+        .bind(field.applies_to.as_str())
+        .bind(&field.label)
+        .bind(field.required)
+        .bind(options)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn fields(&self) -> Result<Vec<FieldDefinition>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key, type, applies_to, label, required, options FROM field_definitions \
+             ORDER BY key",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let options: String = r.try_get("options")?;
+                Ok(FieldDefinition {
+                    key: r.try_get("key")?,
+                    field_type: enum_from_text(&r.try_get::<String, _>("type")?)?,
+                    applies_to: enum_from_text(&r.try_get::<String, _>("applies_to")?)?,
+                    label: r.try_get("label")?,
+                    required: r.try_get("required")?,
+                    options: serde_json::from_str(&options)
+                        .map_err(|e| StoreError::Corrupt(format!("field options: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn conversation_tags(
+        &self,
+        ids: &[ConversationId],
+    ) -> Result<BTreeMap<ConversationId, Vec<String>>, StoreError> {
+        let mut out = BTreeMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let mut query = QueryBuilder::new(
+            "SELECT conversation_id, tag FROM conversation_tags WHERE conversation_id IN (",
+        );
+        let mut list = query.separated(", ");
+        for id in ids {
+            list.push_bind(id.to_string());
+        }
+        query.push(") ORDER BY tag");
+        for row in query.build().fetch_all(&self.readers).await? {
+            let id: String = row.try_get("conversation_id")?;
+            let id = ConversationId(parse_uuid(&id, "conversation id")?);
+            out.entry(id)
+                .or_insert_with(Vec::new)
+                .push(row.try_get("tag")?);
+        }
+        Ok(out)
+    }
+
+    async fn field_values(
+        &self,
+        target: FieldTarget,
+        ids: &[String],
+    ) -> Result<BTreeMap<String, BTreeMap<String, serde_json::Value>>, StoreError> {
+        let mut out = BTreeMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let mut query =
+            QueryBuilder::new("SELECT target_id, key, value FROM field_values WHERE target = ");
+        query.push_bind(target.as_str()).push(" AND target_id IN (");
+        let mut list = query.separated(", ");
+        for id in ids {
+            list.push_bind(id.clone());
+        }
+        query.push(")");
+        for row in query.build().fetch_all(&self.readers).await? {
+            let value: String = row.try_get("value")?;
+            let value = serde_json::from_str(&value)
+                .map_err(|e| StoreError::Corrupt(format!("field value: {e}")))?;
+            out.entry(row.try_get::<String, _>("target_id")?)
+                .or_insert_with(BTreeMap::new)
+                .insert(row.try_get("key")?, value);
+        }
+        Ok(out)
+    }
+
+    async fn note(&self, id: EventId) -> Result<Option<NoteRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {NOTE_COLUMNS} FROM notes n WHERE n.id = ?"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.readers)
+        .await?;
+        row.as_ref().map(note_from_row).transpose()
+    }
+
+    async fn pinned_notes(
+        &self,
+        conversation: ConversationId,
+        contact: Option<&UserId>,
+    ) -> Result<Vec<NoteRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {NOTE_COLUMNS} FROM notes n WHERE n.pinned = 1 AND (n.conversation_id = ? \
+             OR (n.contact_id = ? AND n.note_type = 'context')) ORDER BY n.created_at"
+        ))
+        .bind(conversation.to_string())
+        .bind(contact.map(|c| c.as_str()))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(note_from_row).collect()
+    }
+
+    async fn contact_conversations(
+        &self,
+        contact: &UserId,
+        limit: u32,
+    ) -> Result<Vec<ConversationRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE contact_id = ? \
+             ORDER BY last_activity_at DESC LIMIT ?"
+        ))
+        .bind(contact.as_str())
+        .bind(limit as i64)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(conversation_from_row).collect()
+    }
+
+    async fn search_notes(&self, search: &NoteSearch) -> Result<Vec<NoteRecord>, StoreError> {
+        if search.terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Each word is quoted, so user input is never FTS5 query syntax.
+        let expression = search
+            .terms
+            .iter()
+            .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut query = QueryBuilder::new(format!(
+            "SELECT {NOTE_COLUMNS} FROM note_search s JOIN notes n ON n.rowid = s.rowid \
+             JOIN conversations c ON c.id = n.conversation_id WHERE note_search MATCH "
+        ));
+        query.push_bind(expression);
+        if let Some(inboxes) = &search.inboxes {
+            if inboxes.is_empty() {
+                return Ok(Vec::new());
+            }
+            query.push(" AND c.inbox_id IN (");
+            let mut list = query.separated(", ");
+            for inbox in inboxes {
+                list.push_bind(inbox.as_str().to_owned());
+            }
+            query.push(")");
+        }
+        if !search.include_supervisors {
+            query.push(" AND n.audience = 'agents'");
+        }
+        if let Some(note_type) = &search.note_type {
+            query
+                .push(" AND n.note_type = ")
+                .push_bind(enum_text(note_type)?);
+        }
+        if let Some(author) = &search.author {
+            query
+                .push(" AND n.author_id = ")
+                .push_bind(author.as_str().to_owned());
+        }
+        if let Some(tag) = &search.tag {
+            query
+                .push(" AND n.conversation_id IN (SELECT conversation_id FROM conversation_tags WHERE tag = ")
+                .push_bind(tag.clone())
+                .push(")");
+        }
+        query
+            .push(" ORDER BY s.rank LIMIT ")
+            .push_bind(search.limit as i64);
+        let rows = query.build().fetch_all(&self.readers).await?;
+        rows.iter().map(note_from_row).collect()
+    }
+
+    async fn notifications(
+        &self,
+        user: &UserId,
+        unread_only: bool,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT id, kind, conversation_id, event_id, from_id, from_role, from_name, \
+             created_at, read_at FROM notifications WHERE user_id = ? {} \
+             ORDER BY id DESC LIMIT ?",
+            if unread_only {
+                "AND read_at IS NULL"
+            } else {
+                ""
+            }
+        ))
+        .bind(user.as_str())
+        .bind(limit as i64)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(notification_from_row).collect()
+    }
+
+    async fn unread_notifications(&self, user: &UserId) -> Result<u64, StoreError> {
+        let row =
+            sqlx::query("SELECT COUNT(*) FROM notifications WHERE user_id = ? AND read_at IS NULL")
+                .bind(user.as_str())
+                .fetch_one(&self.readers)
+                .await?;
+        Ok(row.try_get::<i64, _>(0)? as u64)
+    }
+
+    async fn mark_notifications_read(
+        &self,
+        user: &UserId,
+        which: &MarkRead,
+    ) -> Result<u64, StoreError> {
+        let mut query = QueryBuilder::new("UPDATE notifications SET read_at = ");
+        query
+            .push_bind(to_micros(super::now()))
+            .push(" WHERE read_at IS NULL AND user_id = ")
+            .push_bind(user.as_str().to_owned());
+        match which {
+            MarkRead::All => {}
+            MarkRead::UpTo(id) => {
+                query.push(" AND id <= ").push_bind(*id as i64);
+            }
+            MarkRead::Ids(ids) => {
+                if ids.is_empty() {
+                    return Ok(0);
+                }
+                query.push(" AND id IN (");
+                let mut list = query.separated(", ");
+                for id in ids {
+                    list.push_bind(*id as i64);
+                }
+                query.push(")");
+            }
+        }
+        let done = query.build().execute(&self.writer).await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn audit_rows(&self, conversation: ConversationId) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = ? ORDER BY supervisor_seq"
+        ))
+        .bind(conversation.to_string())
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    id: r.try_get("id")?,
+                    conversation_id: r.try_get("conversation_id")?,
+                    supervisor_seq: r.try_get("supervisor_seq")?,
+                    agent_seq: r.try_get("agent_seq")?,
+                    public_seq: r.try_get("public_seq")?,
+                    kind: r.try_get("kind")?,
+                    visibility: r.try_get("visibility")?,
+                    actor_id: r.try_get("actor_id")?,
+                    actor_role: r.try_get("actor_role")?,
+                    actor_name: r.try_get("actor_name")?,
+                    client_id: r.try_get("client_id")?,
+                    payload: r.try_get("payload")?,
+                    created_at: r.try_get("created_at")?,
+                    hash: r.try_get("hash")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn last_hash(&self, conversation: ConversationId) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = sqlx::query("SELECT last_hash FROM conversations WHERE id = ?")
+            .bind(conversation.to_string())
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(row.map(|r| r.try_get("last_hash")).transpose()?)
+    }
+
+    async fn conversation_ids(&self) -> Result<Vec<ConversationId>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM conversations ORDER BY created_at, id")
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("id")?;
+                Ok(ConversationId(parse_uuid(&id, "conversation id")?))
+            })
+            .collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -379,6 +1060,86 @@ impl Store for SqliteStore {
         self.readers.close().await;
         self.writer.close().await;
     }
+}
+
+fn seq_column(audience: Audience) -> &'static str {
+    match audience {
+        Audience::Customer => "public_seq",
+        Audience::Agents => "agent_seq",
+        Audience::Supervisors => "supervisor_seq",
+    }
+}
+
+/// The snake_case name serde gives a unit enum variant.
+fn enum_text<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => Ok(s),
+        _ => Err(StoreError::Corrupt(
+            "enum does not encode as a string".into(),
+        )),
+    }
+}
+
+fn enum_from_text<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|e| StoreError::Corrupt(format!("unknown value `{text}`: {e}")))
+}
+
+fn directory_from_row(row: &SqliteRow) -> Result<DirectoryEntry, StoreError> {
+    let role: String = row.try_get("role")?;
+    let teams: String = row.try_get("teams")?;
+    let inboxes: String = row.try_get("inboxes")?;
+    Ok(DirectoryEntry {
+        id: UserId(row.try_get("id")?),
+        role: Role::from_str(&role).map_err(StoreError::Corrupt)?,
+        name: row.try_get("name")?,
+        handle: row.try_get("handle")?,
+        teams: serde_json::from_str(&teams)
+            .map_err(|e| StoreError::Corrupt(format!("user teams: {e}")))?,
+        inboxes: serde_json::from_str(&inboxes)
+            .map_err(|e| StoreError::Corrupt(format!("user inboxes: {e}")))?,
+    })
+}
+
+fn note_from_row(row: &SqliteRow) -> Result<NoteRecord, StoreError> {
+    let id: String = row.try_get("id")?;
+    let conversation_id: String = row.try_get("conversation_id")?;
+    let role: String = row.try_get("author_role")?;
+    Ok(NoteRecord {
+        id: EventId(parse_uuid(&id, "note id")?),
+        conversation_id: ConversationId(parse_uuid(&conversation_id, "conversation id")?),
+        contact_id: row.try_get::<Option<String>, _>("contact_id")?.map(UserId),
+        author: Actor {
+            id: UserId(row.try_get("author_id")?),
+            role: Role::from_str(&role).map_err(StoreError::Corrupt)?,
+            name: row.try_get("author_name")?,
+        },
+        note_type: enum_from_text(&row.try_get::<String, _>("note_type")?)?,
+        audience: enum_from_text(&row.try_get::<String, _>("audience")?)?,
+        body: row.try_get("body")?,
+        at: get_time(row, "created_at")?,
+        pinned: row.try_get("pinned")?,
+    })
+}
+
+fn notification_from_row(row: &SqliteRow) -> Result<Notification, StoreError> {
+    let conversation_id: String = row.try_get("conversation_id")?;
+    let event_id: String = row.try_get("event_id")?;
+    let role: String = row.try_get("from_role")?;
+    let read_at: Option<i64> = row.try_get("read_at")?;
+    Ok(Notification {
+        id: row.try_get::<i64, _>("id")? as u64,
+        kind: enum_from_text(&row.try_get::<String, _>("kind")?)?,
+        conversation_id: ConversationId(parse_uuid(&conversation_id, "conversation id")?),
+        event_id: EventId(parse_uuid(&event_id, "event id")?),
+        from: Actor {
+            id: UserId(row.try_get("from_id")?),
+            role: Role::from_str(&role).map_err(StoreError::Corrupt)?,
+            name: row.try_get("from_name")?,
+        },
+        at: get_time(row, "created_at")?,
+        read: read_at.is_some(),
+    })
 }
 
 fn get_u64(row: &SqliteRow, column: &str) -> Result<u64, StoreError> {
@@ -443,6 +1204,7 @@ fn conversation_from_row(row: &SqliteRow) -> Result<ConversationRecord, StoreErr
         subject: row.try_get("subject")?,
         status: row.try_get("status")?,
         assignee_id: row.try_get::<Option<String>, _>("assignee_id")?.map(UserId),
+        team_id: row.try_get::<Option<String>, _>("team_id")?.map(TeamId),
         created_at: get_time(row, "created_at")?,
         last_activity_at: get_time(row, "last_activity_at")?,
         last_public_at: get_time(row, "last_public_at")?,

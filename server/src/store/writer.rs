@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Event, Store, WriteOutcome, WriteRefusal, WriteRequest};
+use super::{Event, Store, UserNotification, WriteOutcome, WriteRefusal, WriteRequest};
 use crate::metrics::Metrics;
 
 /// Most requests committed in one transaction.
@@ -23,9 +23,10 @@ pub const MAX_BATCH: usize = 512;
 /// Requests that may wait for the writer before callers are made to wait in turn.
 const QUEUE_DEPTH: usize = 8192;
 
-/// Told about events once they are durable, in commit order.
+/// Told about events (and the notifications they caused) once they are durable, in
+/// commit order.
 pub trait CommitListener: Send + Sync + 'static {
-    fn committed(&self, events: &[Arc<Event>]);
+    fn committed(&self, events: &[Arc<Event>], notifications: &[UserNotification]);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,15 +126,16 @@ async fn run(
         metrics.observe_commit(started.elapsed(), requests.len());
         match result {
             Ok(outcomes) => {
-                let fresh: Vec<Arc<Event>> = outcomes
-                    .iter()
-                    .filter_map(|o| match o {
-                        Ok(WriteOutcome::Stored(event)) => Some(event.clone()),
-                        _ => None,
-                    })
-                    .collect();
+                let mut fresh = Vec::new();
+                let mut notifications = Vec::new();
+                for outcome in outcomes.iter().flatten() {
+                    if !outcome.duplicate {
+                        fresh.extend(outcome.events.iter().cloned());
+                        notifications.extend(outcome.notifications.iter().cloned());
+                    }
+                }
                 metrics.events_appended.inc_by(fresh.len() as u64);
-                listener.committed(&fresh);
+                listener.committed(&fresh, &notifications);
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     // A caller that went away no longer needs its answer.
                     let _ = reply.send(outcome.map_err(WriteError::Refused));

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use backchannel_protocol::client::CLIENT_FRAME_TYPES;
-use backchannel_protocol::server::{AppendResult, SessionUser, SubscribeResult};
+use backchannel_protocol::server::{AppendResult, ReadResult, SessionUser, SubscribeResult};
 use backchannel_protocol::{ClientFrame, ConversationId, FrameHead, Ref};
 use futures::stream::SplitStream;
 use futures::StreamExt;
@@ -35,6 +35,7 @@ use backchannel_protocol::server::ServerFrame;
 enum Reply {
     Subscribed(SubscribeResult),
     Appended(AppendResult),
+    Read(ReadResult),
     Empty {},
     /// `ping`'s answer: `ok` with its `ref`, else a `pong` frame.
     Pong {},
@@ -53,8 +54,16 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, _permit: SocketPermi
             subscriptions: HashSet::new(),
             max_subscriptions: state.limits.max_subscriptions,
         };
+        if let Some(staff) = StaffOutbox::new(outbox.clone(), &session.identity) {
+            session
+                .service
+                .open_session(&session.identity, session.conn, staff);
+        }
         session.run(&mut stream, &state).await;
         session.leave_all();
+        session
+            .service
+            .close_session(&session.identity, session.conn);
     }
     // Whatever ended the session has asked the writer to close; this covers the rest.
     outbox.close(CloseReason::ClientGone);
@@ -102,7 +111,7 @@ async fn hello(
             _ => {
                 refuse(
                     outbox,
-                    head.reference.as_ref(),
+                    head.reference().as_ref(),
                     "the first frame must be `hello`",
                 )
                 .await;
@@ -126,7 +135,7 @@ async fn hello(
                 Some(identity)
             }
             Err(e) => {
-                refuse(outbox, head.reference.as_ref(), &e.to_string()).await;
+                refuse(outbox, head.reference().as_ref(), &e.to_string()).await;
                 None
             }
         };
@@ -139,6 +148,7 @@ async fn refuse(outbox: &Outbox, reference: Option<&Ref>, message: &str) {
         reference,
         code: backchannel_protocol::ErrorCode::Unauthorized,
         message,
+        missed: None,
     };
     outbox.control(ControlFrame::new(&frame)).await;
     outbox.close(CloseReason::Unauthorized);
@@ -223,8 +233,14 @@ impl Session {
                 return self.answer(None, Err(error)).await;
             }
         };
-        let reference = head.reference;
-        let result = match head.kind.as_deref() {
+        let reference = head.reference();
+        let result = match head.kind() {
+            _ if head.reference.is_some() && reference.is_none() => Err(ServiceError::bad_request(
+                "`ref` must be a string or a number",
+            )),
+            None if head.kind.is_some() => {
+                Err(ServiceError::bad_request("`type` must be a string"))
+            }
             None => Err(ServiceError::bad_request("missing `type`")),
             Some(kind) if !CLIENT_FRAME_TYPES.contains(&kind) => Err(ServiceError::bad_request(
                 format!("unknown type `{}`", truncate(kind, 64)),
@@ -281,11 +297,67 @@ impl Session {
                 conversation_id,
                 client_id,
                 body,
+                based_on_seq,
             } => self
                 .service
-                .send_message(who, conversation_id, client_id, body)
+                .send_message(who, conversation_id, client_id, body, based_on_seq)
                 .await
                 .map(Reply::Appended),
+            ClientFrame::EditNote {
+                conversation_id,
+                note_id,
+                body,
+            } => self
+                .service
+                .edit_note(who, conversation_id, note_id, body)
+                .await
+                .map(Reply::Appended),
+            ClientFrame::PinNote {
+                conversation_id,
+                note_id,
+                pinned,
+            } => self
+                .service
+                .pin_note(who, conversation_id, note_id, pinned)
+                .await
+                .map(Reply::Appended),
+            ClientFrame::Assign {
+                conversation_id,
+                assignee_id,
+                team_id,
+                note,
+            } => self
+                .service
+                .assign(who, conversation_id, assignee_id, team_id, note)
+                .await
+                .map(Reply::Appended),
+            ClientFrame::SetStatus {
+                conversation_id,
+                status,
+            } => self
+                .service
+                .set_status(who, conversation_id, status)
+                .await
+                .map(Reply::Appended),
+            ClientFrame::Tag {
+                conversation_id,
+                add,
+                remove,
+            } => self
+                .service
+                .tag(who, conversation_id, add, remove)
+                .await
+                .map(|r| r.map_or(Reply::Empty {}, Reply::Appended)),
+            ClientFrame::SetFields { target, id, fields } => self
+                .service
+                .set_fields(who, target, id, fields)
+                .await
+                .map(Reply::Appended),
+            ClientFrame::ReadNotifications { ids, up_to } => self
+                .service
+                .read_notifications(who, ids, up_to)
+                .await
+                .map(Reply::Read),
             ClientFrame::Note {
                 conversation_id,
                 client_id,
@@ -333,10 +405,15 @@ impl Session {
             (Ok(_), None) => return,
             (Err(error), reference) => {
                 let message = error.to_string();
+                let missed = match error {
+                    ServiceError::Conflict { missed, .. } => Some(missed.as_slice()),
+                    _ => None,
+                };
                 ControlFrame::new::<()>(&ServerFrame::Error {
                     reference,
                     code: error.code(),
                     message: &message,
+                    missed,
                 })
             }
         };

@@ -1,0 +1,78 @@
+//! Finding `@mentions` in a note's text.
+//!
+//! A mention is `@` at the start of the text or after a character that cannot be part of
+//! a name (so `bob@example.com` is not one), followed by a name of letters, digits, `_`,
+//! `.` and `-`. Trailing `.` and `-` are punctuation, not part of the name
+//! ("thanks @alice."). Names are compared lower-cased. Who a name refers to (an agent's
+//! handle or a team id) is decided by the service against the directory.
+
+/// Longest name considered.
+const MAX_NAME: usize = 64;
+/// Most distinct names taken from one note.
+pub const MAX_MENTIONS: usize = 50;
+
+fn is_name_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+/// The distinct names mentioned in `text`, lower-cased, in order of first appearance.
+pub fn parse(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut previous: Option<char> = None;
+    let mut chars = text.char_indices().peekable();
+    while let Some((index, c)) = chars.next() {
+        let starts_mention = c == '@' && !previous.is_some_and(is_name_char);
+        previous = Some(c);
+        if !starts_mention {
+            continue;
+        }
+        let rest = &text[index + 1..];
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| !is_name_char(c))
+            .map_or(rest.len(), |(i, _)| i);
+        let name = rest[..end].trim_end_matches(['.', '-']);
+        if !name.is_empty() && name.chars().count() <= MAX_NAME {
+            let name = name.to_lowercase();
+            if !names.contains(&name) {
+                names.push(name);
+                if names.len() == MAX_MENTIONS {
+                    break;
+                }
+            }
+        }
+        // Skip the name so an `@` inside it does not start another mention.
+        while chars.peek().is_some_and(|&(i, _)| i <= index + end) {
+            if let Some((_, c)) = chars.next() {
+                previous = Some(c);
+            }
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn finds_handles_and_teams() {
+        assert_eq!(
+            parse("@Alice please loop in @billing-team, thanks @bob."),
+            vec!["alice", "billing-team", "bob"]
+        );
+    }
+
+    #[test]
+    fn ignores_emails_and_lone_at_signs() {
+        assert!(parse("write to carol@example.com @ noon").is_empty());
+        assert_eq!(parse("(@dave)"), vec!["dave"]);
+    }
+
+    #[test]
+    fn deduplicates_and_handles_unicode() {
+        assert_eq!(parse("@émile @Émile @émile"), vec!["émile"]);
+        assert!(parse("@").is_empty());
+        assert!(parse("@@@").is_empty());
+    }
+}
