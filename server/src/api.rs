@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 
 use crate::app::AppState;
 use crate::auth::Identity;
+use crate::broker::BrokerStatus;
 use crate::error::ServiceError;
 use crate::service::{ListQuery, SearchQuery};
 
@@ -136,12 +137,19 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready when the store answers. A degraded broker is reported but keeps the node
+/// ready: it still acknowledges writes and serves its own sockets, and catches up when
+/// the broker is back; taking every node out of rotation when Redis blips would be worse.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let broker = match state.broker.status() {
+        BrokerStatus::Ok => "ok".to_owned(),
+        BrokerStatus::Degraded(reason) => format!("degraded: {reason}"),
+    };
     match state.service.ready().await {
-        Ok(()) => Json(serde_json::json!({"store": "ok", "broker": "ok"})).into_response(),
+        Ok(()) => Json(serde_json::json!({"store": "ok", "broker": broker})).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"store": e.to_string(), "broker": "ok"})),
+            Json(serde_json::json!({"store": e.to_string(), "broker": broker})),
         )
             .into_response(),
     }

@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, AuthError, Keys};
+use crate::broker::redis::{BrokerError, RedisBroker};
+use crate::broker::{Broker, Fanout, LocalBroker};
 use crate::config::{Config, Limits};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -30,6 +32,8 @@ pub enum ServerError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -39,6 +43,7 @@ pub enum ServerError {
 /// What handlers share.
 pub struct AppState {
     pub service: Arc<Service>,
+    pub broker: Arc<dyn Broker>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub allowed_origins: Option<Vec<String>>,
@@ -60,20 +65,33 @@ pub async fn run(
             "PostgreSQL (--database-url) is not supported yet; leave it unset to use SQLite",
         ));
     }
-    if config.redis_url.is_some() {
-        return Err(ServerError::Unsupported(
-            "Redis (--redis-url) is not supported yet; leave it unset to run one node",
-        ));
-    }
     let (secret, _) = auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
     let store: Arc<dyn Store> = SqliteStore::open(&config.data_dir).await?;
     let metrics = Arc::new(Metrics::new());
-    let hub = Arc::new(Hub::new(store.clone()));
-    let writer = Writer::start(store.clone(), hub.clone(), metrics.clone());
+    let (broker, redis): (Arc<dyn Broker>, _) = match &config.redis_url {
+        None => (Arc::new(LocalBroker), None),
+        Some(url) => {
+            let (redis, inbound) = RedisBroker::start(url, config.node_id.clone())?;
+            (redis.clone(), Some((redis, inbound)))
+        }
+    };
+    let hub = Arc::new(Hub::new(store.clone(), broker.clone()));
+    let mut pump = None;
+    let mut redis_broker = None;
+    if let Some((redis, inbound)) = redis {
+        pump = Some(tokio::spawn(crate::broker::pump(inbound, hub.clone())));
+        redis_broker = Some(redis);
+    }
+    let fanout = Arc::new(Fanout {
+        hub: hub.clone(),
+        broker: broker.clone(),
+    });
+    let writer = Writer::start(store.clone(), fanout, metrics.clone());
     let service = Arc::new(Service::new(store, writer, hub, Keys::new(&secret)));
     let stop = CancellationToken::new();
     let state = Arc::new(AppState {
         service: service.clone(),
+        broker,
         metrics,
         limits: config.limits.clone(),
         allowed_origins: config.allowed_origins.clone(),
@@ -109,6 +127,12 @@ pub async fn run(
     state.sockets.close();
     state.sockets.wait().await;
     service.shutdown().await;
+    if let Some(redis) = redis_broker {
+        redis.shutdown();
+    }
+    if let Some(pump) = pump {
+        pump.abort();
+    }
     tracing::info!("stopped");
     served.map_err(ServerError::from)
 }

@@ -14,6 +14,8 @@
 //!   the writer and waits until they are durable.
 //! - [`store`]: the event log. [`store::writer`] group-commits appends; only `store`
 //!   names sqlx.
+//! - [`broker`]: publishes committed events to other nodes (Redis) and feeds theirs to
+//!   the hub; a no-op on a single node.
 //! - [`hub`]: rooms per conversation; delivers committed events to subscribers in `seq`
 //!   order, once, serializing each event once per audience.
 //! - [`visibility`]: `PublicEvent` and the typed frames each side of a room accepts.
@@ -27,6 +29,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod error;
 pub mod fields;

@@ -209,8 +209,8 @@ impl Service {
     }
 
     /// A staff socket's session: it receives the user's notifications until closed.
-    pub fn open_session(&self, who: &Identity, conn: ConnId, outbox: StaffOutbox) {
-        self.hub.register_session(&who.user_id, conn, outbox);
+    pub async fn open_session(&self, who: &Identity, conn: ConnId, outbox: StaffOutbox) {
+        self.hub.register_session(&who.user_id, conn, outbox).await;
     }
 
     pub fn close_session(&self, who: &Identity, conn: ConnId) {

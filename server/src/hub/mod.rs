@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 pub use room::{Room, Seat};
 
-use crate::store::writer::CommitListener;
+use crate::broker::{Broker, Topic};
 use crate::store::{Event, Store, StoreError, UserNotification};
 use crate::visibility::{StaffFrame, Typing};
 use crate::ws::outbox::StaffOutbox;
@@ -52,18 +52,25 @@ pub struct Hub {
     /// map holds staff outboxes only.
     sessions: DashMap<UserId, Vec<(ConnId, StaffOutbox)>>,
     store: Arc<dyn Store>,
+    /// Where this node says which conversations and users it serves.
+    broker: Arc<dyn Broker>,
     /// Backfill tasks, so shutdown can wait for them.
     tasks: TaskTracker,
 }
 
 impl Hub {
-    pub fn new(store: Arc<dyn Store>) -> Hub {
+    pub fn new(store: Arc<dyn Store>, broker: Arc<dyn Broker>) -> Hub {
         Hub {
             rooms: DashMap::new(),
             sessions: DashMap::new(),
             store,
+            broker,
             tasks: TaskTracker::new(),
         }
+    }
+
+    pub(crate) fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn Store> {
@@ -112,12 +119,19 @@ impl Hub {
     }
 
     fn forget_if_empty(&self, conversation: ConversationId) {
-        self.rooms
+        let removed = self
+            .rooms
             .remove_if(&conversation, |_, room| room.close_if_empty());
+        if let Some((_, room)) = removed {
+            if room.is_ready() {
+                self.broker.unwatch(Topic::Conversation(conversation));
+            }
+        }
     }
 
-    /// Registers a staff session to receive the user's notifications.
-    pub fn register_session(&self, user: &UserId, conn: ConnId, outbox: StaffOutbox) {
+    /// Registers a staff session to receive the user's notifications, from any node.
+    pub async fn register_session(&self, user: &UserId, conn: ConnId, outbox: StaffOutbox) {
+        self.broker.watch(Topic::User(user.clone())).await;
         self.sessions
             .entry(user.clone())
             .or_default()
@@ -125,11 +139,26 @@ impl Hub {
     }
 
     pub fn unregister_session(&self, user: &UserId, conn: ConnId) {
+        let mut found = false;
         if let Some(mut sessions) = self.sessions.get_mut(user) {
+            let before = sessions.len();
             sessions.retain(|(c, _)| *c != conn);
+            found = sessions.len() < before;
         }
         self.sessions
             .remove_if(user, |_, sessions| sessions.is_empty());
+        if found {
+            self.broker.unwatch(Topic::User(user.clone()));
+        }
+    }
+
+    /// Every room re-reads the store past what it has delivered: called when messages
+    /// from other nodes may have been missed (the broker reconnected).
+    pub fn resync(&self) {
+        let rooms: Vec<Arc<Room>> = self.rooms.iter().map(|r| r.value().clone()).collect();
+        for room in rooms {
+            room.catch_up(self);
+        }
     }
 
     /// Delivers a notification to every open session of its user on this node.
@@ -161,8 +190,10 @@ impl Hub {
     }
 }
 
-impl CommitListener for Hub {
-    fn committed(&self, events: &[Arc<Event>], notifications: &[UserNotification]) {
+impl Hub {
+    /// Delivers committed events (from this node's writer or another node) to the rooms
+    /// on this node, and notifications to their users' sessions.
+    pub fn committed(&self, events: &[Arc<Event>], notifications: &[UserNotification]) {
         for event in events {
             let room = self.rooms.get(&event.conversation_id).map(|r| r.clone());
             if let Some(room) = room {

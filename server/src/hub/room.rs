@@ -204,6 +204,11 @@ impl Room {
     async fn ensure_ready(self: &Arc<Self>, hub: &Hub) -> Result<(), HubError> {
         self.ready
             .get_or_try_init(|| async {
+                // Subscribed before the heads are read: whatever another node commits
+                // after the read is published after the subscription is active.
+                hub.broker()
+                    .watch(crate::broker::Topic::Conversation(self.id))
+                    .await;
                 let record = hub
                     .store()
                     .conversation(self.id)
@@ -296,6 +301,46 @@ impl Room {
                 last = seq;
             }
         }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.initialized()
+    }
+
+    /// Reads and delivers everything the store holds past what this room delivered.
+    pub fn catch_up(self: &Arc<Self>, hub: &Hub) {
+        let room = self.clone();
+        let store = hub.store().clone();
+        hub.tasks().spawn(async move {
+            loop {
+                let Some(after) = room.state.lock().heads.map(|h| h.supervisor) else {
+                    return;
+                };
+                match store
+                    .events_after(room.id, Audience::Supervisors, after, REPLAY_PAGE)
+                    .await
+                {
+                    Ok(events) => {
+                        let full = events.len() == REPLAY_PAGE as usize;
+                        let mut state = room.state.lock();
+                        for event in events {
+                            let next = state.heads.map(|h| h.supervisor + 1);
+                            if Some(event.seqs.supervisor) == next {
+                                state.fan_out(&Arc::new(event));
+                            }
+                        }
+                        state.drain_pending();
+                        if !full {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(conversation = %room.id, "catch-up failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
     }
 
     pub fn remove_member(&self, conn: ConnId) {

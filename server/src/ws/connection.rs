@@ -57,7 +57,8 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, _permit: SocketPermi
         if let Some(staff) = StaffOutbox::new(outbox.clone(), &session.identity) {
             session
                 .service
-                .open_session(&session.identity, session.conn, staff);
+                .open_session(&session.identity, session.conn, staff)
+                .await;
         }
         session.run(&mut stream, &state).await;
         session.leave_all();

@@ -1,0 +1,104 @@
+//! The broker: how committed events reach the other nodes of a cluster.
+//!
+//! The store is the truth and the broker only a hint. After the writer commits, the
+//! node delivers to its own sockets directly (through the hub) and hands the same events
+//! to [`Broker::publish`]; other nodes receive them as [`Inbound`] messages and give them
+//! to their hub, which drops duplicates by `seq` and reads any hole from the store. When
+//! the broker connection drops and comes back, the node re-reads every room's head from
+//! the store ([`Inbound::Resync`]), so nothing published meanwhile is lost.
+//!
+//! A node subscribes only to what it serves: a conversation while it has a room for it,
+//! a user while that user has a session on it ([`Topic`]).
+//!
+//! [`LocalBroker`] is the embedded default: one node, nothing to publish to.
+//! [`redis::RedisBroker`] is Redis pub/sub.
+
+pub mod redis;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use backchannel_protocol::{ConversationId, UserId};
+
+use crate::hub::Hub;
+use crate::store::writer::CommitListener;
+use crate::store::{Event, UserNotification};
+
+/// What a node can subscribe to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Conversation(ConversationId),
+    User(UserId),
+}
+
+/// For `/readyz`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BrokerStatus {
+    Ok,
+    /// Writes are still acknowledged and served to local sockets; other nodes will
+    /// catch up from the store once the broker is back.
+    Degraded(String),
+}
+
+/// A message from another node.
+#[derive(Debug)]
+pub enum Inbound {
+    Events(Vec<Arc<Event>>),
+    Notification(UserNotification),
+    /// The broker connection was re-established: messages may have been missed.
+    Resync,
+}
+
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Queues committed events and notifications for the other nodes. Never waits.
+    fn publish(&self, events: &[Arc<Event>], notifications: &[UserNotification]);
+
+    /// Starts receiving a topic; returns once the subscription is active (or at once if
+    /// the broker is down: the resync after reconnecting covers the gap).
+    async fn watch(&self, topic: Topic);
+
+    fn unwatch(&self, topic: Topic);
+
+    fn status(&self) -> BrokerStatus;
+}
+
+/// One node alone: there is nobody to tell.
+pub struct LocalBroker;
+
+#[async_trait]
+impl Broker for LocalBroker {
+    fn publish(&self, _events: &[Arc<Event>], _notifications: &[UserNotification]) {}
+
+    async fn watch(&self, _topic: Topic) {}
+
+    fn unwatch(&self, _topic: Topic) {}
+
+    fn status(&self) -> BrokerStatus {
+        BrokerStatus::Ok
+    }
+}
+
+/// What the writer tells after each commit: the local hub first, then the other nodes.
+pub struct Fanout {
+    pub hub: Arc<Hub>,
+    pub broker: Arc<dyn Broker>,
+}
+
+impl CommitListener for Fanout {
+    fn committed(&self, events: &[Arc<Event>], notifications: &[UserNotification]) {
+        self.hub.committed(events, notifications);
+        self.broker.publish(events, notifications);
+    }
+}
+
+/// Feeds messages from other nodes to the hub until the broker stops.
+pub async fn pump(mut inbound: tokio::sync::mpsc::Receiver<Inbound>, hub: Arc<Hub>) {
+    while let Some(message) = inbound.recv().await {
+        match message {
+            Inbound::Events(events) => hub.committed(&events, &[]),
+            Inbound::Notification(notification) => hub.notify(&notification),
+            Inbound::Resync => hub.resync(),
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! Redis pub/sub between nodes.
+//!
+//! Channels: `bc:c:{conversation}` carries a conversation's committed events,
+//! `bc:u:{user}` a user's notifications. A node subscribes to a channel while it serves
+//! that conversation or user (reference-counted [`Topic`]s), never to a pattern.
+//!
+//! Two tasks:
+//! - the publisher drains everything queued, groups events by conversation (one message
+//!   per conversation per batch) and sends the batch as one pipeline; a failed batch is
+//!   retried with backoff, so a short outage delays messages rather than losing them;
+//! - the subscriber holds the pub/sub connection, applies watch/unwatch requests, and
+//!   forwards messages from other nodes as [`Inbound`]. When the connection drops it
+//!   reconnects with backoff, resubscribes to every watched topic, and sends
+//!   [`Inbound::Resync`] so the hub re-reads the store for anything missed.
+//!
+//! Messages carry the sending node's id; a node ignores its own.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backchannel_protocol::server::Notification;
+use backchannel_protocol::{ConversationId, EventView, UserId};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{Broker, BrokerStatus, Inbound, Topic};
+use crate::store::{Event, Seqs, UserNotification};
+
+/// Messages waiting to be published before new ones are dropped (and counted).
+const PUBLISH_QUEUE: usize = 65_536;
+/// Most messages in one pipeline.
+const MAX_PIPELINE: usize = 1024;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("invalid Redis URL: {0}")]
+    Url(String),
+}
+
+/// An event as it crosses between nodes.
+#[derive(Serialize, Deserialize)]
+struct WireEvent {
+    supervisor: u64,
+    agent: Option<u64>,
+    public: Option<u64>,
+    client_id: Option<String>,
+    hash: String,
+    event: EventView,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum WireMessage {
+    Events {
+        node: String,
+        conversation_id: ConversationId,
+        events: Vec<WireEvent>,
+    },
+    Notification {
+        node: String,
+        user_id: UserId,
+        notification: Notification,
+    },
+}
+
+fn channel(topic: &Topic) -> String {
+    match topic {
+        Topic::Conversation(id) => format!("bc:c:{id}"),
+        Topic::User(id) => format!("bc:u:{id}"),
+    }
+}
+
+enum Outgoing {
+    Events(Vec<Arc<Event>>),
+    Notification(UserNotification),
+}
+
+enum Command {
+    Subscribe(String, Option<oneshot::Sender<()>>),
+    Unsubscribe(String),
+}
+
+struct Shared {
+    node: String,
+    connected: AtomicBool,
+    /// Why the broker is degraded, while it is.
+    problem: Mutex<Option<String>>,
+    /// Channels and how many local users each has.
+    watched: Mutex<HashMap<String, usize>>,
+    dropped: AtomicU64,
+}
+
+impl Shared {
+    fn set_problem(&self, problem: Option<String>) {
+        self.connected.store(problem.is_none(), Ordering::Release);
+        *self.problem.lock() = problem;
+    }
+}
+
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+    outgoing: mpsc::Sender<Outgoing>,
+    commands: mpsc::UnboundedSender<Command>,
+    stop: CancellationToken,
+}
+
+impl RedisBroker {
+    /// Starts the publisher and subscriber tasks. Returns at once; until Redis answers,
+    /// the broker reports itself degraded. Messages from other nodes arrive on the
+    /// returned receiver.
+    pub fn start(
+        url: &str,
+        node: String,
+    ) -> Result<(Arc<RedisBroker>, mpsc::Receiver<Inbound>), BrokerError> {
+        let client = redis::Client::open(url).map_err(|e| BrokerError::Url(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            node,
+            connected: AtomicBool::new(false),
+            problem: Mutex::new(Some("connecting to Redis".into())),
+            watched: Mutex::new(HashMap::new()),
+            dropped: AtomicU64::new(0),
+        });
+        let (outgoing, outgoing_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (inbound_tx, inbound_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let stop = CancellationToken::new();
+        tokio::spawn(publish_loop(
+            client.clone(),
+            shared.clone(),
+            outgoing_rx,
+            stop.clone(),
+        ));
+        tokio::spawn(subscribe_loop(
+            client,
+            shared.clone(),
+            commands_rx,
+            inbound_tx,
+            stop.clone(),
+        ));
+        Ok((
+            Arc::new(RedisBroker {
+                shared,
+                outgoing,
+                commands,
+                stop,
+            }),
+            inbound_rx,
+        ))
+    }
+
+    /// Stops both tasks.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    fn queue(&self, message: Outgoing) {
+        if self.outgoing.try_send(message).is_err() {
+            // The store still has it; other nodes read it back at their next gap.
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn publish(&self, events: &[Arc<Event>], notifications: &[UserNotification]) {
+        if !events.is_empty() {
+            self.queue(Outgoing::Events(events.to_vec()));
+        }
+        for notification in notifications {
+            self.queue(Outgoing::Notification(notification.clone()));
+        }
+    }
+
+    async fn watch(&self, topic: Topic) {
+        let name = channel(&topic);
+        let first = {
+            let mut watched = self.shared.watched.lock();
+            let count = watched.entry(name.clone()).or_insert(0);
+            *count += 1;
+            *count == 1
+        };
+        if !first || !self.shared.connected.load(Ordering::Acquire) {
+            return;
+        }
+        let (done, subscribed) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Subscribe(name, Some(done)))
+            .is_ok()
+        {
+            // Bounded: if Redis is slow to confirm, the resync after a reconnect (or the
+            // next event's gap check) still covers this subscription.
+            let _ = tokio::time::timeout(Duration::from_secs(2), subscribed).await;
+        }
+    }
+
+    fn unwatch(&self, topic: Topic) {
+        let name = channel(&topic);
+        let last = {
+            let mut watched = self.shared.watched.lock();
+            match watched.get_mut(&name) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => {
+                    watched.remove(&name);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            let _ = self.commands.send(Command::Unsubscribe(name));
+        }
+    }
+
+    fn status(&self) -> BrokerStatus {
+        match self.shared.problem.lock().clone() {
+            None => BrokerStatus::Ok,
+            Some(problem) => BrokerStatus::Degraded(problem),
+        }
+    }
+}
+
+fn encode(node: &str, message: &Outgoing) -> Vec<(String, Vec<u8>)> {
+    match message {
+        Outgoing::Events(events) => {
+            let mut by_conversation: HashMap<ConversationId, Vec<WireEvent>> = HashMap::new();
+            for event in events {
+                by_conversation
+                    .entry(event.conversation_id)
+                    .or_default()
+                    .push(WireEvent {
+                        supervisor: event.seqs.supervisor,
+                        agent: event.seqs.agent,
+                        public: event.seqs.public,
+                        client_id: event.client_id.clone(),
+                        hash: hex::encode(event.hash),
+                        event: event.view.clone(),
+                    });
+            }
+            by_conversation
+                .into_iter()
+                .filter_map(|(conversation_id, events)| {
+                    let message = WireMessage::Events {
+                        node: node.to_owned(),
+                        conversation_id,
+                        events,
+                    };
+                    let bytes = serde_json::to_vec(&message).ok()?;
+                    Some((channel(&Topic::Conversation(conversation_id)), bytes))
+                })
+                .collect()
+        }
+        Outgoing::Notification(n) => {
+            let message = WireMessage::Notification {
+                node: node.to_owned(),
+                user_id: n.user_id.clone(),
+                notification: n.notification.clone(),
+            };
+            serde_json::to_vec(&message)
+                .ok()
+                .map(|bytes| vec![(channel(&Topic::User(n.user_id.clone())), bytes)])
+                .unwrap_or_default()
+        }
+    }
+}
+
+fn decode(node: &str, payload: &[u8]) -> Option<Inbound> {
+    match serde_json::from_slice::<WireMessage>(payload) {
+        Ok(WireMessage::Events {
+            node: from,
+            conversation_id,
+            events,
+        }) if from != node => {
+            let events = events
+                .into_iter()
+                .filter_map(|w| {
+                    let mut hash = [0u8; 32];
+                    hex::decode_to_slice(&w.hash, &mut hash).ok()?;
+                    Some(Arc::new(Event {
+                        conversation_id,
+                        seqs: Seqs {
+                            supervisor: w.supervisor,
+                            agent: w.agent,
+                            public: w.public,
+                        },
+                        view: w.event,
+                        client_id: w.client_id,
+                        hash,
+                    }))
+                })
+                .collect();
+            Some(Inbound::Events(events))
+        }
+        Ok(WireMessage::Notification {
+            node: from,
+            user_id,
+            notification,
+        }) if from != node => Some(Inbound::Notification(UserNotification {
+            user_id,
+            notification,
+        })),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!("unreadable broker message: {e}");
+            None
+        }
+    }
+}
+
+async fn publish_loop(
+    client: redis::Client,
+    shared: Arc<Shared>,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+    stop: CancellationToken,
+) {
+    let mut connection: Option<redis::aio::MultiplexedConnection> = None;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            message = outgoing.recv() => match message {
+                Some(message) => message,
+                None => return,
+            },
+        };
+        let mut batch = encode(&shared.node, &first);
+        while batch.len() < MAX_PIPELINE {
+            match outgoing.try_recv() {
+                Ok(message) => batch.extend(encode(&shared.node, &message)),
+                Err(_) => break,
+            }
+        }
+        // Retry the batch until it goes out: a short outage delays, it does not lose.
+        loop {
+            if connection.is_none() {
+                match client.get_multiplexed_async_connection().await {
+                    Ok(c) => connection = Some(c),
+                    Err(e) => tracing::warn!("redis publisher cannot connect: {e}"),
+                }
+            }
+            if let Some(conn) = connection.as_mut() {
+                let mut pipe = redis::pipe();
+                for (name, payload) in &batch {
+                    pipe.publish(name, payload.as_slice()).ignore();
+                }
+                match pipe.query_async::<()>(conn).await {
+                    Ok(()) => {
+                        backoff = BACKOFF_MIN;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!("redis publish failed: {e}");
+                        connection = None;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+async fn subscribe_loop(
+    client: redis::Client,
+    shared: Arc<Shared>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    inbound: mpsc::Sender<Inbound>,
+    stop: CancellationToken,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let pubsub = tokio::select! {
+            _ = stop.cancelled() => return,
+            pubsub = client.get_async_pubsub() => pubsub,
+        };
+        let (mut sink, mut stream) = match pubsub {
+            Ok(pubsub) => pubsub.split(),
+            Err(e) => {
+                shared.set_problem(Some(format!("redis unreachable: {e}")));
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let channels: Vec<String> = shared.watched.lock().keys().cloned().collect();
+        if !channels.is_empty() {
+            if let Err(e) = sink.subscribe(&channels).await {
+                shared.set_problem(Some(format!("redis subscribe failed: {e}")));
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        }
+        shared.set_problem(None);
+        backoff = BACKOFF_MIN;
+        // Anything published while we were not subscribed is read back from the store.
+        if inbound.send(Inbound::Resync).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                message = stream.next() => {
+                    let Some(message) = message else { break };
+                    if let Some(message) = decode(&shared.node, message.get_payload_bytes()) {
+                        if inbound.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                command = commands.recv() => {
+                    let result = match command {
+                        None => return,
+                        Some(Command::Subscribe(name, done)) => {
+                            let result = sink.subscribe(&name).await;
+                            if let Some(done) = done {
+                                let _ = done.send(());
+                            }
+                            result
+                        }
+                        Some(Command::Unsubscribe(name)) => sink.unsubscribe(&name).await,
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!("redis subscription change failed: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        shared.set_problem(Some("redis connection lost; reconnecting".into()));
+        tracing::warn!("redis pub/sub connection lost; reconnecting");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backchannel_protocol::{Actor, EventData, EventId, Role};
+
+    /// The machine's Redis (CI starts it; a missing Redis fails this test).
+    const REDIS: &str = "redis://127.0.0.1:6379";
+
+    #[tokio::test]
+    async fn a_watching_node_receives_what_another_publishes() {
+        let (a, _a_inbound) = RedisBroker::start(REDIS, "node-a".into()).expect("url");
+        let (b, mut b_inbound) = RedisBroker::start(REDIS, "node-b".into()).expect("url");
+        // Each node resyncs once its subscriber connection is up.
+        let first = tokio::time::timeout(Duration::from_secs(5), b_inbound.recv())
+            .await
+            .expect("redis reachable at 127.0.0.1:6379");
+        assert!(matches!(first, Some(Inbound::Resync)));
+        let event = sample_event();
+        b.watch(Topic::Conversation(event.conversation_id)).await;
+        // A publishes until B's subscription is surely active (watch waited for it).
+        a.publish(std::slice::from_ref(&event), &[]);
+        let received = tokio::time::timeout(Duration::from_secs(5), b_inbound.recv())
+            .await
+            .expect("message within 5 s");
+        match received {
+            Some(Inbound::Events(events)) => assert_eq!(events[0].as_ref(), event.as_ref()),
+            _ => panic!("expected the event"),
+        }
+        assert_eq!(b.status(), BrokerStatus::Ok);
+        // After unwatching, nothing more arrives.
+        b.unwatch(Topic::Conversation(event.conversation_id));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.publish(std::slice::from_ref(&event), &[]);
+        let quiet = tokio::time::timeout(Duration::from_millis(300), b_inbound.recv()).await;
+        assert!(quiet.is_err(), "no message after unwatch");
+        a.shutdown();
+        b.shutdown();
+    }
+
+    fn sample_event() -> Arc<Event> {
+        Arc::new(Event {
+            conversation_id: ConversationId::new(),
+            seqs: Seqs {
+                supervisor: 4,
+                agent: Some(3),
+                public: None,
+            },
+            view: EventView {
+                id: EventId::new(),
+                at: crate::store::now(),
+                actor: Actor {
+                    id: UserId::from("alice"),
+                    role: Role::Agent,
+                    name: None,
+                },
+                data: EventData::Message { body: "x".into() },
+            },
+            client_id: Some("c".into()),
+            hash: [7; 32],
+        })
+    }
+
+    #[test]
+    fn events_round_trip_and_own_messages_are_ignored() {
+        let event = sample_event();
+        let encoded = encode("a", &Outgoing::Events(vec![event.clone()]));
+        assert_eq!(encoded.len(), 1);
+        assert!(decode("a", &encoded[0].1).is_none(), "own message ignored");
+        match decode("b", &encoded[0].1) {
+            Some(Inbound::Events(events)) => assert_eq!(events[0].as_ref(), event.as_ref()),
+            _ => panic!("expected events"),
+        }
+    }
+}
