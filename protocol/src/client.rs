@@ -130,6 +130,9 @@ pub enum ClientFrame {
         id: String,
         fields: BTreeMap<String, serde_json::Value>,
     },
+    /// Supervisors and admins: an `agents` snapshot, then `agent_presence` changes.
+    WatchAgents,
+    UnwatchAgents,
     ReadNotifications {
         #[serde(default)]
         ids: Option<Vec<u64>>,
@@ -158,6 +161,8 @@ pub const CLIENT_FRAME_TYPES: &[&str] = &[
     "tag",
     "set_fields",
     "read_notifications",
+    "watch_agents",
+    "unwatch_agents",
     "ping",
 ];
 

@@ -98,6 +98,20 @@ pub enum ServerFrame<'a, R: Serialize = serde_json::Value> {
         #[serde(flatten)]
         notification: &'a Notification,
     },
+    /// Who is viewing (and typing in) a conversation. Staff only.
+    Presence {
+        conversation_id: ConversationId,
+        viewers: &'a [Viewer],
+    },
+    /// The answer to `watch_agents`: every staff member with their presence.
+    Agents {
+        agents: &'a [AgentPresence],
+    },
+    /// One staff member's presence changed.
+    AgentPresence {
+        #[serde(flatten)]
+        agent: &'a AgentPresence,
+    },
     Event {
         conversation_id: ConversationId,
         seq: u64,
@@ -181,4 +195,42 @@ pub struct ReadResult {
     pub marked: u64,
     /// Unread notifications left.
     pub unread: u64,
+}
+
+/// Someone subscribed to a conversation, as its `presence` frame lists them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Viewer {
+    pub id: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub role: Role,
+    /// Writing right now (within the last few seconds).
+    pub typing: bool,
+    /// What they are writing: `public` (a reply) or `internal` (a note).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typing_audience: Option<TypingAudience>,
+}
+
+/// A staff member's availability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    Offline,
+    /// Connected, but no activity for a while.
+    Away,
+    Online,
+}
+
+/// One staff member in `agents` and `agent_presence` frames and `GET /v1/agents`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentPresence {
+    pub id: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub role: Role,
+    pub status: AgentStatus,
+    /// Conversations they have open, on any node.
+    pub viewing: Vec<ConversationId>,
+    /// Conversations assigned to them and not resolved.
+    pub open_conversations: u64,
 }

@@ -60,6 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/fields/{key}", put(put_field))
         .route("/v1/teams", get(list_teams))
         .route("/v1/teams/{id}", put(put_team))
+        .route("/v1/agents", get(agents))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -509,6 +510,14 @@ async fn put_team(
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(body_error)?;
     Ok(Json(state.service.put_team(&who, TeamId(id), body).await?).into_response())
+}
+
+async fn agents(
+    State(state): State<Arc<AppState>>,
+    Caller(who): Caller,
+) -> Result<Response, ApiError> {
+    let agents = state.service.agents(&who).await?;
+    Ok(Json(serde_json::json!({ "agents": agents })).into_response())
 }
 
 /// Keeps the protocol's code list and the HTTP mapping in one place for tests.

@@ -19,9 +19,10 @@ use crate::auth::{self, AuthError, Keys};
 use crate::broker::redis::{BrokerError, RedisBroker};
 use crate::broker::{Broker, Fanout, LocalBroker};
 use crate::config::{Config, Limits};
-use crate::hub::Hub;
+use crate::hub::{Hub, HubSettings};
 use crate::metrics::Metrics;
 use crate::service::Service;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::writer::Writer;
 use crate::store::{Store, StoreError};
@@ -60,13 +61,18 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    if config.database_url.is_some() {
+    let database_url = config.database_url.as_deref().filter(|url| !url.is_empty());
+    let postgres = |url: &str| url.starts_with("postgres://") || url.starts_with("postgresql://");
+    if database_url.is_some_and(|url| !postgres(url)) {
         return Err(ServerError::Unsupported(
-            "PostgreSQL (--database-url) is not supported yet; leave it unset to use SQLite",
+            "--database-url must be postgres://... or postgresql://...; unset, SQLite is used",
         ));
     }
     let (secret, _) = auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
-    let store: Arc<dyn Store> = SqliteStore::open(&config.data_dir).await?;
+    let store: Arc<dyn Store> = match database_url {
+        Some(url) => PgStore::open(url).await?,
+        None => SqliteStore::open(&config.data_dir).await?,
+    };
     let metrics = Arc::new(Metrics::new());
     let (broker, redis): (Arc<dyn Broker>, _) = match &config.redis_url {
         None => (Arc::new(LocalBroker), None),
@@ -75,7 +81,17 @@ pub async fn run(
             (redis.clone(), Some((redis, inbound)))
         }
     };
-    let hub = Arc::new(Hub::new(store.clone(), broker.clone()));
+    let hub = Arc::new(Hub::new(
+        store.clone(),
+        broker.clone(),
+        HubSettings {
+            node: config.node_id.clone(),
+            presence_ttl: config.limits.presence_ttl,
+            away_after: config.limits.away_after,
+        },
+    ));
+    let presence_stop = CancellationToken::new();
+    let presence = tokio::spawn(hub.clone().run_presence(presence_stop.clone()));
     let mut pump = None;
     let mut redis_broker = None;
     if let Some((redis, inbound)) = redis {
@@ -126,6 +142,8 @@ pub async fn run(
     trigger.abort();
     state.sockets.close();
     state.sockets.wait().await;
+    presence_stop.cancel();
+    let _ = presence.await;
     service.shutdown().await;
     if let Some(redis) = redis_broker {
         redis.shutdown();

@@ -39,6 +39,11 @@ pub struct Limits {
     pub heartbeat_interval: Duration,
     /// Conversations one socket may subscribe to at once.
     pub max_subscriptions: usize,
+    /// How long a node's presence (viewers, agent status) is believed without a refresh:
+    /// the users of a node that died disappear within this time.
+    pub presence_ttl: Duration,
+    /// A connected staff member without a command for this long shows as `away`.
+    pub away_after: Duration,
 }
 
 impl Default for Limits {
@@ -50,6 +55,8 @@ impl Default for Limits {
             hello_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(25),
             max_subscriptions: 500,
+            presence_ttl: Duration::from_secs(30),
+            away_after: Duration::from_secs(300),
         }
     }
 }

@@ -41,11 +41,16 @@ enum AuditCommand {
     Verify {
         #[arg(long, env = "BACKCHANNEL_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        /// postgres://... to check a PostgreSQL store instead of the data directory's.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
     },
     /// Write every event with its hash as JSON lines (to --out, or stdout).
     Export {
         #[arg(long, env = "BACKCHANNEL_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -88,6 +93,12 @@ struct ServeArgs {
     heartbeat_ms: Option<u64>,
     #[arg(long, env = "BACKCHANNEL_HELLO_TIMEOUT_MS")]
     hello_timeout_ms: Option<u64>,
+    /// How long other nodes' presence is believed without a refresh.
+    #[arg(long, env = "BACKCHANNEL_PRESENCE_TTL_MS")]
+    presence_ttl_ms: Option<u64>,
+    /// Idle time after which a connected agent shows as away.
+    #[arg(long, env = "BACKCHANNEL_AWAY_AFTER_MS")]
+    away_after_ms: Option<u64>,
 }
 
 #[derive(Args)]
@@ -161,6 +172,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 .hello_timeout_ms
                 .map(Duration::from_millis)
                 .unwrap_or(defaults.hello_timeout),
+            presence_ttl: args
+                .presence_ttl_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.presence_ttl),
+            away_after: args
+                .away_after_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.away_after),
             ..defaults
         },
     };
@@ -205,16 +224,29 @@ async fn shutdown_signal() {
     }
 }
 
+/// The store `serve` would use with the same flags.
+async fn open_store(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+) -> Result<std::sync::Arc<dyn backchannel::store::Store>, String> {
+    use backchannel::store::{postgres::PgStore, sqlite::SqliteStore};
+    match database_url.filter(|url| !url.is_empty()) {
+        Some(url) => Ok(PgStore::open(url).await.map_err(|e| e.to_string())?),
+        None => Ok(SqliteStore::open(data_dir)
+            .await
+            .map_err(|e| e.to_string())?),
+    }
+}
+
 fn audit(command: AuditCommand) -> Result<(), String> {
-    use backchannel::store::sqlite::SqliteStore;
-    use backchannel::store::Store;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         match command {
-            AuditCommand::Verify { data_dir } => {
-                let store = SqliteStore::open(&data_dir)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            AuditCommand::Verify {
+                data_dir,
+                database_url,
+            } => {
+                let store = open_store(&data_dir, database_url.as_deref()).await?;
                 let report = backchannel::audit::verify_all(store.as_ref())
                     .await
                     .map_err(|e| e.to_string())?;
@@ -238,10 +270,12 @@ fn audit(command: AuditCommand) -> Result<(), String> {
                     )),
                 }
             }
-            AuditCommand::Export { data_dir, out } => {
-                let store = SqliteStore::open(&data_dir)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            AuditCommand::Export {
+                data_dir,
+                database_url,
+                out,
+            } => {
+                let store = open_store(&data_dir, database_url.as_deref()).await?;
                 let mut sink: Box<dyn std::io::Write> = match &out {
                     Some(path) => Box::new(std::io::BufWriter::new(
                         std::fs::File::create(path).map_err(|e| e.to_string())?,

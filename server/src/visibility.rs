@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use backchannel_protocol::client::TypingAudience;
-use backchannel_protocol::server::{Notification, ServerFrame};
+use backchannel_protocol::server::{AgentPresence, Notification, ServerFrame, Viewer};
 use backchannel_protocol::{Actor, Audience, ConversationId, EventView, Visibility};
 
 use crate::store::Event;
@@ -177,6 +177,24 @@ impl StaffFrame {
         StaffFrame(SharedFrame::encode::<()>(&ServerFrame::Notification {
             notification,
         }))
+    }
+
+    /// Who is viewing and typing in a conversation.
+    pub fn presence(conversation_id: ConversationId, viewers: &[Viewer]) -> StaffFrame {
+        StaffFrame(SharedFrame::encode::<()>(&ServerFrame::Presence {
+            conversation_id,
+            viewers,
+        }))
+    }
+
+    pub fn agent_presence(agent: &AgentPresence) -> StaffFrame {
+        StaffFrame(SharedFrame::encode::<()>(&ServerFrame::AgentPresence {
+            agent,
+        }))
+    }
+
+    pub fn agents(agents: &[AgentPresence]) -> StaffFrame {
+        StaffFrame(SharedFrame::encode::<()>(&ServerFrame::Agents { agents }))
     }
 
     /// Staff see every typing indicator, for replies and notes alike.

@@ -18,7 +18,10 @@ pub mod redis;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use backchannel_protocol::{ConversationId, UserId};
+use backchannel_protocol::client::TypingAudience;
+use backchannel_protocol::server::{AgentStatus, Viewer};
+use backchannel_protocol::{Actor, ConversationId, Role, UserId};
+use serde::{Deserialize, Serialize};
 
 use crate::hub::Hub;
 use crate::store::writer::CommitListener;
@@ -40,11 +43,42 @@ pub enum BrokerStatus {
     Degraded(String),
 }
 
+/// What one node knows of one staff member: shared so every node can show the whole
+/// floor. Expires unless refreshed, so the users of a node that died disappear.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSighting {
+    pub id: UserId,
+    pub name: Option<String>,
+    pub role: Role,
+    pub status: AgentStatus,
+    pub viewing: Vec<ConversationId>,
+}
+
+/// Messages that are not stored: presence and typing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "e", rename_all = "snake_case")]
+pub enum Ephemeral {
+    Typing {
+        conversation_id: ConversationId,
+        user: Actor,
+        audience: TypingAudience,
+    },
+    /// A node's viewers of a conversation (replaces that node's previous list).
+    Viewers {
+        conversation_id: ConversationId,
+        node: String,
+        viewers: Vec<Viewer>,
+    },
+    /// A node's view of one staff member (replaces that node's previous one).
+    Agent { node: String, agent: AgentSighting },
+}
+
 /// A message from another node.
 #[derive(Debug)]
 pub enum Inbound {
     Events(Vec<Arc<Event>>),
     Notification(UserNotification),
+    Ephemeral(Ephemeral),
     /// The broker connection was re-established: messages may have been missed.
     Resync,
 }
@@ -53,6 +87,9 @@ pub enum Inbound {
 pub trait Broker: Send + Sync + 'static {
     /// Queues committed events and notifications for the other nodes. Never waits.
     fn publish(&self, events: &[Arc<Event>], notifications: &[UserNotification]);
+
+    /// Sends presence or typing to the other nodes. Never waits; may drop under load.
+    fn publish_ephemeral(&self, message: Ephemeral);
 
     /// Starts receiving a topic; returns once the subscription is active (or at once if
     /// the broker is down: the resync after reconnecting covers the gap).
@@ -69,6 +106,8 @@ pub struct LocalBroker;
 #[async_trait]
 impl Broker for LocalBroker {
     fn publish(&self, _events: &[Arc<Event>], _notifications: &[UserNotification]) {}
+
+    fn publish_ephemeral(&self, _message: Ephemeral) {}
 
     async fn watch(&self, _topic: Topic) {}
 
@@ -98,6 +137,7 @@ pub async fn pump(mut inbound: tokio::sync::mpsc::Receiver<Inbound>, hub: Arc<Hu
         match message {
             Inbound::Events(events) => hub.committed(&events, &[]),
             Inbound::Notification(notification) => hub.notify(&notification),
+            Inbound::Ephemeral(message) => hub.ephemeral(message),
             Inbound::Resync => hub.resync(),
         }
     }

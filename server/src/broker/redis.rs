@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerStatus, Inbound, Topic};
+use super::{Broker, BrokerStatus, Ephemeral, Inbound, Topic};
 use crate::store::{Event, Seqs, UserNotification};
 
 /// Messages waiting to be published before new ones are dropped (and counted).
@@ -69,7 +69,14 @@ enum WireMessage {
         user_id: UserId,
         notification: Notification,
     },
+    Ephemeral {
+        node: String,
+        message: Ephemeral,
+    },
 }
+
+/// Every node subscribes to this one: staff presence for supervisor views.
+const AGENTS_CHANNEL: &str = "bc:agents";
 
 fn channel(topic: &Topic) -> String {
     match topic {
@@ -81,6 +88,7 @@ fn channel(topic: &Topic) -> String {
 enum Outgoing {
     Events(Vec<Arc<Event>>),
     Notification(UserNotification),
+    Ephemeral(Ephemeral),
 }
 
 enum Command {
@@ -125,7 +133,7 @@ impl RedisBroker {
             node,
             connected: AtomicBool::new(false),
             problem: Mutex::new(Some("connecting to Redis".into())),
-            watched: Mutex::new(HashMap::new()),
+            watched: Mutex::new(HashMap::from([(AGENTS_CHANNEL.to_owned(), 1)])),
             dropped: AtomicU64::new(0),
         });
         let (outgoing, outgoing_rx) = mpsc::channel(PUBLISH_QUEUE);
@@ -178,6 +186,10 @@ impl Broker for RedisBroker {
         for notification in notifications {
             self.queue(Outgoing::Notification(notification.clone()));
         }
+    }
+
+    fn publish_ephemeral(&self, message: Ephemeral) {
+        self.queue(Outgoing::Ephemeral(message));
     }
 
     async fn watch(&self, topic: Topic) {
@@ -262,6 +274,25 @@ fn encode(node: &str, message: &Outgoing) -> Vec<(String, Vec<u8>)> {
                 })
                 .collect()
         }
+        Outgoing::Ephemeral(message) => {
+            let name = match message {
+                Ephemeral::Typing {
+                    conversation_id, ..
+                }
+                | Ephemeral::Viewers {
+                    conversation_id, ..
+                } => channel(&Topic::Conversation(*conversation_id)),
+                Ephemeral::Agent { .. } => AGENTS_CHANNEL.to_owned(),
+            };
+            let wire = WireMessage::Ephemeral {
+                node: node.to_owned(),
+                message: message.clone(),
+            };
+            serde_json::to_vec(&wire)
+                .ok()
+                .map(|bytes| vec![(name, bytes)])
+                .unwrap_or_default()
+        }
         Outgoing::Notification(n) => {
             let message = WireMessage::Notification {
                 node: node.to_owned(),
@@ -311,6 +342,10 @@ fn decode(node: &str, payload: &[u8]) -> Option<Inbound> {
             user_id,
             notification,
         })),
+        Ok(WireMessage::Ephemeral {
+            node: from,
+            message,
+        }) if from != node => Some(Inbound::Ephemeral(message)),
         Ok(_) => None,
         Err(e) => {
             tracing::warn!("unreadable broker message: {e}");

@@ -7,19 +7,25 @@
 //! A room that sees a hole in the supervisor `seq` (an event it was never handed) reads
 //! the hole from the store: the store is the truth, delivery is only a hint.
 
+pub mod agents;
 pub mod room;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use backchannel_protocol::server::SubscribeResult;
-use backchannel_protocol::{ConversationId, UserId};
+use std::collections::HashMap;
+use std::time::Duration;
+
+use backchannel_protocol::server::{AgentPresence, AgentStatus, SubscribeResult};
+use backchannel_protocol::{Actor, ConversationId, UserId};
 use dashmap::DashMap;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use room::{Room, Seat};
 
-use crate::broker::{Broker, Topic};
+use crate::broker::{Broker, Ephemeral, Topic};
 use crate::store::{Event, Store, StoreError, UserNotification};
 use crate::visibility::{StaffFrame, Typing};
 use crate::ws::outbox::StaffOutbox;
@@ -29,10 +35,24 @@ use crate::ws::outbox::StaffOutbox;
 pub struct ConnId(u64);
 
 impl ConnId {
+    /// No socket: the sender of something relayed from another node.
+    pub const NOBODY: ConnId = ConnId(0);
+
     pub fn next() -> ConnId {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         ConnId(NEXT.fetch_add(1, Ordering::Relaxed))
     }
+}
+
+/// Presence settings of a node.
+#[derive(Clone, Debug)]
+pub struct HubSettings {
+    /// This node's id, in what it shares with the others.
+    pub node: String,
+    /// How long another node's presence is believed without a refresh.
+    pub presence_ttl: Duration,
+    /// A connected staff member without a command for this long is `away`.
+    pub away_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +70,9 @@ pub struct Hub {
     rooms: DashMap<ConversationId, Arc<Room>>,
     /// Open staff sessions by user, for notifications. Customers are never here: the
     /// map holds staff outboxes only.
-    sessions: DashMap<UserId, Vec<(ConnId, StaffOutbox)>>,
+    sessions: DashMap<UserId, Vec<(ConnId, Actor, StaffOutbox)>>,
+    agents: agents::AgentBoard,
+    settings: HubSettings,
     store: Arc<dyn Store>,
     /// Where this node says which conversations and users it serves.
     broker: Arc<dyn Broker>,
@@ -59,14 +81,24 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(store: Arc<dyn Store>, broker: Arc<dyn Broker>) -> Hub {
+    pub fn new(store: Arc<dyn Store>, broker: Arc<dyn Broker>, settings: HubSettings) -> Hub {
         Hub {
             rooms: DashMap::new(),
             sessions: DashMap::new(),
+            agents: agents::AgentBoard::default(),
+            settings,
             store,
             broker,
             tasks: TaskTracker::new(),
         }
+    }
+
+    pub(crate) fn node(&self) -> &str {
+        &self.settings.node
+    }
+
+    pub(crate) fn presence_ttl(&self) -> Duration {
+        self.settings.presence_ttl
     }
 
     pub(crate) fn broker(&self) -> &Arc<dyn Broker> {
@@ -87,11 +119,12 @@ impl Hub {
         &self,
         conversation: ConversationId,
         conn: ConnId,
+        user: Actor,
         seat: Seat,
         since: Option<u64>,
     ) -> Result<SubscribeResult, HubError> {
         if let Some(room) = self.rooms.get(&conversation).map(|r| r.clone()) {
-            room.remove_member(conn);
+            room.remove_member(self, conn);
         }
         loop {
             let room = self
@@ -99,7 +132,10 @@ impl Hub {
                 .entry(conversation)
                 .or_insert_with(|| Arc::new(Room::new(conversation)))
                 .clone();
-            match room.join(self, conn, seat.clone(), since).await {
+            match room
+                .join(self, conn, user.clone(), seat.clone(), since)
+                .await
+            {
                 Ok(result) => return Ok(result),
                 // The room emptied and closed meanwhile: take the new one.
                 Err(room::JoinError::RoomClosed) => continue,
@@ -113,7 +149,7 @@ impl Hub {
 
     pub fn unsubscribe(&self, conversation: ConversationId, conn: ConnId) {
         if let Some(room) = self.rooms.get(&conversation).map(|r| r.clone()) {
-            room.remove_member(conn);
+            room.remove_member(self, conn);
             self.forget_if_empty(conversation);
         }
     }
@@ -130,19 +166,25 @@ impl Hub {
     }
 
     /// Registers a staff session to receive the user's notifications, from any node.
-    pub async fn register_session(&self, user: &UserId, conn: ConnId, outbox: StaffOutbox) {
-        self.broker.watch(Topic::User(user.clone())).await;
+    pub async fn register_session(&self, user: Actor, conn: ConnId, outbox: StaffOutbox) {
+        self.broker.watch(Topic::User(user.id.clone())).await;
+        self.agents.touch(&user.id);
         self.sessions
-            .entry(user.clone())
+            .entry(user.id.clone())
             .or_default()
-            .push((conn, outbox));
+            .push((conn, user, outbox));
+    }
+
+    /// A staff member did something: they are not away.
+    pub fn touch(&self, user: &UserId) {
+        self.agents.touch(user);
     }
 
     pub fn unregister_session(&self, user: &UserId, conn: ConnId) {
         let mut found = false;
         if let Some(mut sessions) = self.sessions.get_mut(user) {
             let before = sessions.len();
-            sessions.retain(|(c, _)| *c != conn);
+            sessions.retain(|(c, _, _)| *c != conn);
             found = sessions.len() < before;
         }
         self.sessions
@@ -165,16 +207,144 @@ impl Hub {
     pub fn notify(&self, notification: &UserNotification) {
         if let Some(sessions) = self.sessions.get(&notification.user_id) {
             let frame = StaffFrame::notification(&notification.notification);
-            for (_, outbox) in sessions.iter() {
+            for (_, _, outbox) in sessions.iter() {
                 outbox.push(&frame);
             }
         }
     }
 
-    /// Shows a typing indicator to the conversation's other subscribers on this node.
+    /// Shows a typing indicator to the conversation's other subscribers, on every node.
     pub fn typing(&self, from: ConnId, typing: Typing) {
+        self.broker.publish_ephemeral(Ephemeral::Typing {
+            conversation_id: typing.conversation_id,
+            user: typing.user.clone(),
+            audience: typing.audience,
+        });
         if let Some(room) = self.rooms.get(&typing.conversation_id).map(|r| r.clone()) {
-            room.typing(from, typing);
+            room.typing(self, Some(from), typing);
+        }
+    }
+
+    /// Presence and typing from another node.
+    pub fn ephemeral(&self, message: Ephemeral) {
+        match message {
+            Ephemeral::Typing {
+                conversation_id,
+                user,
+                audience,
+            } => {
+                if let Some(room) = self.rooms.get(&conversation_id).map(|r| r.clone()) {
+                    let typing = Typing {
+                        conversation_id,
+                        user,
+                        audience,
+                    };
+                    room.typing(self, None, typing);
+                }
+            }
+            Ephemeral::Viewers {
+                conversation_id,
+                node,
+                viewers,
+            } => {
+                if let Some(room) = self.rooms.get(&conversation_id).map(|r| r.clone()) {
+                    room.remote_viewers(self, node, viewers);
+                }
+            }
+            Ephemeral::Agent { node, agent } => {
+                let until = Instant::now() + self.settings.presence_ttl;
+                self.agents.sighted(node, agent, until);
+            }
+        }
+    }
+
+    /// Starts sending `agent_presence` changes to a supervisor's socket, and returns the
+    /// current floor: every staff member in the directory, with their presence.
+    pub async fn watch_agents(
+        &self,
+        conn: ConnId,
+        outbox: StaffOutbox,
+    ) -> Result<Vec<AgentPresence>, HubError> {
+        self.agents.watch(conn, outbox);
+        self.agents_snapshot().await
+    }
+
+    pub fn unwatch_agents(&self, conn: ConnId) {
+        self.agents.unwatch(conn);
+    }
+
+    /// Every staff member in the directory with their presence across the cluster.
+    pub async fn agents_snapshot(&self) -> Result<Vec<AgentPresence>, HubError> {
+        let mut presence = self.agents.presence();
+        let mut out = Vec::new();
+        for entry in self.store.directory().await? {
+            let mut agent = presence.remove(&entry.id).unwrap_or(AgentPresence {
+                id: entry.id.clone(),
+                name: entry.name.clone(),
+                role: entry.role,
+                status: AgentStatus::Offline,
+                viewing: Vec::new(),
+                open_conversations: 0,
+            });
+            agent.open_conversations = self.store.open_assignments(&entry.id).await?;
+            out.push(agent);
+        }
+        Ok(out)
+    }
+
+    /// Four times a second until `stop`: expires typing and other nodes' presence, refreshes
+    /// this node's presence on the others (every third of the TTL), and shows
+    /// supervisors what changed on the floor.
+    pub async fn run_presence(self: Arc<Self>, stop: CancellationToken) {
+        let mut ticks = tokio::time::interval(Duration::from_millis(250));
+        let republish_every = (self.settings.presence_ttl.as_millis() / 3 / 250).max(1) as u64;
+        let mut count: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            count += 1;
+            let republish = count.is_multiple_of(republish_every);
+            let now = Instant::now();
+            let rooms: Vec<Arc<Room>> = self.rooms.iter().map(|r| r.value().clone()).collect();
+            let mut viewing: HashMap<UserId, Vec<ConversationId>> = HashMap::new();
+            for room in &rooms {
+                room.tick(&self, now, republish);
+                for user in room.local_users() {
+                    viewing.entry(user).or_default().push(room.id());
+                }
+            }
+            let users: Vec<(Actor, Vec<ConversationId>)> = self
+                .sessions
+                .iter()
+                .filter_map(|entry| {
+                    let (_, actor, _) = entry.value().first()?;
+                    Some((
+                        actor.clone(),
+                        viewing.remove(entry.key()).unwrap_or_default(),
+                    ))
+                })
+                .collect();
+            let (sightings, mut changed) =
+                self.agents
+                    .tick(users, now, self.settings.away_after, republish);
+            for agent in sightings {
+                self.broker.publish_ephemeral(Ephemeral::Agent {
+                    node: self.settings.node.clone(),
+                    agent,
+                });
+            }
+            if changed.is_empty() {
+                continue;
+            }
+            for agent in &mut changed {
+                match self.store.open_assignments(&agent.id).await {
+                    Ok(count) => agent.open_conversations = count,
+                    Err(e) => tracing::warn!("cannot count assignments: {e}"),
+                }
+            }
+            self.agents.show(&changed);
         }
     }
 

@@ -9,16 +9,19 @@
 //! Customers and staff are kept in two lists of different types: the customer list holds
 //! [`CustomerOutbox`]es, which accept only frames built from public events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backchannel_protocol::server::SubscribeResult;
-use backchannel_protocol::{Audience, ConversationId, MAX_REPLAY};
+use backchannel_protocol::client::TypingAudience;
+use backchannel_protocol::server::{SubscribeResult, Viewer};
+use backchannel_protocol::{Actor, Audience, ConversationId, UserId, MAX_REPLAY};
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
 use super::{ConnId, Hub, HubError};
+use crate::broker::Ephemeral;
 use crate::store::{Event, Heads, StoreError};
 use crate::visibility::{CustomerFrame, PublicEvent, PublicTyping, StaffFrame, Typing};
 use crate::ws::outbox::{CustomerOutbox, StaffOutbox};
@@ -31,6 +34,8 @@ const HOLE_WAIT: Duration = Duration::from_millis(20);
 const MAX_PENDING: usize = 4096;
 /// Events read from the store per step of a replay.
 const REPLAY_PAGE: u32 = 500;
+/// How long a typing indicator lasts without a new `typing` frame.
+pub const TYPING_TTL: Duration = Duration::from_secs(5);
 
 /// Where a subscriber's frames go, typed by which side of the conversation it is on.
 #[derive(Clone)]
@@ -67,6 +72,8 @@ impl Seat {
 
 struct Member<O> {
     conn: ConnId,
+    /// Who is behind the socket, for presence.
+    user: Actor,
     outbox: O,
     /// The last `seq` of the member's stream it has been given.
     last_seq: u64,
@@ -83,11 +90,86 @@ struct RoomState {
     /// Set when the room is removed from the hub; a join that sees it starts over.
     closed: bool,
     backfilling: bool,
+    /// Local sockets typing, until when.
+    typing: HashMap<ConnId, (TypingAudience, Instant)>,
+    /// Other nodes' viewers, until when they expire.
+    remote_viewers: HashMap<String, (Vec<Viewer>, Instant)>,
+    /// The viewers last sent to staff, and last published to other nodes.
+    shown: Vec<Viewer>,
+    published: Vec<Viewer>,
 }
 
 impl RoomState {
     fn is_empty(&self) -> bool {
         self.customers.is_empty() && self.staff.is_empty()
+    }
+
+    /// Everyone subscribed on this node, once per user, with whether they are typing.
+    fn local_viewers(&self, now: Instant) -> Vec<Viewer> {
+        let mut viewers: BTreeMap<UserId, Viewer> = BTreeMap::new();
+        let members = self
+            .customers
+            .iter()
+            .map(|m| (m.conn, &m.user))
+            .chain(self.staff.iter().map(|m| (m.conn, &m.user)));
+        for (conn, user) in members {
+            let viewer = viewers.entry(user.id.clone()).or_insert_with(|| Viewer {
+                id: user.id.clone(),
+                name: user.name.clone(),
+                role: user.role,
+                typing: false,
+                typing_audience: None,
+            });
+            if let Some((audience, until)) = self.typing.get(&conn) {
+                if *until > now {
+                    viewer.typing = true;
+                    viewer.typing_audience = Some(*audience);
+                }
+            }
+        }
+        viewers.into_values().collect()
+    }
+
+    /// Recomputes presence; shows it to staff if it changed, and tells other nodes if
+    /// this node's part changed (or `republish`). Returns whether staff were sent a frame.
+    fn refresh_presence(
+        &mut self,
+        conversation: ConversationId,
+        hub: &Hub,
+        now: Instant,
+        republish: bool,
+    ) -> bool {
+        let local = self.local_viewers(now);
+        if local != self.published || (republish && !local.is_empty()) {
+            hub.broker().publish_ephemeral(Ephemeral::Viewers {
+                conversation_id: conversation,
+                node: hub.node().to_owned(),
+                viewers: local.clone(),
+            });
+            self.published = local.clone();
+        }
+        self.remote_viewers.retain(|_, (_, until)| *until > now);
+        let mut all: BTreeMap<UserId, Viewer> =
+            local.into_iter().map(|v| (v.id.clone(), v)).collect();
+        for (viewers, _) in self.remote_viewers.values() {
+            for viewer in viewers {
+                let entry = all
+                    .entry(viewer.id.clone())
+                    .or_insert_with(|| viewer.clone());
+                if viewer.typing {
+                    entry.typing = true;
+                    entry.typing_audience = viewer.typing_audience;
+                }
+            }
+        }
+        let all: Vec<Viewer> = all.into_values().collect();
+        if all == self.shown {
+            return false;
+        }
+        let frame = StaffFrame::presence(conversation, &all);
+        self.staff.retain(|m| m.outbox.push(&frame));
+        self.shown = all;
+        true
     }
 
     /// Delivers `event` to every member that has not had it, and moves the heads.
@@ -228,6 +310,7 @@ impl Room {
         self: &Arc<Self>,
         hub: &Hub,
         conn: ConnId,
+        user: Actor,
         seat: Seat,
         since: Option<u64>,
     ) -> Result<SubscribeResult, JoinError> {
@@ -263,17 +346,30 @@ impl Room {
                 if delivered <= last {
                     // Everything the room has delivered, this socket has been given by
                     // replay; from here on it is live, under the same lock as delivery.
-                    match seat {
-                        Seat::Customer(outbox) => state.customers.push(Member {
-                            conn,
-                            outbox,
-                            last_seq: last,
-                        }),
-                        Seat::Staff(outbox) => state.staff.push(Member {
-                            conn,
-                            outbox,
-                            last_seq: last,
-                        }),
+                    let new_staff = match seat {
+                        Seat::Customer(outbox) => {
+                            state.customers.push(Member {
+                                conn,
+                                user,
+                                outbox,
+                                last_seq: last,
+                            });
+                            None
+                        }
+                        Seat::Staff(outbox) => {
+                            state.staff.push(Member {
+                                conn,
+                                user,
+                                outbox: outbox.clone(),
+                                last_seq: last,
+                            });
+                            Some(outbox)
+                        }
+                    };
+                    let shown = state.refresh_presence(self.id, hub, Instant::now(), false);
+                    if let (false, Some(outbox)) = (shown, new_staff) {
+                        // Nothing changed for the others; the newcomer still needs it.
+                        outbox.push(&StaffFrame::presence(self.id, &state.shown));
                     }
                     result.head = last;
                     return Ok(result);
@@ -343,10 +439,49 @@ impl Room {
         });
     }
 
-    pub fn remove_member(&self, conn: ConnId) {
+    pub fn remove_member(&self, hub: &Hub, conn: ConnId) {
         let mut state = self.state.lock();
         state.customers.retain(|m| m.conn != conn);
         state.staff.retain(|m| m.conn != conn);
+        state.typing.remove(&conn);
+        state.refresh_presence(self.id, hub, Instant::now(), false);
+    }
+
+    /// Users subscribed here on this node.
+    pub fn local_users(&self) -> Vec<UserId> {
+        let state = self.state.lock();
+        state
+            .customers
+            .iter()
+            .map(|m| m.user.id.clone())
+            .chain(state.staff.iter().map(|m| m.user.id.clone()))
+            .collect()
+    }
+
+    pub fn id(&self) -> ConversationId {
+        self.id
+    }
+
+    /// Another node's viewers of this conversation.
+    pub fn remote_viewers(&self, hub: &Hub, node: String, viewers: Vec<Viewer>) {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        if viewers.is_empty() {
+            state.remote_viewers.remove(&node);
+        } else {
+            state
+                .remote_viewers
+                .insert(node, (viewers, now + hub.presence_ttl()));
+        }
+        state.refresh_presence(self.id, hub, now, false);
+    }
+
+    /// Expires typing indicators and other nodes' viewers; `republish` refreshes this
+    /// node's viewers on the other nodes before they expire there.
+    pub fn tick(&self, hub: &Hub, now: Instant, republish: bool) {
+        let mut state = self.state.lock();
+        state.typing.retain(|_, (_, until)| *until > now);
+        state.refresh_presence(self.id, hub, now, republish);
     }
 
     /// Marks the room closed if nobody is in it; the hub then drops it.
@@ -433,8 +568,21 @@ impl Room {
         });
     }
 
-    pub fn typing(&self, from: ConnId, typing: Typing) {
+    /// Relays a typing indicator to the others here; `from` is the local typist, if the
+    /// indicator was not relayed from another node.
+    pub fn typing(&self, hub: &Hub, from: Option<ConnId>, typing: Typing) {
         let mut state = self.state.lock();
+        let from = match from {
+            Some(conn) => {
+                let now = Instant::now();
+                state
+                    .typing
+                    .insert(conn, (typing.audience, now + TYPING_TTL));
+                state.refresh_presence(self.id, hub, now, false);
+                conn
+            }
+            None => ConnId::NOBODY,
+        };
         let staff_frame = StaffFrame::typing(&typing);
         state
             .staff

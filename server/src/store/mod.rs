@@ -10,6 +10,9 @@
 //! the plain types below; [`sqlite::SqliteStore`] is the embedded implementation.
 
 pub mod chain;
+#[cfg(test)]
+mod conformance;
+pub mod postgres;
 pub mod sqlite;
 pub mod writer;
 
@@ -341,6 +344,12 @@ pub trait Store: Send + Sync + 'static {
     async fn upsert_directory_entry(&self, entry: &DirectoryEntry) -> Result<(), StoreError>;
 
     async fn directory_entry(&self, id: &UserId) -> Result<Option<DirectoryEntry>, StoreError>;
+
+    /// Every staff member seen in a token, by id.
+    async fn directory(&self) -> Result<Vec<DirectoryEntry>, StoreError>;
+
+    /// Conversations assigned to `user` and not resolved.
+    async fn open_assignments(&self, user: &UserId) -> Result<u64, StoreError>;
 
     /// Staff whose handle is one of `names`, or who belong to a team named in `names`.
     async fn mention_candidates(&self, names: &[String])

@@ -587,8 +587,25 @@ impl Store for SqliteStore {
                 .push(" AND assignee_id = ")
                 .push_bind(assignee.as_str().to_owned());
         }
+        if let Some(tag) = &filter.tag {
+            query
+                .push(" AND id IN (SELECT conversation_id FROM conversation_tags WHERE tag = ")
+                .push_bind(tag.clone())
+                .push(")");
+        }
+        if let Some((key, value)) = &filter.field {
+            query
+                .push(
+                    " AND id IN (SELECT target_id FROM field_values \
+                     WHERE target = 'conversation' AND key = ",
+                )
+                .push_bind(key.clone())
+                .push(" AND value = ")
+                .push_bind(value.to_string())
+                .push(")");
+        }
         query
-            .push(" ORDER BY last_activity_at DESC LIMIT ")
+            .push(" ORDER BY last_activity_at DESC, id DESC LIMIT ")
             .push_bind(filter.limit as i64);
         let rows = query.build().fetch_all(&self.readers).await?;
         rows.iter().map(conversation_from_row).collect()
@@ -647,6 +664,24 @@ impl Store for SqliteStore {
         row.as_ref().map(directory_from_row).transpose()
     }
 
+    async fn directory(&self) -> Result<Vec<DirectoryEntry>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, role, name, handle, teams, inboxes FROM users ORDER BY id")
+                .fetch_all(&self.readers)
+                .await?;
+        rows.iter().map(directory_from_row).collect()
+    }
+
+    async fn open_assignments(&self, user: &UserId) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM conversations WHERE assignee_id = ? AND status != 'resolved'",
+        )
+        .bind(user.as_str())
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(row.try_get::<i64, _>(0)? as u64)
+    }
+
     async fn mention_candidates(
         &self,
         names: &[String],
@@ -654,21 +689,30 @@ impl Store for SqliteStore {
         if names.is_empty() {
             return Ok(Vec::new());
         }
+        // Team ids are compared lower-cased in Rust: SQLite's lower() folds ASCII only.
         let mut query = QueryBuilder::new(
-            "SELECT id, role, name, handle, teams, inboxes FROM users u WHERE handle IN (",
+            "SELECT id, role, name, handle, teams, inboxes FROM users \
+             WHERE teams != '[]' OR handle IN (",
         );
         let mut list = query.separated(", ");
         for name in names {
             list.push_bind(name.clone());
         }
-        query.push(") OR EXISTS (SELECT 1 FROM json_each(u.teams) t WHERE lower(t.value) IN (");
-        let mut list = query.separated(", ");
-        for name in names {
-            list.push_bind(name.clone());
-        }
-        query.push(")) ORDER BY id");
+        query.push(") ORDER BY id");
         let rows = query.build().fetch_all(&self.readers).await?;
-        rows.iter().map(directory_from_row).collect()
+        let mut out = Vec::new();
+        for row in &rows {
+            let entry = directory_from_row(row)?;
+            let named = names.contains(&entry.handle)
+                || entry
+                    .teams
+                    .iter()
+                    .any(|team| names.contains(&team.to_lowercase()));
+            if named {
+                out.push(entry);
+            }
+        }
+        Ok(out)
     }
 
     async fn put_team(&self, team: &Team) -> Result<(), StoreError> {
@@ -894,7 +938,8 @@ impl Store for SqliteStore {
         let expression = search
             .terms
             .iter()
-            .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+            // NUL cannot appear in an FTS5 string; the quotes make the rest literal.
+            .map(|t| format!("\"{}\"", t.replace('\0', "").replace('"', "\"\"")))
             .collect::<Vec<_>>()
             .join(" ");
         let mut query = QueryBuilder::new(format!(
@@ -933,7 +978,7 @@ impl Store for SqliteStore {
                 .push(")");
         }
         query
-            .push(" ORDER BY s.rank LIMIT ")
+            .push(" ORDER BY s.rank, n.id LIMIT ")
             .push_bind(search.limit as i64);
         let rows = query.build().fetch_all(&self.readers).await?;
         rows.iter().map(note_from_row).collect()

@@ -26,7 +26,7 @@ use crate::auth::Identity;
 use crate::error::ServiceError;
 use crate::hub::{ConnId, Seat};
 use crate::service::Service;
-use crate::visibility::ControlFrame;
+use crate::visibility::{ControlFrame, StaffFrame};
 use backchannel_protocol::server::ServerFrame;
 
 /// What an `ok` carries besides `type` and `ref`.
@@ -258,7 +258,27 @@ impl Session {
 
     async fn dispatch(&mut self, frame: ClientFrame) -> Result<Reply, ServiceError> {
         let who = &self.identity;
+        if !matches!(frame, ClientFrame::Ping) {
+            self.service.touch(who);
+        }
         match frame {
+            ClientFrame::WatchAgents => {
+                let Some(outbox) = StaffOutbox::new(self.outbox.clone(), who) else {
+                    return Err(ServiceError::forbidden(
+                        "only supervisors and admins see the agents' presence",
+                    ));
+                };
+                let agents = self
+                    .service
+                    .watch_agents(who, self.conn, outbox.clone())
+                    .await?;
+                outbox.push_wait(&StaffFrame::agents(&agents)).await;
+                Ok(Reply::Empty {})
+            }
+            ClientFrame::UnwatchAgents => {
+                self.service.unwatch_agents(self.conn);
+                Ok(Reply::Empty {})
+            }
             ClientFrame::Hello { .. } => Err(ServiceError::bad_request("already said hello")),
             ClientFrame::Ping => Ok(Reply::Pong {}),
             ClientFrame::Subscribe {

@@ -1,0 +1,93 @@
+//! What reaches people later: stored notifications (mentions, assignments) and the
+//! audit trail of a conversation.
+
+use super::*;
+
+impl Service {
+    pub async fn notifications(
+        &self,
+        who: &Identity,
+        unread_only: bool,
+        limit: Option<u32>,
+    ) -> Result<NotificationsPage, ServiceError> {
+        Self::require_staff(who, "have notifications")?;
+        let limit = limit.unwrap_or(DEFAULT_RESULTS).clamp(1, MAX_RESULTS);
+        Ok(NotificationsPage {
+            notifications: self
+                .store
+                .notifications(&who.user_id, unread_only, limit)
+                .await?,
+            unread: self.store.unread_notifications(&who.user_id).await?,
+        })
+    }
+
+    /// Marks notifications read: the listed ids, or all up to an id, or (neither) all.
+    pub async fn read_notifications(
+        &self,
+        who: &Identity,
+        ids: Option<Vec<u64>>,
+        up_to: Option<u64>,
+    ) -> Result<ReadResult, ServiceError> {
+        Self::require_staff(who, "have notifications")?;
+        let which = match (ids, up_to) {
+            (Some(_), Some(_)) => {
+                return Err(ServiceError::bad_request("give `ids` or `up_to`, not both"))
+            }
+            (Some(ids), None) if ids.len() > 1000 => {
+                return Err(ServiceError::bad_request("at most 1000 `ids`"))
+            }
+            (Some(ids), None) => MarkRead::Ids(ids),
+            (None, Some(up_to)) => MarkRead::UpTo(up_to),
+            (None, None) => MarkRead::All,
+        };
+        let marked = self
+            .store
+            .mark_notifications_read(&who.user_id, &which)
+            .await?;
+        Ok(ReadResult {
+            marked,
+            unread: self.store.unread_notifications(&who.user_id).await?,
+        })
+    }
+
+    /// Every event of a conversation with its chain hash, and whether the chain verifies.
+    pub async fn audit(
+        &self,
+        who: &Identity,
+        conversation: ConversationId,
+    ) -> Result<AuditReport, ServiceError> {
+        if !who.role.can_write_supervisor_notes() {
+            return Err(ServiceError::forbidden(
+                "only supervisors and admins read the audit trail",
+            ));
+        }
+        self.authorize_view(who, conversation).await?;
+        let rows = self.store.audit_rows(conversation).await?;
+        let head = self.store.last_hash(conversation).await?;
+        let first_break = chain::verify(&rows, head.as_deref())
+            .err()
+            .map(|b| ChainBreak {
+                seq: b.seq,
+                event_id: b.event_id,
+                reason: b.reason,
+            });
+        let events = rows
+            .iter()
+            .filter_map(|row| {
+                let view = row.view().ok()?;
+                Some(AuditEntry {
+                    seq: row.supervisor_seq as u64,
+                    visibility: view.data.visibility(),
+                    event: view,
+                    hash: hex::encode(&row.hash),
+                })
+            })
+            .collect();
+        Ok(AuditReport {
+            conversation_id: conversation,
+            verified: first_break.is_none(),
+            first_break,
+            events,
+        })
+    }
+}

@@ -1,0 +1,2333 @@
+//! The storage conformance suite: one set of tests, run against every engine.
+//!
+//! Each test body below takes a [`Harness`] and speaks to the engine only through the
+//! [`Store`] trait (plus two backend-specific helpers: opening a second node on the same
+//! data, and tampering with a stored row behind the store's back). The `store_tests!`
+//! macro at the end turns each body into two tests, `conformance::sqlite::NAME` on a fresh
+//! SQLite store in a temporary directory, and `conformance::postgres::NAME` on a fresh
+//! PostgreSQL database created for that test on 127.0.0.1:5432 (user `postgres`, trust
+//! auth; `BACKCHANNEL_TEST_POSTGRES` overrides the server URL) and dropped afterwards,
+//! even when the test fails. If PostgreSQL is unreachable, the PostgreSQL tests fail:
+//! they never skip.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use backchannel_protocol::http::{FieldDefinition, FieldType, TagDefinition, Team};
+use backchannel_protocol::server::NotificationKind;
+use backchannel_protocol::{
+    Actor, Audience, ConversationId, EventData, EventId, FieldTarget, InboxId, NoteAudience,
+    NoteType, Role, Status, TeamId, UserId,
+};
+use futures::FutureExt;
+use serde_json::json;
+use sqlx::Connection;
+use time::OffsetDateTime;
+
+use super::chain;
+use super::postgres::PgStore;
+use super::sqlite::{SqliteStore, DATABASE_FILE};
+use super::{
+    ConversationFilter, DirectoryEntry, Event, MarkRead, NewConversation, NewEvent, NoteRecord,
+    NoteSearch, ReplyGuard, Store, WriteOutcome, WriteRefusal, WriteRequest,
+};
+
+/// The PostgreSQL server the suite creates its databases on.
+const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+
+// ---------------------------------------------------------------------------------------
+// The harness
+// ---------------------------------------------------------------------------------------
+
+enum Backend {
+    Sqlite { dir: tempfile::TempDir },
+    Postgres { server: String, database: String },
+}
+
+/// One fresh store, and what a test needs around it.
+struct Harness {
+    store: Arc<dyn Store>,
+    backend: Backend,
+    /// Other nodes opened on the same data, closed with the harness.
+    nodes: parking_lot::Mutex<Vec<Arc<dyn Store>>>,
+    /// Milliseconds after [`base_time`] handed out so far: events get increasing times.
+    clock: AtomicI64,
+}
+
+fn base_time() -> OffsetDateTime {
+    time::macros::datetime!(2026-01-01 09:00 UTC)
+}
+
+fn postgres_server() -> String {
+    std::env::var("BACKCHANNEL_TEST_POSTGRES")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| DEFAULT_POSTGRES.to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+impl Harness {
+    fn new(store: Arc<dyn Store>, backend: Backend) -> Harness {
+        Harness {
+            store,
+            backend,
+            nodes: parking_lot::Mutex::new(Vec::new()),
+            clock: AtomicI64::new(0),
+        }
+    }
+
+    async fn sqlite() -> Harness {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = SqliteStore::open(dir.path())
+            .await
+            .expect("open a SQLite store");
+        Harness::new(store, Backend::Sqlite { dir })
+    }
+
+    async fn postgres() -> Harness {
+        let server = postgres_server();
+        let database = format!("bc_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL at {server} is unreachable ({e}): the PostgreSQL half of the \
+                     store suite needs it and fails rather than skips"
+                )
+            });
+        sqlx::query(&format!("CREATE DATABASE {database}"))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create the test database {database}: {e}"));
+        let _ = admin.close().await;
+        match PgStore::open(&format!("{server}/{database}")).await {
+            Ok(store) => Harness::new(store, Backend::Postgres { server, database }),
+            Err(e) => {
+                drop_database(&server, &database).await;
+                panic!("cannot open a PgStore on {database}: {e}");
+            }
+        }
+    }
+
+    /// Closes every store and drops the database, whether the test passed or not, then
+    /// passes on the test's panic if it failed.
+    async fn finish(self, result: std::thread::Result<()>) {
+        let nodes = std::mem::take(&mut *self.nodes.lock());
+        for node in nodes {
+            node.close().await;
+        }
+        self.store.close().await;
+        if let Backend::Postgres { server, database } = &self.backend {
+            drop_database(server, database).await;
+        }
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    /// A second node on the same data: another SQLite store on the same file, or
+    /// another PostgreSQL pool on the same database.
+    async fn another_node(&self) -> Arc<dyn Store> {
+        let node: Arc<dyn Store> = match &self.backend {
+            Backend::Sqlite { dir } => SqliteStore::open(dir.path())
+                .await
+                .expect("open a second SQLite store"),
+            Backend::Postgres { server, database } => {
+                PgStore::open(&format!("{server}/{database}"))
+                    .await
+                    .expect("open a second PgStore")
+            }
+        };
+        self.nodes.lock().push(node.clone());
+        node
+    }
+
+    /// Rewrites an event's stored payload directly, as someone with database access
+    /// could.
+    async fn tamper_payload(&self, event: EventId, payload: &str) {
+        let changed = match &self.backend {
+            Backend::Sqlite { dir } => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(dir.path().join(DATABASE_FILE))
+                    .busy_timeout(std::time::Duration::from_secs(5));
+                let mut conn = sqlx::SqliteConnection::connect_with(&options)
+                    .await
+                    .expect("connect to the SQLite file");
+                let done = sqlx::query("UPDATE events SET payload = ? WHERE id = ?")
+                    .bind(payload)
+                    .bind(event.to_string())
+                    .execute(&mut conn)
+                    .await
+                    .expect("tamper");
+                let _ = conn.close().await;
+                done.rows_affected()
+            }
+            Backend::Postgres { server, database } => {
+                let mut conn = sqlx::PgConnection::connect(&format!("{server}/{database}"))
+                    .await
+                    .expect("connect to the test database");
+                let done = sqlx::query("UPDATE events SET payload = $1 WHERE id = $2::uuid")
+                    .bind(payload)
+                    .bind(event.to_string())
+                    .execute(&mut conn)
+                    .await
+                    .expect("tamper");
+                let _ = conn.close().await;
+                done.rows_affected()
+            }
+        };
+        assert_eq!(changed, 1, "the tampered event exists");
+    }
+
+    /// The next time on this test's clock (a millisecond after the previous one).
+    fn at(&self) -> OffsetDateTime {
+        let ms = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
+        base_time() + time::Duration::milliseconds(ms)
+    }
+
+    fn event(
+        &self,
+        conversation: ConversationId,
+        actor: &Actor,
+        client_id: Option<&str>,
+        data: EventData,
+    ) -> NewEvent {
+        NewEvent {
+            id: EventId::new(),
+            conversation_id: conversation,
+            at: self.at(),
+            actor: actor.clone(),
+            client_id: client_id.map(str::to_owned),
+            data,
+        }
+    }
+
+    fn open_request(&self, inbox: &str, contact: Option<&str>) -> WriteRequest {
+        let id = ConversationId::new();
+        let opener = match contact {
+            Some(contact) => customer(contact),
+            None => agent("opener"),
+        };
+        let opened = self.event(
+            id,
+            &opener,
+            None,
+            EventData::ConversationOpened {
+                inbox_id: InboxId(inbox.to_owned()),
+                subject: Some(format!("about {inbox}")),
+            },
+        );
+        WriteRequest::Open(Box::new(NewConversation {
+            id,
+            inbox_id: InboxId(inbox.to_owned()),
+            contact_id: contact.map(|c| UserId(c.to_owned())),
+            subject: Some(format!("about {inbox}")),
+            opened,
+        }))
+    }
+
+    /// Opens a conversation (its `conversation_opened` event takes every stream's seq 1).
+    async fn open(&self, inbox: &str, contact: Option<&str>) -> ConversationId {
+        let request = self.open_request(inbox, contact);
+        let WriteRequest::Open(new) = &request else {
+            unreachable!()
+        };
+        let id = new.id;
+        self.write(request).await.expect("conversation opened");
+        id
+    }
+
+    /// Writes one request alone in its batch.
+    async fn write(&self, request: WriteRequest) -> Result<WriteOutcome, WriteRefusal> {
+        let mut outcomes = self
+            .store
+            .write_batch(std::slice::from_ref(&request))
+            .await
+            .expect("the batch commits");
+        assert_eq!(outcomes.len(), 1);
+        outcomes.remove(0)
+    }
+
+    /// Appends one event, which must be accepted.
+    async fn append(&self, event: NewEvent) -> WriteOutcome {
+        self.write(WriteRequest::append(event))
+            .await
+            .expect("append accepted")
+    }
+
+    /// Appends one event by `actor` and returns the stored event.
+    async fn add(&self, conversation: ConversationId, actor: &Actor, data: EventData) -> Event {
+        let outcome = self
+            .append(self.event(conversation, actor, None, data))
+            .await;
+        assert!(!outcome.duplicate);
+        outcome.events[0].as_ref().clone()
+    }
+}
+
+async fn drop_database(server: &str, database: &str) {
+    match sqlx::PgConnection::connect(&format!("{server}/postgres")).await {
+        Ok(mut admin) => {
+            if let Err(e) = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await
+            {
+                eprintln!("cannot drop the test database {database}: {e}");
+            }
+            let _ = admin.close().await;
+        }
+        Err(e) => eprintln!("cannot drop the test database {database}: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------
+
+fn person(id: &str, role: Role) -> Actor {
+    Actor {
+        id: UserId(id.to_owned()),
+        role,
+        name: Some(format!("{id} (name)")),
+    }
+}
+
+fn customer(id: &str) -> Actor {
+    Actor {
+        id: UserId(id.to_owned()),
+        role: Role::Customer,
+        name: None,
+    }
+}
+
+fn agent(id: &str) -> Actor {
+    person(id, Role::Agent)
+}
+
+fn supervisor(id: &str) -> Actor {
+    person(id, Role::Supervisor)
+}
+
+fn user(id: &str) -> UserId {
+    UserId(id.to_owned())
+}
+
+fn message(body: &str) -> EventData {
+    EventData::Message {
+        body: body.to_owned(),
+    }
+}
+
+fn note(body: &str) -> EventData {
+    typed_note(body, NoteType::General, NoteAudience::Agents)
+}
+
+fn supervisors_note(body: &str) -> EventData {
+    typed_note(body, NoteType::Coaching, NoteAudience::Supervisors)
+}
+
+fn typed_note(body: &str, note_type: NoteType, audience: NoteAudience) -> EventData {
+    EventData::Note {
+        body: body.to_owned(),
+        note_type,
+        audience,
+        mentions: Vec::new(),
+    }
+}
+
+fn mentioning(body: &str, mentions: &[&str]) -> EventData {
+    EventData::Note {
+        body: body.to_owned(),
+        note_type: NoteType::General,
+        audience: NoteAudience::Agents,
+        mentions: mentions.iter().map(|m| user(m)).collect(),
+    }
+}
+
+fn edited(note_id: EventId, body: &str) -> EventData {
+    EventData::NoteEdited {
+        note_id,
+        body: body.to_owned(),
+        audience: NoteAudience::Agents,
+    }
+}
+
+fn pinned(note_id: EventId, pinned: bool) -> EventData {
+    EventData::NotePinned {
+        note_id,
+        pinned,
+        audience: NoteAudience::Agents,
+    }
+}
+
+fn assigned(assignee: Option<&str>, team: Option<&str>) -> EventData {
+    EventData::Assigned {
+        assignee_id: assignee.map(user),
+        team_id: team.map(|t| TeamId(t.to_owned())),
+    }
+}
+
+fn tags(added: &[&str], removed: &[&str]) -> EventData {
+    EventData::TagsChanged {
+        added: added.iter().map(|t| t.to_string()).collect(),
+        removed: removed.iter().map(|t| t.to_string()).collect(),
+    }
+}
+
+fn fields(target: FieldTarget, target_id: &str, changes: serde_json::Value) -> EventData {
+    let changes: BTreeMap<String, serde_json::Value> =
+        serde_json::from_value(changes).expect("an object of changes");
+    EventData::FieldsChanged {
+        target,
+        target_id: target_id.to_owned(),
+        changes,
+    }
+}
+
+fn seqs_of(events: &[Event], audience: Audience) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e.seqs.for_audience(audience).expect("in this stream"))
+        .collect()
+}
+
+fn note_ids(notes: &[NoteRecord]) -> BTreeSet<EventId> {
+    notes.iter().map(|n| n.id).collect()
+}
+
+fn set<const N: usize>(ids: [EventId; N]) -> BTreeSet<EventId> {
+    ids.into_iter().collect()
+}
+
+fn listing() -> ConversationFilter {
+    ConversationFilter {
+        limit: 50,
+        ..ConversationFilter::default()
+    }
+}
+
+fn search(terms: &[&str]) -> NoteSearch {
+    NoteSearch {
+        terms: terms.iter().map(|t| t.to_string()).collect(),
+        include_supervisors: true,
+        limit: 50,
+        ..NoteSearch::default()
+    }
+}
+
+async fn listed(h: &Harness, filter: ConversationFilter) -> Vec<ConversationId> {
+    h.store
+        .conversations(&filter)
+        .await
+        .expect("list conversations")
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
+async fn found(h: &Harness, search: NoteSearch) -> BTreeSet<EventId> {
+    note_ids(&h.store.search_notes(&search).await.expect("search notes"))
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------------------
+
+/// Every event takes the next supervisor seq, the next agent seq unless supervisors-only,
+/// the next public seq only if public; each stream reads back gap-free, also when one
+/// batch mixes conversations and visibilities.
+async fn seqs_are_gap_free_per_audience(h: &Harness) {
+    let conv = h.open("support", Some("cust-1")).await;
+    let (cust, alice, sue) = (customer("cust-1"), agent("alice"), supervisor("sue"));
+    let other = h.open_request("support", None);
+    let WriteRequest::Open(new_other) = &other else {
+        unreachable!()
+    };
+    let other_id = new_other.id;
+    let last_message = h.event(conv, &cust, None, message("thanks"));
+    let last_message_at = last_message.at;
+    let batch = vec![
+        other,
+        WriteRequest::append(h.event(conv, &cust, None, message("hello"))),
+        WriteRequest::append(h.event(other_id, &alice, None, note("other conversation"))),
+        WriteRequest::append(h.event(conv, &alice, None, note("internal"))),
+        WriteRequest::append(h.event(conv, &sue, None, supervisors_note("coaching"))),
+        WriteRequest::append(h.event(
+            conv,
+            &alice,
+            None,
+            EventData::StatusChanged {
+                status: Status::Pending,
+            },
+        )),
+        WriteRequest::Append {
+            events: vec![
+                h.event(conv, &alice, None, message("a reply")),
+                h.event(conv, &sue, None, supervisors_note("good reply")),
+            ],
+            guard: None,
+        },
+        WriteRequest::append(last_message),
+    ];
+    let outcomes = h.store.write_batch(&batch).await.expect("batch commits");
+    type Triple = (u64, Option<u64>, Option<u64>);
+    let seqs: Vec<Vec<Triple>> = outcomes
+        .iter()
+        .map(|o| {
+            o.as_ref()
+                .expect("accepted")
+                .events
+                .iter()
+                .map(|e| (e.seqs.supervisor, e.seqs.agent, e.seqs.public))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![
+            vec![(1, Some(1), Some(1))],
+            vec![(2, Some(2), Some(2))],
+            vec![(2, Some(2), None)],
+            vec![(3, Some(3), None)],
+            vec![(4, None, None)],
+            vec![(5, Some(4), None)],
+            vec![(6, Some(5), Some(3)), (7, None, None)],
+            vec![(8, Some(6), Some(4))],
+        ]
+    );
+
+    for (audience, head) in [
+        (Audience::Customer, 4),
+        (Audience::Agents, 6),
+        (Audience::Supervisors, 8),
+    ] {
+        let events = h
+            .store
+            .events_after(conv, audience, 0, 100)
+            .await
+            .expect("read stream");
+        assert_eq!(seqs_of(&events, audience), (1..=head).collect::<Vec<_>>());
+        assert!(events
+            .iter()
+            .all(|e| e.visibility().visible_to(audience) && e.conversation_id == conv));
+        let page = h
+            .store
+            .events_after(conv, audience, 2, 2)
+            .await
+            .expect("read a page");
+        assert_eq!(seqs_of(&page, audience), vec![3, 4]);
+    }
+    let customer_stream = h
+        .store
+        .events_after(conv, Audience::Customer, 0, 100)
+        .await
+        .expect("read stream");
+    assert!(customer_stream.iter().all(|e| matches!(
+        e.view.data,
+        EventData::Message { .. } | EventData::ConversationOpened { .. }
+    )));
+
+    let record = h
+        .store
+        .conversation(conv)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(
+        (
+            record.heads.public,
+            record.heads.agent,
+            record.heads.supervisor
+        ),
+        (4, 6, 8)
+    );
+    assert_eq!(record.status, "pending");
+    assert_eq!(record.last_activity_at, last_message_at);
+    assert_eq!(record.last_public_at, last_message_at);
+    let other = h
+        .store
+        .conversation(other_id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(
+        (
+            other.heads.public,
+            other.heads.agent,
+            other.heads.supervisor
+        ),
+        (1, 2, 2)
+    );
+    // An internal event moves the activity time, not the customer's.
+    let before = other.last_public_at;
+    let later = h.add(other_id, &alice, note("later")).await;
+    let other = h
+        .store
+        .conversation(other_id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(other.last_public_at, before);
+    assert_eq!(other.last_activity_at, later.view.at);
+}
+
+/// A retried `(author, client_id)` returns the event stored the first time, writes
+/// nothing, and notifies nobody again; another author may use the same client_id.
+async fn idempotent_client_id_returns_stored_event(h: &Harness) {
+    let conv = h.open("support", Some("cust-1")).await;
+    let (cust, alice, bob) = (customer("cust-1"), agent("alice"), agent("bob"));
+    let first = h
+        .append(h.event(conv, &cust, Some("c-1"), message("hello")))
+        .await;
+    assert!(!first.duplicate);
+    let stored = first.events[0].clone();
+    assert_eq!(stored.client_id.as_deref(), Some("c-1"));
+
+    let retry = h
+        .append(h.event(conv, &cust, Some("c-1"), message("hello, again")))
+        .await;
+    assert!(retry.duplicate);
+    assert_eq!(retry.events.len(), 1);
+    assert_eq!(
+        *retry.events[0], *stored,
+        "the stored event, as first written"
+    );
+    assert!(retry.notifications.is_empty());
+
+    // Twice in one batch: the second is the retry of the first.
+    let a = h.event(conv, &alice, Some("n-1"), mentioning("ping @bob", &["bob"]));
+    let b = h.event(
+        conv,
+        &alice,
+        Some("n-1"),
+        mentioning("ping @bob again", &["bob"]),
+    );
+    let outcomes = h
+        .store
+        .write_batch(&[WriteRequest::append(a.clone()), WriteRequest::append(b)])
+        .await
+        .expect("batch commits");
+    let a_out = outcomes[0].as_ref().expect("accepted");
+    let b_out = outcomes[1].as_ref().expect("accepted");
+    assert!(!a_out.duplicate && b_out.duplicate);
+    assert_eq!(b_out.events[0].view.id, a.id);
+    assert_eq!(a_out.notifications.len(), 1);
+    assert!(b_out.notifications.is_empty());
+    assert_eq!(
+        h.store
+            .unread_notifications(&user("bob"))
+            .await
+            .expect("count"),
+        1
+    );
+
+    // A retry that went to another conversation still gets the stored event.
+    let elsewhere = h.open("support", Some("cust-2")).await;
+    let retry = h
+        .append(h.event(elsewhere, &cust, Some("c-1"), message("hello?")))
+        .await;
+    assert!(retry.duplicate);
+    assert_eq!(retry.events[0].view.id, stored.view.id);
+
+    // The key is per author.
+    let other = h
+        .append(h.event(conv, &bob, Some("c-1"), note("same key, other author")))
+        .await;
+    assert!(!other.duplicate);
+
+    let record = h
+        .store
+        .conversation(conv)
+        .await
+        .expect("read")
+        .expect("exists");
+    // opened, hello, ping, bob's note: nothing else was written.
+    assert_eq!(record.heads.supervisor, 4);
+    assert_eq!(record.heads.public, 2);
+    let fresh = h
+        .store
+        .conversation(elsewhere)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(fresh.heads.supervisor, 1);
+}
+
+/// A request that cannot apply is refused alone; the rest of its batch commits.
+async fn refusals_do_not_fail_the_batch(h: &Harness) {
+    let conv = h.open("support", Some("cust-1")).await;
+    let (cust, alice) = (customer("cust-1"), agent("alice"));
+    h.add(conv, &cust, message("question")).await;
+    let unknown = ConversationId::new();
+    let in_unknown_inbox = h.open_request("no-such-inbox", Some("cust-2"));
+    let WriteRequest::Open(lost) = &in_unknown_inbox else {
+        unreachable!()
+    };
+    let lost = lost.id;
+    let valid_open = h.open_request("support", Some("cust-3"));
+    let WriteRequest::Open(opened) = &valid_open else {
+        unreachable!()
+    };
+    let opened = opened.id;
+    let batch = vec![
+        WriteRequest::append(h.event(unknown, &alice, Some("x-1"), note("nowhere"))),
+        in_unknown_inbox,
+        WriteRequest::append(h.event(conv, &alice, None, message("answer"))),
+        valid_open,
+        WriteRequest::Append {
+            events: vec![h.event(conv, &cust, Some("x-2"), message("stale reply"))],
+            guard: Some(ReplyGuard {
+                audience: Audience::Customer,
+                seen: 1,
+            }),
+        },
+        WriteRequest::append(h.event(conv, &alice, None, note("after the refusals"))),
+    ];
+    let outcomes = h.store.write_batch(&batch).await.expect("batch commits");
+    assert_eq!(outcomes.len(), 6);
+    assert_eq!(
+        outcomes[0].as_ref().err(),
+        Some(&WriteRefusal::ConversationNotFound)
+    );
+    assert_eq!(
+        outcomes[1].as_ref().err(),
+        Some(&WriteRefusal::InboxNotFound)
+    );
+    assert!(outcomes[2].is_ok());
+    assert!(outcomes[3].is_ok());
+    assert!(matches!(outcomes[4], Err(WriteRefusal::Unseen(_))));
+    assert!(outcomes[5].is_ok());
+
+    assert!(h.store.conversation(unknown).await.expect("read").is_none());
+    assert!(h.store.conversation(lost).await.expect("read").is_none());
+    assert!(h.store.conversation(opened).await.expect("read").is_some());
+    let record = h
+        .store
+        .conversation(conv)
+        .await
+        .expect("read")
+        .expect("exists");
+    // opened, question, answer, note.
+    assert_eq!(record.heads.supervisor, 4);
+    // The refused client_ids were not stored: they can be used now.
+    let later = h
+        .append(h.event(conv, &cust, Some("x-2"), message("fresh reply")))
+        .await;
+    assert!(!later.duplicate);
+}
+
+/// An engine error fails the whole batch, and nothing of it is left behind; the store
+/// keeps working afterwards.
+async fn failed_batch_leaves_nothing(h: &Harness) {
+    let conv = h.open("support", Some("cust-1")).await;
+    let other = h.open("support", Some("cust-2")).await;
+    let alice = agent("alice");
+    let before = h
+        .store
+        .conversation(conv)
+        .await
+        .expect("read")
+        .expect("exists");
+    let good = h.event(conv, &alice, Some("g-1"), mentioning("hi @bob", &["bob"]));
+    let good_id = good.id;
+    let fresh = h.open_request("support", Some("cust-3"));
+    let WriteRequest::Open(fresh_id) = &fresh else {
+        unreachable!()
+    };
+    let fresh_id = fresh_id.id;
+    // A request spanning two conversations is a programming error, not a refusal.
+    let spanning = WriteRequest::Append {
+        events: vec![
+            h.event(conv, &alice, None, note("one")),
+            h.event(other, &alice, None, note("two")),
+        ],
+        guard: None,
+    };
+    let result = h
+        .store
+        .write_batch(&[
+            fresh,
+            WriteRequest::append(good.clone()),
+            WriteRequest::append(h.event(conv, &alice, None, tags(&["vip"], &[]))),
+            spanning,
+        ])
+        .await;
+    assert!(result.is_err(), "the batch fails");
+
+    // Opening a conversation whose id exists is an engine error too.
+    let mut duplicate_open = h.open_request("support", Some("cust-1"));
+    if let WriteRequest::Open(new) = &mut duplicate_open {
+        new.id = conv;
+        new.opened.conversation_id = conv;
+    }
+    let result = h
+        .store
+        .write_batch(&[WriteRequest::append(good.clone()), duplicate_open])
+        .await;
+    assert!(result.is_err(), "the batch fails");
+
+    let after = h
+        .store
+        .conversation(conv)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(after, before);
+    assert!(h
+        .store
+        .conversation(fresh_id)
+        .await
+        .expect("read")
+        .is_none());
+    assert!(h.store.note(good_id).await.expect("read").is_none());
+    assert_eq!(
+        h.store
+            .unread_notifications(&user("bob"))
+            .await
+            .expect("count"),
+        0
+    );
+    assert!(h
+        .store
+        .conversation_tags(&[conv])
+        .await
+        .expect("tags")
+        .is_empty());
+    let events = h
+        .store
+        .events_after(conv, Audience::Supervisors, 0, 100)
+        .await
+        .expect("read");
+    assert_eq!(events.len(), 1);
+
+    // The same request succeeds now, as a first write (its client_id was not kept).
+    let outcome = h.append(good).await;
+    assert!(!outcome.duplicate);
+    assert_eq!(outcome.events[0].seqs.supervisor, 2);
+    let audit = h.store.audit_rows(conv).await.expect("audit rows");
+    let head = h.store.last_hash(conv).await.expect("head");
+    assert_eq!(chain::verify(&audit, head.as_deref()), Ok(()));
+}
+
+/// The reply guard refuses with the messages and notes by others the sender had not
+/// seen (in the sender's stream), and writes nothing.
+async fn reply_guard_refuses_with_unseen_events(h: &Harness) {
+    let conv = h.open("support", Some("cust-1")).await;
+    let (cust, alice, bob, sue) = (
+        customer("cust-1"),
+        agent("alice"),
+        agent("bob"),
+        supervisor("sue"),
+    );
+    let q1 = h.add(conv, &cust, message("first question")).await;
+    let seen = q1.seqs.agent.expect("agent seq");
+    let guarded = |h: &Harness, client_id: &str, seen: u64, audience: Audience, who: &Actor| {
+        WriteRequest::Append {
+            events: vec![h.event(conv, who, Some(client_id), message("my reply"))],
+            guard: Some(ReplyGuard { audience, seen }),
+        }
+    };
+    // Nothing new since: accepted.
+    let reply = h
+        .write(guarded(h, "r-1", seen, Audience::Agents, &alice))
+        .await
+        .expect("accepted");
+    let seen = reply.events[0].seqs.agent.expect("agent seq");
+
+    let bobs_note = h.add(conv, &bob, note("I know this customer")).await;
+    h.add(
+        conv,
+        &bob,
+        EventData::StatusChanged {
+            status: Status::Pending,
+        },
+    )
+    .await;
+    h.add(conv, &sue, supervisors_note("watch the tone")).await;
+    let q2 = h.add(conv, &cust, message("hello?")).await;
+    h.add(conv, &alice, note("my own note")).await;
+
+    let before = h
+        .store
+        .conversation(conv)
+        .await
+        .expect("read")
+        .expect("exists");
+    let refused = h
+        .write(guarded(h, "r-2", seen, Audience::Agents, &alice))
+        .await;
+    let Err(WriteRefusal::Unseen(unseen)) = refused else {
+        panic!("expected the guard to trip, got {refused:?}");
+    };
+    // Status changes, supervisors-only notes and the sender's own events do not count.
+    assert_eq!(
+        unseen.iter().map(|e| e.view.id).collect::<Vec<_>>(),
+        vec![bobs_note.view.id, q2.view.id]
+    );
+    assert_eq!(unseen[0], bobs_note);
+    assert_eq!(unseen[1], q2);
+    let after = h
+        .store
+        .conversation(conv)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(after, before, "a refused reply writes nothing");
+
+    // In the customer's stream, notes never count; the agent's messages do.
+    let refused = h
+        .write(guarded(h, "r-3", 2, Audience::Customer, &cust))
+        .await;
+    let Err(WriteRefusal::Unseen(unseen)) = refused else {
+        panic!("expected the guard to trip, got {refused:?}");
+    };
+    assert_eq!(
+        unseen.iter().map(|e| e.view.id).collect::<Vec<_>>(),
+        vec![reply.events[0].view.id]
+    );
+
+    // Having seen everything, the reply goes through, with the refused client_id.
+    let head = after.heads.agent;
+    let accepted = h
+        .write(guarded(h, "r-2", head, Audience::Agents, &alice))
+        .await
+        .expect("accepted");
+    assert!(!accepted.duplicate);
+    assert_eq!(accepted.events[0].seqs.agent, Some(head + 1));
+}
+
+/// Notes keep their current text and pin state; pinned `context` notes show in every
+/// conversation of the same contact.
+async fn note_projections(h: &Harness) {
+    let a = h.open("support", Some("cust-9")).await;
+    let b = h.open("support", Some("cust-9")).await;
+    let c = h.open("support", Some("cust-5")).await;
+    let no_contact = h.open("support", None).await;
+    let (alice, bob, sue) = (agent("alice"), agent("bob"), supervisor("sue"));
+
+    let n1 = h.add(a, &alice, note("first draft")).await;
+    let n2 = h
+        .add(
+            a,
+            &bob,
+            typed_note(
+                "VIP, prefers email",
+                NoteType::Context,
+                NoteAudience::Agents,
+            ),
+        )
+        .await;
+    let n3 = h.add(b, &alice, note("second conversation")).await;
+    let n4 = h
+        .add(
+            c,
+            &bob,
+            typed_note("other contact", NoteType::Context, NoteAudience::Agents),
+        )
+        .await;
+    let n5 = h.add(no_contact, &sue, supervisors_note("coaching")).await;
+
+    let record = h.store.note(n1.view.id).await.expect("read").expect("note");
+    assert_eq!(
+        record,
+        NoteRecord {
+            id: n1.view.id,
+            conversation_id: a,
+            contact_id: Some(user("cust-9")),
+            author: alice.clone(),
+            note_type: NoteType::General,
+            audience: NoteAudience::Agents,
+            body: "first draft".into(),
+            at: n1.view.at,
+            pinned: false,
+        }
+    );
+    let record = h.store.note(n5.view.id).await.expect("read").expect("note");
+    assert_eq!(record.contact_id, None);
+    assert_eq!(record.audience, NoteAudience::Supervisors);
+    assert_eq!(record.note_type, NoteType::Coaching);
+    assert!(h.store.note(EventId::new()).await.expect("read").is_none());
+
+    // Edits replace the text; the note keeps its time and author.
+    h.add(a, &alice, edited(n1.view.id, "final text")).await;
+    let record = h.store.note(n1.view.id).await.expect("read").expect("note");
+    assert_eq!(record.body, "final text");
+    assert_eq!(record.at, n1.view.at);
+    assert_eq!(record.author, alice);
+
+    for (conv, id) in [
+        (a, n1.view.id),
+        (a, n2.view.id),
+        (b, n3.view.id),
+        (c, n4.view.id),
+    ] {
+        h.add(conv, &alice, pinned(id, true)).await;
+    }
+    let pins = |conv, contact: Option<&'static str>| async move {
+        let contact = contact.map(user);
+        let notes = h
+            .store
+            .pinned_notes(conv, contact.as_ref())
+            .await
+            .expect("pinned notes");
+        assert!(notes.iter().all(|n| n.pinned));
+        notes.iter().map(|n| n.id).collect::<Vec<_>>()
+    };
+    assert_eq!(pins(a, Some("cust-9")).await, vec![n1.view.id, n2.view.id]);
+    // B sees its own pin and A's context note for the same contact, oldest first.
+    assert_eq!(pins(b, Some("cust-9")).await, vec![n2.view.id, n3.view.id]);
+    assert_eq!(pins(b, None).await, vec![n3.view.id]);
+    assert_eq!(pins(c, Some("cust-5")).await, vec![n4.view.id]);
+    assert_eq!(pins(no_contact, None).await, Vec::<EventId>::new());
+    let pinned_record = h.store.note(n2.view.id).await.expect("read").expect("note");
+    assert!(pinned_record.pinned);
+
+    h.add(a, &bob, pinned(n2.view.id, false)).await;
+    assert_eq!(pins(b, Some("cust-9")).await, vec![n3.view.id]);
+    assert_eq!(pins(a, Some("cust-9")).await, vec![n1.view.id]);
+}
+
+/// Tags, custom field values, assignment and status follow their events.
+async fn conversation_projections(h: &Harness) {
+    let conv = h.open("support", Some("cust-1")).await;
+    let untouched = h.open("support", Some("cust-2")).await;
+    let (alice, bob) = (agent("alice"), agent("bob"));
+
+    h.add(conv, &alice, tags(&["vip", "billing"], &[])).await;
+    h.add(conv, &alice, tags(&["vip"], &[])).await;
+    let listed_tags = h
+        .store
+        .conversation_tags(&[conv, untouched])
+        .await
+        .expect("tags");
+    assert_eq!(
+        listed_tags,
+        BTreeMap::from([(conv, vec!["billing".to_owned(), "vip".to_owned()])])
+    );
+    h.add(conv, &alice, tags(&["urgent"], &["billing", "absent"]))
+        .await;
+    let listed_tags = h.store.conversation_tags(&[conv]).await.expect("tags");
+    assert_eq!(
+        listed_tags,
+        BTreeMap::from([(conv, vec!["urgent".to_owned(), "vip".to_owned()])])
+    );
+    assert!(h
+        .store
+        .conversation_tags(&[])
+        .await
+        .expect("tags")
+        .is_empty());
+
+    let conv_key = conv.to_string();
+    h.add(
+        conv,
+        &alice,
+        fields(
+            FieldTarget::Conversation,
+            &conv_key,
+            json!({"plan": "gold", "seats": 5, "renewal": "2026-03-01"}),
+        ),
+    )
+    .await;
+    h.add(
+        conv,
+        &alice,
+        fields(
+            FieldTarget::Conversation,
+            &conv_key,
+            json!({"plan": null, "seats": 7.5}),
+        ),
+    )
+    .await;
+    h.add(
+        conv,
+        &alice,
+        fields(
+            FieldTarget::Contact,
+            "cust-1",
+            json!({"tier": true, "note": "x"}),
+        ),
+    )
+    .await;
+    let values = h
+        .store
+        .field_values(
+            FieldTarget::Conversation,
+            &[conv_key.clone(), untouched.to_string()],
+        )
+        .await
+        .expect("values");
+    assert_eq!(
+        values,
+        BTreeMap::from([(
+            conv_key.clone(),
+            BTreeMap::from([
+                ("renewal".to_owned(), json!("2026-03-01")),
+                ("seats".to_owned(), json!(7.5)),
+            ])
+        )])
+    );
+    let values = h
+        .store
+        .field_values(FieldTarget::Contact, &["cust-1".to_owned()])
+        .await
+        .expect("values");
+    assert_eq!(
+        values,
+        BTreeMap::from([(
+            "cust-1".to_owned(),
+            BTreeMap::from([
+                ("note".to_owned(), json!("x")),
+                ("tier".to_owned(), json!(true)),
+            ])
+        )])
+    );
+    // A contact's values are not the conversation's, and vice versa.
+    assert!(h
+        .store
+        .field_values(FieldTarget::Contact, std::slice::from_ref(&conv_key))
+        .await
+        .expect("values")
+        .is_empty());
+    assert!(h
+        .store
+        .field_values(FieldTarget::Conversation, &[])
+        .await
+        .expect("values")
+        .is_empty());
+
+    h.add(conv, &alice, assigned(Some("bob"), Some("billing")))
+        .await;
+    let record = h
+        .store
+        .conversation(conv)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(record.assignee_id, Some(user("bob")));
+    assert_eq!(record.team_id, Some(TeamId("billing".into())));
+    h.add(conv, &bob, assigned(None, Some("tier-2"))).await;
+    let record = h
+        .store
+        .conversation(conv)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(record.assignee_id, None);
+    assert_eq!(record.team_id, Some(TeamId("tier-2".into())));
+    h.add(conv, &bob, assigned(None, None)).await;
+
+    assert_eq!(record.status, "open");
+    h.add(
+        conv,
+        &bob,
+        EventData::StatusChanged {
+            status: Status::Resolved,
+        },
+    )
+    .await;
+    let record = h
+        .store
+        .conversation(conv)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(record.status, "resolved");
+    assert_eq!(record.assignee_id, None);
+    assert_eq!(record.team_id, None);
+    let other = h
+        .store
+        .conversation(untouched)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(other.status, "open");
+    assert_eq!(other.assignee_id, None);
+}
+
+/// Mentions and assignments notify (never the author); notifications read back newest
+/// first and are marked read by ids, up to an id, or all.
+async fn notifications_for_mentions_and_assignment(h: &Harness) {
+    let conv = h.open("support", Some("cust-1")).await;
+    let (alice, dave) = (agent("alice"), agent("dave"));
+
+    let mention = h
+        .append(h.event(
+            conv,
+            &alice,
+            None,
+            mentioning(
+                "@bob @alice @carol see @bob",
+                &["bob", "alice", "carol", "bob"],
+            ),
+        ))
+        .await;
+    let note_event = mention.events[0].clone();
+    assert_eq!(
+        mention
+            .notifications
+            .iter()
+            .map(|n| (n.user_id.as_str(), n.notification.kind))
+            .collect::<Vec<_>>(),
+        vec![
+            ("bob", NotificationKind::Mention),
+            ("carol", NotificationKind::Mention)
+        ]
+    );
+    let bobs = h
+        .store
+        .notifications(&user("bob"), false, 50)
+        .await
+        .expect("list");
+    assert_eq!(bobs.len(), 1);
+    assert_eq!(bobs[0], mention.notifications[0].notification);
+    assert_eq!(bobs[0].event_id, note_event.view.id);
+    assert_eq!(bobs[0].conversation_id, conv);
+    assert_eq!(bobs[0].from, alice);
+    assert_eq!(bobs[0].at, note_event.view.at);
+    assert!(!bobs[0].read);
+    assert_eq!(
+        h.store
+            .unread_notifications(&user("alice"))
+            .await
+            .expect("count"),
+        0
+    );
+
+    let assignment = h
+        .append(h.event(conv, &alice, None, assigned(Some("dave"), None)))
+        .await;
+    assert_eq!(assignment.notifications.len(), 1);
+    assert_eq!(assignment.notifications[0].user_id, user("dave"));
+    assert_eq!(
+        assignment.notifications[0].notification.kind,
+        NotificationKind::Assigned
+    );
+    // Taking a conversation yourself, or unassigning it, notifies nobody.
+    let own = h
+        .append(h.event(conv, &dave, None, assigned(Some("dave"), Some("t"))))
+        .await;
+    assert!(own.notifications.is_empty());
+    let none = h
+        .append(h.event(conv, &dave, None, assigned(None, None)))
+        .await;
+    assert!(none.notifications.is_empty());
+    assert_eq!(
+        h.store
+            .unread_notifications(&user("dave"))
+            .await
+            .expect("count"),
+        1
+    );
+
+    for n in 0..3 {
+        h.add(conv, &dave, mentioning(&format!("@bob #{n}"), &["bob"]))
+            .await;
+    }
+    let bobs = h
+        .store
+        .notifications(&user("bob"), false, 50)
+        .await
+        .expect("list");
+    let ids: Vec<u64> = bobs.iter().map(|n| n.id).collect();
+    assert_eq!(ids.len(), 4);
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    let (b1, b2, b3, b4) = (ids[3], ids[2], ids[1], ids[0]);
+    let page = h
+        .store
+        .notifications(&user("bob"), false, 2)
+        .await
+        .expect("list");
+    assert_eq!(page.iter().map(|n| n.id).collect::<Vec<_>>(), vec![b4, b3]);
+    assert_eq!(
+        h.store
+            .unread_notifications(&user("bob"))
+            .await
+            .expect("count"),
+        4
+    );
+
+    let carols = h
+        .store
+        .notifications(&user("carol"), false, 50)
+        .await
+        .expect("list");
+    let carol_id = carols[0].id;
+    let marked = h
+        .store
+        .mark_notifications_read(&user("bob"), &MarkRead::Ids(vec![b1, carol_id, 999_999]))
+        .await
+        .expect("mark");
+    assert_eq!(marked, 1, "only bob's own notification");
+    let again = h
+        .store
+        .mark_notifications_read(&user("bob"), &MarkRead::Ids(vec![b1]))
+        .await
+        .expect("mark");
+    assert_eq!(again, 0, "already read");
+    assert_eq!(
+        h.store
+            .mark_notifications_read(&user("bob"), &MarkRead::Ids(vec![]))
+            .await
+            .expect("mark"),
+        0
+    );
+    let marked = h
+        .store
+        .mark_notifications_read(&user("bob"), &MarkRead::UpTo(b3))
+        .await
+        .expect("mark");
+    assert_eq!(marked, 2);
+    let unread = h
+        .store
+        .notifications(&user("bob"), true, 50)
+        .await
+        .expect("list");
+    assert_eq!(unread.iter().map(|n| n.id).collect::<Vec<_>>(), vec![b4]);
+    let all = h
+        .store
+        .notifications(&user("bob"), false, 50)
+        .await
+        .expect("list");
+    assert_eq!(
+        all.iter().map(|n| (n.id, n.read)).collect::<Vec<_>>(),
+        vec![(b4, false), (b3, true), (b2, true), (b1, true)]
+    );
+    let marked = h
+        .store
+        .mark_notifications_read(&user("bob"), &MarkRead::All)
+        .await
+        .expect("mark");
+    assert_eq!(marked, 1);
+    assert_eq!(
+        h.store
+            .unread_notifications(&user("bob"))
+            .await
+            .expect("count"),
+        0
+    );
+    assert_eq!(
+        h.store
+            .mark_notifications_read(&user("bob"), &MarkRead::All)
+            .await
+            .expect("mark"),
+        0
+    );
+    assert_eq!(
+        h.store
+            .unread_notifications(&user("carol"))
+            .await
+            .expect("count"),
+        1,
+        "other users' notifications are untouched"
+    );
+}
+
+/// Full-text search over notes' current text, with every filter.
+async fn search_notes_with_filters(h: &Harness) {
+    h.store
+        .put_inbox(&InboxId("billing".into()), "Billing")
+        .await
+        .expect("put inbox");
+    let s = h.open("support", Some("cust-1")).await;
+    let b = h.open("billing", Some("cust-2")).await;
+    let (alice, bob, sue) = (agent("alice"), agent("bob"), supervisor("sue"));
+    h.add(s, &alice, tags(&["vip"], &[])).await;
+    h.add(s, &alice, message("a refund is not a note")).await;
+
+    let n1 = h
+        .add(
+            s,
+            &alice,
+            note("Customer asked for a refund of the annual plan"),
+        )
+        .await
+        .view
+        .id;
+    let n2 = h
+        .add(
+            s,
+            &bob,
+            typed_note(
+                "Refund policy explained; VIP",
+                NoteType::Context,
+                NoteAudience::Agents,
+            ),
+        )
+        .await
+        .view
+        .id;
+    let n3 = h
+        .add(
+            s,
+            &sue,
+            supervisors_note("Coaching: refund handling was slow"),
+        )
+        .await
+        .view
+        .id;
+    let n4 = h
+        .add(b, &alice, note("refund issued via the billing portal"))
+        .await
+        .view
+        .id;
+    let n5 = h
+        .add(s, &alice, note("unrelated shipping question"))
+        .await
+        .view
+        .id;
+
+    assert_eq!(found(h, search(&["refund"])).await, set([n1, n2, n3, n4]));
+    assert_eq!(found(h, search(&["REFUND"])).await, set([n1, n2, n3, n4]));
+    assert_eq!(found(h, search(&["refund", "annual"])).await, set([n1]));
+    assert_eq!(found(h, search(&["refun"])).await, set([]));
+    assert_eq!(found(h, search(&["nothing-like-this"])).await, set([]));
+    assert_eq!(found(h, search(&[])).await, set([]));
+    let agents_only = NoteSearch {
+        include_supervisors: false,
+        ..search(&["refund"])
+    };
+    assert_eq!(found(h, agents_only.clone()).await, set([n1, n2, n4]));
+    let context = NoteSearch {
+        note_type: Some(NoteType::Context),
+        ..search(&["refund"])
+    };
+    assert_eq!(found(h, context).await, set([n2]));
+    let coaching = NoteSearch {
+        note_type: Some(NoteType::Coaching),
+        ..agents_only.clone()
+    };
+    assert_eq!(found(h, coaching).await, set([]));
+    let by_alice = NoteSearch {
+        author: Some(user("alice")),
+        ..search(&["refund"])
+    };
+    assert_eq!(found(h, by_alice).await, set([n1, n4]));
+    let tagged = NoteSearch {
+        tag: Some("vip".into()),
+        ..agents_only.clone()
+    };
+    assert_eq!(found(h, tagged).await, set([n1, n2]));
+    let billing = NoteSearch {
+        inboxes: Some(vec![InboxId("billing".into())]),
+        ..search(&["refund"])
+    };
+    assert_eq!(found(h, billing).await, set([n4]));
+    let both = NoteSearch {
+        inboxes: Some(vec![InboxId("billing".into()), InboxId("support".into())]),
+        ..search(&["refund"])
+    };
+    assert_eq!(found(h, both).await, set([n1, n2, n3, n4]));
+    let nowhere = NoteSearch {
+        inboxes: Some(vec![]),
+        ..search(&["refund"])
+    };
+    assert_eq!(found(h, nowhere).await, set([]));
+    let limited = NoteSearch {
+        limit: 2,
+        ..search(&["refund"])
+    };
+    assert_eq!(found(h, limited).await.len(), 2);
+
+    // Hits carry the note's current state.
+    let hits = h
+        .store
+        .search_notes(&search(&["shipping"]))
+        .await
+        .expect("search");
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        hits[0],
+        h.store.note(n5).await.expect("read").expect("note")
+    );
+
+    // Search follows edits: the new text is found, the old one no longer.
+    h.add(s, &alice, edited(n5, "now about a refund too")).await;
+    h.add(s, &alice, edited(n1, "customer wants money back"))
+        .await;
+    assert_eq!(found(h, search(&["refund"])).await, set([n2, n3, n4, n5]));
+    assert_eq!(found(h, search(&["money", "back"])).await, set([n1]));
+    assert_eq!(found(h, search(&["shipping"])).await, set([]));
+}
+
+/// Whatever a user types, search treats it as words: nothing is query syntax, and
+/// nothing makes the engine fail.
+async fn search_input_is_never_query_syntax(h: &Harness) {
+    let conv = h.open("support", Some("cust-1")).await;
+    let alice = agent("alice");
+    let hit = h
+        .add(
+            conv,
+            &alice,
+            note("Refund (partial) approved: AND the customer said \"thanks\" OR not; NEAR done*"),
+        )
+        .await
+        .view
+        .id;
+    let other = h
+        .add(conv, &alice, note("refunded yesterday, body of text"))
+        .await
+        .view
+        .id;
+    let hostile = [
+        "\"",
+        "\"\"",
+        "\"refund",
+        "refund\"",
+        "AND",
+        "OR",
+        "NOT",
+        "NEAR",
+        "NEAR(",
+        "NEAR(refund thanks, 2)",
+        "*",
+        "refund*",
+        "(",
+        ")",
+        "()",
+        "body:refund",
+        "{body}:refund",
+        "-refund",
+        "+refund",
+        "^refund",
+        "!",
+        "!refund",
+        "&",
+        "|",
+        "a&b",
+        "a|b",
+        "<->",
+        "<2>",
+        ":*",
+        "refund:*",
+        "'",
+        "''",
+        "\\",
+        "\\\"",
+        "[",
+        "]",
+        "{",
+        "}",
+        "%",
+        "_",
+        ";",
+        "--",
+        "/*",
+        "*/",
+        "ü",
+        "🙂",
+        "ÀND",
+        "x\"y",
+    ];
+    for term in hostile {
+        let result = h.store.search_notes(&search(&[term])).await;
+        assert!(result.is_ok(), "searching {term:?} failed: {result:?}");
+        let result = h.store.search_notes(&search(&["refund", term])).await;
+        assert!(
+            result.is_ok(),
+            "searching refund {term:?} failed: {result:?}"
+        );
+    }
+    let result = h.store.search_notes(&search(&hostile)).await;
+    assert!(result.is_ok(), "searching everything at once: {result:?}");
+
+    // Operators are plain words: `*` is no prefix, `-` no negation, `OR` no disjunction.
+    assert_eq!(found(h, search(&["refund*"])).await, set([hit]));
+    assert_eq!(found(h, search(&["-refund"])).await, set([hit]));
+    assert_eq!(found(h, search(&["refund\""])).await, set([hit]));
+    assert_eq!(
+        found(h, search(&["refunded", "OR", "refund"])).await,
+        set([])
+    );
+    assert_eq!(found(h, search(&["NEAR", "done"])).await, set([hit]));
+    assert_eq!(found(h, search(&["body:refund"])).await, set([]));
+    assert_eq!(found(h, search(&["body"])).await, set([other]));
+    // A word with no letters is left out rather than matching nothing.
+    assert_eq!(found(h, search(&["refunded", "***"])).await, set([other]));
+    assert_eq!(found(h, search(&["***"])).await, set([]));
+}
+
+/// Every event is a link of the conversation's chain; the stored rows verify, and a row
+/// changed behind the store's back does not.
+async fn audit_chain_verifies_and_detects_tampering(h: &Harness) {
+    let conv = h.open("support", Some("cust-1")).await;
+    let neighbour = h.open("support", Some("cust-2")).await;
+    let (cust, alice, sue) = (customer("cust-1"), agent("alice"), supervisor("sue"));
+    let mut written = h
+        .store
+        .events_after(conv, Audience::Supervisors, 0, 10)
+        .await
+        .expect("read");
+    written.push(h.add(conv, &cust, message("hello")).await);
+    let target = h.add(conv, &alice, note("internal")).await;
+    written.push(target.clone());
+    written.push(h.add(conv, &sue, supervisors_note("coaching")).await);
+    let outcome = h
+        .write(WriteRequest::Append {
+            events: vec![
+                h.event(conv, &alice, Some("k"), assigned(Some("alice"), None)),
+                h.event(conv, &alice, None, edited(target.view.id, "édité ✓")),
+            ],
+            guard: None,
+        })
+        .await
+        .expect("accepted");
+    written.extend(outcome.events.iter().map(|e| e.as_ref().clone()));
+    h.add(neighbour, &alice, note("elsewhere")).await;
+
+    let rows = h.store.audit_rows(conv).await.expect("audit rows");
+    let head = h.store.last_hash(conv).await.expect("head");
+    assert_eq!(chain::verify(&rows, head.as_deref()), Ok(()));
+    assert_eq!(rows.len(), written.len());
+    for (row, event) in rows.iter().zip(&written) {
+        assert_eq!(row.hash, event.hash.to_vec());
+        assert_eq!(row.supervisor_seq as u64, event.seqs.supervisor);
+        assert_eq!(row.agent_seq.map(|s| s as u64), event.seqs.agent);
+        assert_eq!(row.public_seq.map(|s| s as u64), event.seqs.public);
+        assert_eq!(row.client_id, event.client_id);
+        assert_eq!(row.view().expect("row view"), event.view);
+    }
+    assert_eq!(head.as_deref(), written.last().map(|e| &e.hash[..]));
+    assert_eq!(
+        h.store
+            .last_hash(ConversationId::new())
+            .await
+            .expect("head"),
+        None
+    );
+
+    // A missing tail is noticed.
+    assert!(chain::verify(&rows[..rows.len() - 1], head.as_deref()).is_err());
+
+    let changed = rows[2].payload.replace("internal", "nothing to see");
+    assert_ne!(changed, rows[2].payload);
+    h.tamper_payload(target.view.id, &changed).await;
+    let rows = h.store.audit_rows(conv).await.expect("audit rows");
+    let broken = chain::verify(&rows, head.as_deref()).expect_err("tampering is detected");
+    assert_eq!(broken.seq, 3);
+    assert_eq!(broken.event_id, Some(target.view.id.to_string()));
+    // Other conversations are unaffected.
+    let rows = h.store.audit_rows(neighbour).await.expect("audit rows");
+    let head = h.store.last_hash(neighbour).await.expect("head");
+    assert_eq!(chain::verify(&rows, head.as_deref()), Ok(()));
+}
+
+/// Listing conversations: newest activity first, narrowed by inboxes, contact, status
+/// and assignee.
+async fn conversation_list_filters(h: &Harness) {
+    for inbox in ["billing", "sales"] {
+        h.store
+            .put_inbox(&InboxId(inbox.into()), inbox)
+            .await
+            .expect("put inbox");
+    }
+    let alice = agent("alice");
+    let c1 = h.open("support", Some("cust-a")).await;
+    let c2 = h.open("billing", Some("cust-b")).await;
+    let c3 = h.open("support", Some("cust-a")).await;
+    let c4 = h.open("sales", Some("cust-c")).await;
+    let c5 = h.open("support", None).await;
+    // Activity, oldest to newest: c5, c3, c1, c4, c2.
+    h.add(
+        c3,
+        &alice,
+        EventData::StatusChanged {
+            status: Status::Pending,
+        },
+    )
+    .await;
+    h.add(c1, &alice, assigned(Some("bob"), None)).await;
+    h.add(c4, &alice, assigned(Some("bob"), None)).await;
+    h.add(c2, &alice, note("latest")).await;
+
+    assert_eq!(listed(h, listing()).await, vec![c2, c4, c1, c3, c5]);
+    assert_eq!(
+        listed(
+            h,
+            ConversationFilter {
+                limit: 2,
+                ..listing()
+            }
+        )
+        .await,
+        vec![c2, c4]
+    );
+    let inboxes = |ids: &[&str]| ConversationFilter {
+        inboxes: Some(ids.iter().map(|i| InboxId(i.to_string())).collect()),
+        ..listing()
+    };
+    assert_eq!(listed(h, inboxes(&["support"])).await, vec![c1, c3, c5]);
+    assert_eq!(
+        listed(h, inboxes(&["support", "sales"])).await,
+        vec![c4, c1, c3, c5]
+    );
+    assert_eq!(listed(h, inboxes(&[])).await, Vec::<ConversationId>::new());
+    assert_eq!(
+        listed(h, inboxes(&["nope"])).await,
+        Vec::<ConversationId>::new()
+    );
+    let contact = ConversationFilter {
+        contact_id: Some(user("cust-a")),
+        ..listing()
+    };
+    assert_eq!(listed(h, contact).await, vec![c1, c3]);
+    let pending = ConversationFilter {
+        status: Some("pending".into()),
+        ..listing()
+    };
+    assert_eq!(listed(h, pending).await, vec![c3]);
+    let open = ConversationFilter {
+        status: Some("open".into()),
+        ..listing()
+    };
+    assert_eq!(listed(h, open).await, vec![c2, c4, c1, c5]);
+    let bobs = ConversationFilter {
+        assignee_id: Some(user("bob")),
+        ..listing()
+    };
+    assert_eq!(listed(h, bobs.clone()).await, vec![c4, c1]);
+    let bobs_support = ConversationFilter {
+        inboxes: Some(vec![InboxId("support".into())]),
+        ..bobs
+    };
+    assert_eq!(listed(h, bobs_support).await, vec![c1]);
+
+    let of_contact: Vec<ConversationId> = h
+        .store
+        .contact_conversations(&user("cust-a"), 10)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(of_contact, vec![c1, c3]);
+    let first = h
+        .store
+        .contact_conversations(&user("cust-a"), 1)
+        .await
+        .expect("list");
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        h.store.conversation_ids().await.expect("ids"),
+        vec![c1, c2, c3, c4, c5],
+        "oldest first"
+    );
+    let record = h
+        .store
+        .conversation(c2)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(record.inbox_id, InboxId("billing".into()));
+    assert_eq!(record.contact_id, Some(user("cust-b")));
+    assert_eq!(record.subject.as_deref(), Some("about billing"));
+    assert!(record.created_at < record.last_activity_at);
+    assert!(h
+        .store
+        .conversation(ConversationId::new())
+        .await
+        .expect("read")
+        .is_none());
+
+    // Open assignments: assigned and not resolved.
+    let open_for =
+        |id: &'static str| async move { h.store.open_assignments(&user(id)).await.expect("count") };
+    assert_eq!(open_for("bob").await, 2);
+    assert_eq!(open_for("alice").await, 0);
+    h.add(
+        c4,
+        &alice,
+        EventData::StatusChanged {
+            status: Status::Resolved,
+        },
+    )
+    .await;
+    h.add(
+        c1,
+        &alice,
+        EventData::StatusChanged {
+            status: Status::Pending,
+        },
+    )
+    .await;
+    assert_eq!(open_for("bob").await, 1);
+}
+
+/// Listing conversations narrowed by tag and by a custom field's value.
+async fn conversation_list_filters_by_tag_and_field(h: &Harness) {
+    let alice = agent("alice");
+    let c1 = h.open("support", Some("cust-a")).await;
+    let c2 = h.open("support", Some("cust-b")).await;
+    let c3 = h.open("support", Some("cust-c")).await;
+    h.add(c1, &alice, tags(&["vip"], &[])).await;
+    h.add(c2, &alice, tags(&["vip", "billing"], &[])).await;
+    let key = |c: ConversationId| c.to_string();
+    h.add(
+        c1,
+        &alice,
+        fields(FieldTarget::Conversation, &key(c1), json!({"plan": "gold"})),
+    )
+    .await;
+    h.add(
+        c2,
+        &alice,
+        fields(
+            FieldTarget::Conversation,
+            &key(c2),
+            json!({"plan": "silver"}),
+        ),
+    )
+    .await;
+    h.add(
+        c3,
+        &alice,
+        fields(FieldTarget::Conversation, &key(c3), json!({"seats": 5})),
+    )
+    .await;
+    // A contact's field does not make a conversation match.
+    h.add(
+        c3,
+        &alice,
+        fields(FieldTarget::Contact, "cust-c", json!({"plan": "gold"})),
+    )
+    .await;
+
+    let tag = |t: &str| ConversationFilter {
+        tag: Some(t.to_owned()),
+        ..listing()
+    };
+    let field = |k: &str, v: serde_json::Value| ConversationFilter {
+        field: Some((k.to_owned(), v)),
+        ..listing()
+    };
+    // Activity, newest first: c3, c2, c1.
+    assert_eq!(listed(h, tag("vip")).await, vec![c2, c1]);
+    assert_eq!(listed(h, tag("billing")).await, vec![c2]);
+    assert_eq!(listed(h, tag("none")).await, Vec::<ConversationId>::new());
+    assert_eq!(listed(h, field("plan", json!("gold"))).await, vec![c1]);
+    assert_eq!(listed(h, field("seats", json!(5))).await, vec![c3]);
+    assert_eq!(
+        listed(h, field("seats", json!("5"))).await,
+        Vec::<ConversationId>::new()
+    );
+    assert_eq!(
+        listed(h, field("plan", json!("bronze"))).await,
+        Vec::<ConversationId>::new()
+    );
+    let both = ConversationFilter {
+        tag: Some("vip".into()),
+        ..field("plan", json!("silver"))
+    };
+    assert_eq!(listed(h, both).await, vec![c2]);
+
+    h.add(c2, &alice, tags(&[], &["vip"])).await;
+    h.add(
+        c1,
+        &alice,
+        fields(FieldTarget::Conversation, &key(c1), json!({"plan": null})),
+    )
+    .await;
+    assert_eq!(listed(h, tag("vip")).await, vec![c1]);
+    assert_eq!(
+        listed(h, field("plan", json!("gold"))).await,
+        Vec::<ConversationId>::new()
+    );
+}
+
+/// Mention candidates: staff by handle, or by a team they belong to (case-insensitive).
+async fn mention_candidates_by_handle_and_team(h: &Harness) {
+    let entry = |id: &str, role: Role, handle: &str, teams: &[&str]| DirectoryEntry {
+        id: user(id),
+        role,
+        name: Some(format!("{id} name")),
+        handle: handle.to_owned(),
+        teams: teams.iter().map(|t| t.to_string()).collect(),
+        inboxes: vec!["support".to_owned()],
+    };
+    let alice = entry("u-alice", Role::Agent, "alice", &["Billing"]);
+    let bob = entry("u-bob", Role::Agent, "bob", &["billing", "Escalations"]);
+    let carol = entry("u-carol", Role::Supervisor, "carol", &[]);
+    for e in [&alice, &bob, &carol] {
+        h.store.upsert_directory_entry(e).await.expect("upsert");
+    }
+    let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let ids =
+        |entries: Vec<DirectoryEntry>| entries.into_iter().map(|e| e.id.0).collect::<Vec<_>>();
+    let find = |query: Vec<String>| async move {
+        ids(h
+            .store
+            .mention_candidates(&query)
+            .await
+            .expect("candidates"))
+    };
+    assert_eq!(find(names(&["alice"])).await, vec!["u-alice"]);
+    assert_eq!(find(names(&["billing"])).await, vec!["u-alice", "u-bob"]);
+    assert_eq!(
+        find(names(&["escalations", "carol"])).await,
+        vec!["u-bob", "u-carol"]
+    );
+    assert_eq!(
+        find(names(&["alice", "billing"])).await,
+        vec!["u-alice", "u-bob"],
+        "each person once"
+    );
+    assert_eq!(find(names(&[])).await, Vec::<String>::new());
+    assert_eq!(find(names(&["nobody"])).await, Vec::<String>::new());
+    assert_eq!(find(names(&["bill"])).await, Vec::<String>::new());
+    assert_eq!(
+        find(names(&["u-alice"])).await,
+        Vec::<String>::new(),
+        "ids are not handles"
+    );
+    let full = h
+        .store
+        .mention_candidates(&names(&["carol"]))
+        .await
+        .expect("candidates");
+    assert_eq!(full, vec![carol.clone()]);
+
+    // The directory follows the latest token.
+    let renamed = DirectoryEntry {
+        handle: "ally".into(),
+        teams: vec![],
+        ..alice.clone()
+    };
+    h.store
+        .upsert_directory_entry(&renamed)
+        .await
+        .expect("upsert");
+    assert_eq!(find(names(&["alice"])).await, Vec::<String>::new());
+    assert_eq!(find(names(&["ally"])).await, vec!["u-alice"]);
+    assert_eq!(find(names(&["billing"])).await, vec!["u-bob"]);
+}
+
+/// Inboxes, the directory, teams, tag and field definitions round-trip.
+async fn directory_and_definitions_round_trip(h: &Harness) {
+    h.store.ping().await.expect("ping");
+    let support = InboxId("support".into());
+    assert_eq!(
+        h.store.inbox_name(&support).await.expect("read").as_deref(),
+        Some("Support"),
+        "the default inbox is there from the start"
+    );
+    let billing = InboxId("billing".into());
+    assert_eq!(h.store.inbox_name(&billing).await.expect("read"), None);
+    h.store.put_inbox(&billing, "Billing").await.expect("put");
+    h.store
+        .put_inbox(&billing, "Billing & Refunds")
+        .await
+        .expect("put");
+    assert_eq!(
+        h.store.inbox_name(&billing).await.expect("read").as_deref(),
+        Some("Billing & Refunds")
+    );
+
+    let entry = DirectoryEntry {
+        id: user("u-1"),
+        role: Role::Admin,
+        name: None,
+        handle: "émile".into(),
+        teams: vec!["Équipe".into(), "ops".into()],
+        inboxes: vec!["*".into()],
+    };
+    assert_eq!(
+        h.store.directory_entry(&entry.id).await.expect("read"),
+        None
+    );
+    h.store
+        .upsert_directory_entry(&entry)
+        .await
+        .expect("upsert");
+    assert_eq!(
+        h.store.directory_entry(&entry.id).await.expect("read"),
+        Some(entry.clone())
+    );
+    let promoted = DirectoryEntry {
+        role: Role::Supervisor,
+        name: Some("Émile".into()),
+        inboxes: vec!["support".into(), "billing".into()],
+        ..entry.clone()
+    };
+    h.store
+        .upsert_directory_entry(&promoted)
+        .await
+        .expect("upsert");
+    assert_eq!(
+        h.store.directory_entry(&entry.id).await.expect("read"),
+        Some(promoted)
+    );
+
+    let other = DirectoryEntry {
+        id: user("u-0"),
+        role: Role::Agent,
+        name: Some("Zoë".into()),
+        handle: "zoe".into(),
+        teams: vec![],
+        inboxes: vec!["support".into()],
+    };
+    h.store
+        .upsert_directory_entry(&other)
+        .await
+        .expect("upsert");
+    let everyone = h.store.directory().await.expect("directory");
+    assert_eq!(
+        everyone.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        vec!["u-0", "u-1"],
+        "by id"
+    );
+    assert_eq!(everyone[0], other);
+
+    let team = |id: &str, name: &str| Team {
+        id: TeamId(id.into()),
+        name: name.into(),
+    };
+    h.store
+        .put_team(&team("t-2", "Billing"))
+        .await
+        .expect("put");
+    h.store
+        .put_team(&team("t-1", "Support"))
+        .await
+        .expect("put");
+    h.store
+        .put_team(&team("t-2", "Billing & Refunds"))
+        .await
+        .expect("put");
+    let teams = h.store.teams().await.expect("teams");
+    assert_eq!(
+        teams
+            .iter()
+            .map(|t| (t.id.as_str(), t.name.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("t-1", "Support"), ("t-2", "Billing & Refunds")]
+    );
+    let one = h
+        .store
+        .team(&TeamId("t-1".into()))
+        .await
+        .expect("read")
+        .expect("team");
+    assert_eq!(one.name, "Support");
+    assert!(h
+        .store
+        .team(&TeamId("t-9".into()))
+        .await
+        .expect("read")
+        .is_none());
+
+    let tag = |name: &str, color: Option<&str>| TagDefinition {
+        name: name.into(),
+        color: color.map(str::to_owned),
+        description: Some(format!("{name} conversations")),
+    };
+    h.store
+        .put_tag(&tag("vip", Some("#f00")))
+        .await
+        .expect("put");
+    h.store.put_tag(&tag("billing", None)).await.expect("put");
+    h.store
+        .put_tag(&tag("vip", Some("#0f0")))
+        .await
+        .expect("put");
+    let listed_tags = h.store.tags().await.expect("tags");
+    assert_eq!(
+        listed_tags
+            .iter()
+            .map(|t| (t.name.as_str(), t.color.as_deref()))
+            .collect::<Vec<_>>(),
+        vec![("billing", None), ("vip", Some("#0f0"))]
+    );
+    assert_eq!(
+        listed_tags[1].description.as_deref(),
+        Some("vip conversations")
+    );
+    assert!(h.store.delete_tag("vip").await.expect("delete"));
+    assert!(!h.store.delete_tag("vip").await.expect("delete"));
+    assert_eq!(h.store.tags().await.expect("tags").len(), 1);
+
+    let plan = FieldDefinition {
+        key: "plan".into(),
+        field_type: FieldType::List,
+        applies_to: FieldTarget::Conversation,
+        label: "Plan".into(),
+        required: true,
+        options: vec!["gold".into(), "silver".into()],
+    };
+    let seats = FieldDefinition {
+        key: "seats".into(),
+        field_type: FieldType::Number,
+        applies_to: FieldTarget::Contact,
+        label: "Seats".into(),
+        required: false,
+        options: vec![],
+    };
+    h.store.put_field(&seats).await.expect("put");
+    h.store.put_field(&plan).await.expect("put");
+    let relabelled = FieldDefinition {
+        label: "Subscription plan".into(),
+        required: false,
+        options: vec!["gold".into(), "silver".into(), "bronze".into()],
+        ..plan.clone()
+    };
+    h.store.put_field(&relabelled).await.expect("put");
+    let listed_fields = h.store.fields().await.expect("fields");
+    assert_eq!(listed_fields.len(), 2);
+    assert_eq!(listed_fields[0].key, "plan");
+    assert_eq!(listed_fields[0].label, "Subscription plan");
+    assert!(!listed_fields[0].required);
+    assert_eq!(listed_fields[0].options.len(), 3);
+    assert_eq!(listed_fields[0].field_type, FieldType::List);
+    assert_eq!(listed_fields[1].key, "seats");
+    assert_eq!(listed_fields[1].applies_to, FieldTarget::Contact);
+    assert_eq!(listed_fields[1].field_type, FieldType::Number);
+}
+
+/// Two nodes (two stores on the same data) append to the same conversations at once:
+/// every stream stays gap-free, the chain verifies, no batch deadlocks (each node touches
+/// two conversations in the opposite order), and a `client_id` raced from both nodes is
+/// stored once, whether both send it to the same conversation or each to its own.
+async fn concurrent_appends_from_two_nodes(h: &Harness) {
+    const ROUNDS: usize = 25;
+    let node2 = h.another_node().await;
+    let a = h.open("support", Some("cust-1")).await;
+    let b = h.open("support", Some("cust-2")).await;
+    let c = h.open("support", Some("cust-3")).await;
+    let d = h.open("support", Some("cust-4")).await;
+    let shared = agent("shared");
+
+    // Every batch of a node: three requests in `first` (one of two events), one in
+    // `second`, the round's shared key in `a`, and the round's cross key in `own`, a
+    // conversation no other node writes to.
+    let batches = |name: &str, first, second, own| -> Vec<Vec<WriteRequest>> {
+        let me = agent(name);
+        (0..ROUNDS)
+            .map(|round| {
+                vec![
+                    WriteRequest::append(h.event(first, &me, None, message("m"))),
+                    WriteRequest::append(h.event(second, &me, None, note("n"))),
+                    WriteRequest::Append {
+                        events: vec![
+                            h.event(first, &me, None, supervisors_note("s")),
+                            h.event(first, &me, None, note("n2")),
+                        ],
+                        guard: None,
+                    },
+                    WriteRequest::append(h.event(
+                        a,
+                        &shared,
+                        Some(&format!("shared-{round}")),
+                        message("once"),
+                    )),
+                ]
+            })
+            .chain((0..ROUNDS).map(|round| {
+                vec![WriteRequest::append(h.event(
+                    own,
+                    &shared,
+                    Some(&format!("cross-{round}")),
+                    message("once, somewhere"),
+                ))]
+            }))
+            .collect()
+    };
+    let run = |node: Arc<dyn Store>, batches: Vec<Vec<WriteRequest>>| async move {
+        let mut fresh = (0, 0);
+        for batch in batches {
+            let outcomes = node.write_batch(&batch).await.expect("batch commits");
+            for (request, outcome) in batch.iter().zip(&outcomes) {
+                let outcome = outcome.as_ref().expect("accepted");
+                let WriteRequest::Append { events, .. } = request else {
+                    unreachable!()
+                };
+                match events[0].client_id.as_deref() {
+                    Some(key) if !outcome.duplicate && key.starts_with("shared") => fresh.0 += 1,
+                    Some(key) if !outcome.duplicate && key.starts_with("cross") => fresh.1 += 1,
+                    _ => {}
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        fresh
+    };
+    let one = tokio::spawn(run(h.store.clone(), batches("node-1", a, b, c)));
+    let two = tokio::spawn(run(node2.clone(), batches("node-2", b, a, d)));
+    let (one, two) = (one.await.expect("node 1"), two.await.expect("node 2"));
+    assert_eq!(one.0 + two.0, ROUNDS, "each shared key stored once");
+    assert_eq!(one.1 + two.1, ROUNDS, "each cross key stored once");
+
+    let mut totals = BTreeMap::new();
+    for conv in [a, b, c, d] {
+        for store in [&h.store, &node2] {
+            let events = store
+                .events_after(conv, Audience::Supervisors, 0, 10_000)
+                .await
+                .expect("read");
+            let total = events.len() as u64;
+            totals.insert(conv, total);
+            assert_eq!(
+                seqs_of(&events, Audience::Supervisors),
+                (1..=total).collect::<Vec<_>>()
+            );
+            for audience in [Audience::Agents, Audience::Customer] {
+                let stream = store
+                    .events_after(conv, audience, 0, 10_000)
+                    .await
+                    .expect("read");
+                let n = stream.len() as u64;
+                assert_eq!(seqs_of(&stream, audience), (1..=n).collect::<Vec<_>>());
+                let derived: Vec<u64> = events
+                    .iter()
+                    .filter_map(|e| e.seqs.for_audience(audience))
+                    .collect();
+                assert_eq!(derived, (1..=n).collect::<Vec<_>>());
+            }
+            let record = store
+                .conversation(conv)
+                .await
+                .expect("read")
+                .expect("exists");
+            assert_eq!(record.heads.supervisor, total);
+            let rows = store.audit_rows(conv).await.expect("audit rows");
+            let head = store.last_hash(conv).await.expect("head");
+            assert_eq!(chain::verify(&rows, head.as_deref()), Ok(()));
+        }
+    }
+    let rounds = ROUNDS as u64;
+    // Opened; per round 3 events of the node it is `first` for, 1 of the other node, and
+    // (in `a`) the shared message once.
+    assert_eq!(totals[&a], 1 + 5 * rounds);
+    assert_eq!(totals[&b], 1 + 4 * rounds);
+    assert_eq!(totals[&c] + totals[&d], 2 + rounds);
+}
+
+/// Text with NUL characters (which PostgreSQL cannot store as text) is written like any
+/// other and fails nothing: the rest of its batch commits, and the chain verifies.
+async fn nul_characters_do_not_fail_the_batch(h: &Harness) {
+    let conv = h.open("support", Some("cust\0x")).await;
+    let shady = Actor {
+        id: user("ag\0ent"),
+        role: Role::Agent,
+        name: Some("Nul\0l".into()),
+    };
+    let alice = agent("alice");
+    let batch = vec![
+        WriteRequest::append(h.event(conv, &shady, Some("c\0id"), note("body \0 with nul"))),
+        WriteRequest::append(h.event(conv, &alice, Some("plain"), message("plain \0 message"))),
+        WriteRequest::append(h.event(conv, &alice, None, tags(&["t\0g"], &[]))),
+        WriteRequest::append(h.event(
+            conv,
+            &alice,
+            None,
+            fields(FieldTarget::Contact, "cust\0x", json!({"k\0": "v\0"})),
+        )),
+        WriteRequest::append(h.event(conv, &alice, None, message("after"))),
+    ];
+    let outcomes = h.store.write_batch(&batch).await.expect("batch commits");
+    assert!(outcomes.iter().all(|o| o.is_ok()), "{outcomes:?}");
+    let stored = h
+        .store
+        .events_after(conv, Audience::Supervisors, 0, 100)
+        .await
+        .expect("read");
+    assert_eq!(stored.len(), 6);
+    for (outcome, event) in outcomes.iter().zip(&stored[1..]) {
+        let outcome = outcome.as_ref().expect("accepted");
+        assert_eq!(*outcome.events[0], *event, "returned as stored");
+    }
+    let note_id = stored[1].view.id;
+    let body = h
+        .store
+        .note(note_id)
+        .await
+        .expect("read")
+        .expect("note")
+        .body;
+    assert_eq!(body.replace('\0', "\u{FFFD}"), "body \u{FFFD} with nul");
+    let retry = h
+        .append(h.event(conv, &shady, Some("c\0id"), note("again")))
+        .await;
+    assert!(retry.duplicate);
+    assert_eq!(retry.events[0].view.id, note_id);
+    let rows = h.store.audit_rows(conv).await.expect("audit rows");
+    let head = h.store.last_hash(conv).await.expect("head");
+    assert_eq!(chain::verify(&rows, head.as_deref()), Ok(()));
+}
+
+/// A NUL character in a search word is no syntax either, and makes nothing fail.
+async fn search_terms_with_nul_do_not_error(h: &Harness) {
+    let conv = h.open("support", Some("cust-1")).await;
+    let hit = h
+        .add(conv, &agent("alice"), note("refund approved"))
+        .await
+        .view
+        .id;
+    for terms in [
+        &["\0"][..],
+        &["refund\0"],
+        &["refund", "\0\""],
+        &["\0refund\0"],
+    ] {
+        let result = h.store.search_notes(&search(terms)).await;
+        assert!(result.is_ok(), "searching {terms:?} failed: {result:?}");
+    }
+    assert_eq!(found(h, search(&["refund\0"])).await, set([hit]));
+}
+
+// ---------------------------------------------------------------------------------------
+// Both engines
+// ---------------------------------------------------------------------------------------
+
+/// Turns each test body into `sqlite::NAME` and `postgres::NAME`. `=> sqlite #[attr]`
+/// adds an attribute to the SQLite variant only.
+macro_rules! store_tests {
+    ($( $name:ident $(=> sqlite #[$sqlite:meta])? ),* $(,)?) => {
+        mod sqlite {
+            $(
+                $(#[$sqlite])?
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let h = super::Harness::sqlite().await;
+                    let result = AssertUnwindSafe(super::$name(&h)).catch_unwind().await;
+                    h.finish(result).await;
+                }
+            )*
+            use super::{AssertUnwindSafe, FutureExt};
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let h = super::Harness::postgres().await;
+                    let result = AssertUnwindSafe(super::$name(&h)).catch_unwind().await;
+                    h.finish(result).await;
+                }
+            )*
+            use super::{AssertUnwindSafe, FutureExt};
+        }
+    };
+}
+
+store_tests! {
+    seqs_are_gap_free_per_audience,
+    idempotent_client_id_returns_stored_event,
+    refusals_do_not_fail_the_batch,
+    failed_batch_leaves_nothing,
+    reply_guard_refuses_with_unseen_events,
+    note_projections,
+    conversation_projections,
+    notifications_for_mentions_and_assignment,
+    search_notes_with_filters,
+    search_input_is_never_query_syntax,
+    audit_chain_verifies_and_detects_tampering,
+    conversation_list_filters,
+    conversation_list_filters_by_tag_and_field,
+    mention_candidates_by_handle_and_team,
+    directory_and_definitions_round_trip,
+    concurrent_appends_from_two_nodes,
+    nul_characters_do_not_fail_the_batch,
+    search_terms_with_nul_do_not_error,
+}

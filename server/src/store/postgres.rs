@@ -1,0 +1,1349 @@
+//! The shared store: PostgreSQL, for several nodes writing one event log.
+//!
+//! It behaves exactly like [`super::sqlite::SqliteStore`] (same tables, same projections
+//! kept in the append transaction, same idempotency, reply guard, notifications and audit
+//! chain); what changes is that several nodes append at once. Each node's writer task
+//! still group-commits its batch in one transaction, but the transaction first locks every
+//! conversation row the batch touches (`SELECT ... FOR UPDATE`, in id order so two nodes
+//! never wait on each other in a cycle), so appends to one conversation serialize across
+//! nodes and seq allocation from the row's counters stays gap-free. A commit returns after
+//! PostgreSQL has flushed it (`synchronous_commit` on, its default): that is what an `ok`
+//! with a `seq` promises. Note search uses a generated `tsvector` column ('simple'
+//! configuration) with a GIN index; each search word is a phrase query, never syntax.
+//!
+//! PostgreSQL text cannot hold a NUL character, which SQLite stores and the service lets
+//! through (in a note body or a `client_id`, say): one such request would otherwise fail
+//! the whole batch, everyone's appends with it. So text written here has NUL replaced by
+//! U+FFFD, before hashing where the column is hashed (see `pg_text`).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backchannel_protocol::http::{FieldDefinition, TagDefinition, Team};
+use backchannel_protocol::server::{Notification, NotificationKind};
+use backchannel_protocol::{
+    Actor, Audience, ConversationId, EventData, EventId, EventView, FieldTarget, InboxId, Role,
+    TeamId, UserId,
+};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
+
+use super::chain::{self, CanonicalEvent};
+use super::{
+    from_micros, to_micros, AuditRow, ConversationFilter, ConversationRecord, DirectoryEntry,
+    Event, Heads, MarkRead, NewConversation, NewEvent, NoteRecord, NoteSearch, ReplyGuard, Seqs,
+    Store, StoreError, UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
+};
+
+/// Connections per node.
+const POOL_SIZE: u32 = 10;
+
+/// Event columns as read back (uuids as text, as the rest of the store expects them).
+const EVENT_COLUMNS: &str = "id::text AS id, conversation_id::text AS conversation_id, \
+     supervisor_seq, agent_seq, public_seq, kind, visibility, actor_id, actor_role, \
+     actor_name, client_id, payload, created_at, hash";
+
+const CONVERSATION_COLUMNS: &str = "c.id::text AS id, c.inbox_id, c.contact_id, c.subject, \
+     c.status, c.assignee_id, c.team_id, c.public_seq, c.agent_seq, c.supervisor_seq, \
+     c.created_at, c.last_activity_at, c.last_public_at";
+
+const NOTE_COLUMNS: &str = "n.id::text AS id, n.conversation_id::text AS conversation_id, \
+     n.contact_id, n.author_id, n.author_role, n.author_name, n.note_type, n.audience, n.body, \
+     n.created_at, n.pinned";
+
+const USER_COLUMNS: &str =
+    "u.id, u.role, u.name, u.handle, u.teams::text AS teams, u.inboxes::text AS inboxes";
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` and brings its schema up to date (several nodes
+    /// may start at once: sqlx serializes migrations with an advisory lock).
+    pub async fn open(url: &str) -> Result<Arc<Self>, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Arc::new(PgStore { pool }))
+    }
+
+    /// Locks the row of every existing conversation the batch appends to, in id order, so
+    /// that appends to one conversation serialize across nodes without deadlocks.
+    async fn lock_conversations(
+        conn: &mut PgConnection,
+        batch: &[WriteRequest],
+    ) -> Result<(), StoreError> {
+        let mut ids: Vec<String> = batch
+            .iter()
+            .flat_map(|request| match request {
+                WriteRequest::Append { events, .. } => events.as_slice(),
+                WriteRequest::Open(_) => &[],
+            })
+            .map(|event| event.conversation_id.to_string())
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        ids.sort();
+        ids.dedup();
+        // Rows are locked in the order the sort returns them.
+        sqlx::query(
+            "SELECT id FROM conversations WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn apply(
+        conn: &mut PgConnection,
+        request: &WriteRequest,
+    ) -> Result<Result<WriteOutcome, WriteRefusal>, StoreError> {
+        match request {
+            WriteRequest::Append { events, guard } => Self::append(conn, events, *guard).await,
+            WriteRequest::Open(conversation) => Self::open_conversation(conn, conversation).await,
+        }
+    }
+
+    async fn open_conversation(
+        conn: &mut PgConnection,
+        new: &NewConversation,
+    ) -> Result<Result<WriteOutcome, WriteRefusal>, StoreError> {
+        let inbox = sqlx::query("SELECT 1 FROM inboxes WHERE id = $1")
+            .bind(pg_text(new.inbox_id.as_str()))
+            .fetch_optional(&mut *conn)
+            .await?;
+        if inbox.is_none() {
+            return Ok(Err(WriteRefusal::InboxNotFound));
+        }
+        let at = to_micros(new.opened.at);
+        sqlx::query(
+            "INSERT INTO conversations (id, inbox_id, contact_id, subject, last_hash, \
+             created_at, last_activity_at, last_public_at) \
+             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(new.id.to_string())
+        .bind(pg_text(new.inbox_id.as_str()))
+        .bind(new.contact_id.as_ref().map(|c| pg_text(c.as_str())))
+        .bind(new.subject.as_deref().map(pg_text))
+        .bind(&chain::GENESIS[..])
+        .bind(at)
+        .bind(at)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+        let outcome = Self::append(conn, std::slice::from_ref(&new.opened), None).await?;
+        if matches!(&outcome, Ok(outcome) if outcome.duplicate) {
+            // The opening event's client_id was stored before: this conversation is not
+            // opened again, and no row without events is left behind.
+            sqlx::query("DELETE FROM conversations WHERE id = $1::uuid")
+                .bind(new.id.to_string())
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(outcome)
+    }
+
+    /// The event stored earlier under `(actor, client_id)`, if any.
+    async fn stored(
+        conn: &mut PgConnection,
+        actor: &UserId,
+        client_id: &str,
+    ) -> Result<Option<Event>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE actor_id = $1 AND client_id = $2"
+        ))
+        .bind(pg_text(actor.as_str()))
+        .bind(pg_text(client_id))
+        .fetch_optional(&mut *conn)
+        .await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+
+    fn duplicate(event: Event) -> Result<WriteOutcome, WriteRefusal> {
+        Ok(WriteOutcome {
+            events: vec![Arc::new(event)],
+            notifications: Vec::new(),
+            duplicate: true,
+        })
+    }
+
+    /// Appends events of one conversation: allocates their seqs from the conversation's
+    /// counters, chains their hashes, and updates the projections they imply.
+    async fn append(
+        conn: &mut PgConnection,
+        events: &[NewEvent],
+        guard: Option<ReplyGuard>,
+    ) -> Result<Result<WriteOutcome, WriteRefusal>, StoreError> {
+        let events: Vec<Cow<'_, NewEvent>> = events.iter().map(pg_event).collect();
+        let Some(first) = events.first() else {
+            return Ok(Ok(WriteOutcome {
+                events: Vec::new(),
+                notifications: Vec::new(),
+                duplicate: false,
+            }));
+        };
+        let conversation = first.conversation_id;
+        if let Some(client_id) = &first.client_id {
+            if let Some(event) = Self::stored(conn, &first.actor.id, client_id).await? {
+                return Ok(Self::duplicate(event));
+            }
+        }
+        // Already locked by `lock_conversations` (or inserted by this transaction);
+        // FOR UPDATE keeps this read correct on its own.
+        let Some(row) = sqlx::query(
+            "SELECT public_seq, agent_seq, supervisor_seq, last_hash, contact_id \
+             FROM conversations WHERE id = $1::uuid FOR UPDATE",
+        )
+        .bind(conversation.to_string())
+        .fetch_optional(&mut *conn)
+        .await?
+        else {
+            return Ok(Err(WriteRefusal::ConversationNotFound));
+        };
+        if let Some(guard) = guard {
+            let unseen = Self::unseen(conn, conversation, guard, &first.actor.id).await?;
+            if !unseen.is_empty() {
+                return Ok(Err(WriteRefusal::Unseen(unseen)));
+            }
+        }
+        let mut heads = Heads {
+            public: get_u64(&row, "public_seq")?,
+            agent: get_u64(&row, "agent_seq")?,
+            supervisor: get_u64(&row, "supervisor_seq")?,
+        };
+        let contact_id: Option<String> = row.try_get("contact_id")?;
+        let previous: Vec<u8> = row.try_get("last_hash")?;
+        let mut previous: [u8; 32] = previous
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("last_hash is not 32 bytes".into()))?;
+        let mut stored = Vec::with_capacity(events.len());
+        let mut notifications = Vec::new();
+        let mut last_at = to_micros(first.at);
+        let mut last_public_at = None;
+        for (index, new) in events.iter().map(|e| e.as_ref()).enumerate() {
+            if new.conversation_id != conversation {
+                return Err(StoreError::Corrupt(
+                    "one append request spans two conversations".into(),
+                ));
+            }
+            let Some(event) = Self::insert_event(conn, new, heads, previous).await? else {
+                // Another node stored this (actor, client_id) after our check and before
+                // our insert. Nothing of this request was written yet if it is the first
+                // event, so the request is a retry like any other.
+                if index == 0 {
+                    if let Some(client_id) = &new.client_id {
+                        if let Some(event) = Self::stored(conn, &new.actor.id, client_id).await? {
+                            return Ok(Self::duplicate(event));
+                        }
+                    }
+                }
+                return Err(StoreError::Corrupt(
+                    "a client_id was reused inside one append request".into(),
+                ));
+            };
+            heads = heads.after(&event.seqs);
+            previous = event.hash;
+            last_at = to_micros(new.at);
+            if event.seqs.public.is_some() {
+                last_public_at = Some(last_at);
+            }
+            Self::project(conn, &event, contact_id.as_deref(), &mut notifications).await?;
+            stored.push(Arc::new(event));
+        }
+        sqlx::query(
+            "UPDATE conversations SET public_seq = $1, agent_seq = $2, supervisor_seq = $3, \
+             last_hash = $4, last_activity_at = $5, \
+             last_public_at = COALESCE($6, last_public_at) WHERE id = $7::uuid",
+        )
+        .bind(heads.public as i64)
+        .bind(heads.agent as i64)
+        .bind(heads.supervisor as i64)
+        .bind(&previous[..])
+        .bind(last_at)
+        .bind(last_public_at)
+        .bind(conversation.to_string())
+        .execute(&mut *conn)
+        .await?;
+        Ok(Ok(WriteOutcome {
+            events: stored,
+            notifications,
+            duplicate: false,
+        }))
+    }
+
+    /// Messages and notes by others after `guard.seen` in the sender's stream.
+    async fn unseen(
+        conn: &mut PgConnection,
+        conversation: ConversationId,
+        guard: ReplyGuard,
+        sender: &UserId,
+    ) -> Result<Vec<Event>, StoreError> {
+        let column = seq_column(guard.audience);
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = $1::uuid \
+             AND {column} IS NOT NULL AND {column} > $2 AND actor_id <> $3 \
+             AND kind IN ('message', 'note') ORDER BY {column} LIMIT 50"
+        ))
+        .bind(conversation.to_string())
+        .bind(guard.seen as i64)
+        .bind(pg_text(sender.as_str()))
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// Inserts one event with the next seqs and link. `None` if its `(actor, client_id)`
+    /// is already taken (by a transaction that committed meanwhile).
+    async fn insert_event(
+        conn: &mut PgConnection,
+        new: &NewEvent,
+        heads: Heads,
+        previous: [u8; 32],
+    ) -> Result<Option<Event>, StoreError> {
+        let visibility = new.data.visibility();
+        let seqs = Seqs {
+            supervisor: heads.supervisor + 1,
+            agent: visibility
+                .visible_to(Audience::Agents)
+                .then_some(heads.agent + 1),
+            public: visibility
+                .visible_to(Audience::Customer)
+                .then_some(heads.public + 1),
+        };
+        let payload = serde_json::to_string(&new.data)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode payload: {e}")))?;
+        let at = to_micros(new.at);
+        let hash = chain::link(
+            &previous,
+            &CanonicalEvent {
+                id: new.id.0.as_bytes(),
+                conversation_id: new.conversation_id.0.as_bytes(),
+                supervisor_seq: seqs.supervisor,
+                agent_seq: seqs.agent,
+                public_seq: seqs.public,
+                kind: new.data.kind(),
+                visibility: visibility.as_str(),
+                actor_id: new.actor.id.as_str(),
+                actor_role: new.actor.role.as_str(),
+                actor_name: new.actor.name.as_deref(),
+                client_id: new.client_id.as_deref(),
+                payload: &payload,
+                created_at_micros: at,
+            },
+        );
+        let done = sqlx::query(
+            "INSERT INTO events (id, conversation_id, supervisor_seq, agent_seq, public_seq, \
+             kind, visibility, actor_id, actor_role, actor_name, client_id, payload, \
+             created_at, hash) \
+             VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT (actor_id, client_id) WHERE client_id IS NOT NULL DO NOTHING",
+        )
+        .bind(new.id.to_string())
+        .bind(new.conversation_id.to_string())
+        .bind(seqs.supervisor as i64)
+        .bind(seqs.agent.map(|s| s as i64))
+        .bind(seqs.public.map(|s| s as i64))
+        .bind(new.data.kind())
+        .bind(visibility.as_str())
+        .bind(new.actor.id.as_str())
+        .bind(new.actor.role.as_str())
+        .bind(new.actor.name.as_deref())
+        .bind(new.client_id.as_deref())
+        .bind(&payload)
+        .bind(at)
+        .bind(&hash[..])
+        .execute(&mut *conn)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Event {
+            conversation_id: new.conversation_id,
+            seqs,
+            view: EventView {
+                id: new.id,
+                at: new.at,
+                actor: new.actor.clone(),
+                data: new.data.clone(),
+            },
+            client_id: new.client_id.clone(),
+            hash,
+        }))
+    }
+
+    /// Keeps the tables derived from the log (notes, search, tags, fields, assignment,
+    /// status) and the notifications an event implies, in the append transaction.
+    async fn project(
+        conn: &mut PgConnection,
+        event: &Event,
+        contact_id: Option<&str>,
+        notifications: &mut Vec<UserNotification>,
+    ) -> Result<(), StoreError> {
+        let conversation = event.conversation_id.to_string();
+        let actor = &event.view.actor;
+        match &event.view.data {
+            EventData::Note {
+                body,
+                note_type,
+                audience,
+                mentions,
+            } => {
+                // The search vector is a generated column: it follows `body`.
+                sqlx::query(
+                    "INSERT INTO notes (id, conversation_id, contact_id, author_id, author_role, \
+                     author_name, note_type, audience, body, created_at) \
+                     VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(event.view.id.to_string())
+                .bind(&conversation)
+                .bind(contact_id)
+                .bind(actor.id.as_str())
+                .bind(actor.role.as_str())
+                .bind(actor.name.as_deref())
+                .bind(enum_text(note_type)?)
+                .bind(enum_text(audience)?)
+                .bind(pg_text(body))
+                .bind(to_micros(event.view.at))
+                .execute(&mut *conn)
+                .await?;
+                let mut seen = std::collections::HashSet::new();
+                for user in mentions {
+                    if *user != actor.id && seen.insert(user) {
+                        let n = Self::notify(conn, user, NotificationKind::Mention, event).await?;
+                        notifications.push(n);
+                    }
+                }
+            }
+            EventData::NoteEdited { note_id, body, .. } => {
+                sqlx::query("UPDATE notes SET body = $1 WHERE id = $2::uuid")
+                    .bind(pg_text(body))
+                    .bind(note_id.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            EventData::NotePinned {
+                note_id, pinned, ..
+            } => {
+                sqlx::query("UPDATE notes SET pinned = $1 WHERE id = $2::uuid")
+                    .bind(*pinned)
+                    .bind(note_id.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            EventData::Assigned {
+                assignee_id,
+                team_id,
+            } => {
+                sqlx::query(
+                    "UPDATE conversations SET assignee_id = $1, team_id = $2 WHERE id = $3::uuid",
+                )
+                .bind(assignee_id.as_ref().map(|a| pg_text(a.as_str())))
+                .bind(team_id.as_ref().map(|t| pg_text(t.as_str())))
+                .bind(&conversation)
+                .execute(&mut *conn)
+                .await?;
+                if let Some(assignee) = assignee_id {
+                    if *assignee != actor.id {
+                        let n =
+                            Self::notify(conn, assignee, NotificationKind::Assigned, event).await?;
+                        notifications.push(n);
+                    }
+                }
+            }
+            EventData::StatusChanged { status } => {
+                sqlx::query("UPDATE conversations SET status = $1 WHERE id = $2::uuid")
+                    .bind(status.as_str())
+                    .bind(&conversation)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            EventData::TagsChanged { added, removed } => {
+                for tag in added {
+                    sqlx::query(
+                        "INSERT INTO conversation_tags (conversation_id, tag) \
+                         VALUES ($1::uuid, $2) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&conversation)
+                    .bind(pg_text(tag))
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                for tag in removed {
+                    sqlx::query(
+                        "DELETE FROM conversation_tags WHERE conversation_id = $1::uuid \
+                         AND tag = $2",
+                    )
+                    .bind(&conversation)
+                    .bind(pg_text(tag))
+                    .execute(&mut *conn)
+                    .await?;
+                }
+            }
+            EventData::FieldsChanged {
+                target,
+                target_id,
+                changes,
+            } => {
+                for (key, value) in changes {
+                    if value.is_null() {
+                        sqlx::query(
+                            "DELETE FROM field_values WHERE target = $1 AND target_id = $2 \
+                             AND key = $3",
+                        )
+                        .bind(target.as_str())
+                        .bind(pg_text(target_id))
+                        .bind(pg_text(key))
+                        .execute(&mut *conn)
+                        .await?;
+                    } else {
+                        sqlx::query(
+                            "INSERT INTO field_values (target, target_id, key, value) \
+                             VALUES ($1, $2, $3, $4) ON CONFLICT (target, target_id, key) \
+                             DO UPDATE SET value = excluded.value",
+                        )
+                        .bind(target.as_str())
+                        .bind(pg_text(target_id))
+                        .bind(pg_text(key))
+                        .bind(value.to_string())
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                }
+            }
+            EventData::ConversationOpened { .. } | EventData::Message { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn notify(
+        conn: &mut PgConnection,
+        user: &UserId,
+        kind: NotificationKind,
+        event: &Event,
+    ) -> Result<UserNotification, StoreError> {
+        let actor = &event.view.actor;
+        let row = sqlx::query(
+            "INSERT INTO notifications (user_id, kind, conversation_id, event_id, from_id, \
+             from_role, from_name, created_at) \
+             VALUES ($1, $2, $3::uuid, $4::uuid, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind(pg_text(user.as_str()))
+        .bind(kind.as_str())
+        .bind(event.conversation_id.to_string())
+        .bind(event.view.id.to_string())
+        .bind(actor.id.as_str())
+        .bind(actor.role.as_str())
+        .bind(actor.name.as_deref())
+        .bind(to_micros(event.view.at))
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(UserNotification {
+            user_id: UserId(pg_text(user.as_str()).into_owned()),
+            notification: Notification {
+                id: get_u64(&row, "id")?,
+                kind,
+                conversation_id: event.conversation_id,
+                event_id: event.view.id,
+                from: actor.clone(),
+                at: event.view.at,
+                read: false,
+            },
+        })
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn write_batch(
+        &self,
+        batch: &[WriteRequest],
+    ) -> Result<Vec<Result<WriteOutcome, WriteRefusal>>, StoreError> {
+        // On any error the transaction is dropped uncommitted, which rolls it back: a
+        // failed batch leaves nothing behind.
+        let mut tx = self.pool.begin().await?;
+        Self::lock_conversations(&mut tx, batch).await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for request in batch {
+            outcomes.push(Self::apply(&mut tx, request).await?);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn events_after(
+        &self,
+        conversation: ConversationId,
+        audience: Audience,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        let column = seq_column(audience);
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = $1::uuid \
+             AND {column} IS NOT NULL AND {column} > $2 ORDER BY {column} LIMIT $3"
+        ))
+        .bind(conversation.to_string())
+        .bind(after as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn conversation(
+        &self,
+        id: ConversationId,
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.id = $1::uuid"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(conversation_from_row).transpose()
+    }
+
+    async fn conversations(
+        &self,
+        filter: &ConversationFilter,
+    ) -> Result<Vec<ConversationRecord>, StoreError> {
+        let mut query = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE TRUE"
+        ));
+        if let Some(inboxes) = &filter.inboxes {
+            if inboxes.is_empty() {
+                return Ok(Vec::new());
+            }
+            let inboxes: Vec<String> = inboxes.iter().map(|i| i.as_str().to_owned()).collect();
+            query
+                .push(" AND c.inbox_id = ANY(")
+                .push_bind(inboxes)
+                .push(")");
+        }
+        if let Some(contact) = &filter.contact_id {
+            query
+                .push(" AND c.contact_id = ")
+                .push_bind(pg_text(contact.as_str()).into_owned());
+        }
+        if let Some(status) = &filter.status {
+            query
+                .push(" AND c.status = ")
+                .push_bind(pg_text(status).into_owned());
+        }
+        if let Some(assignee) = &filter.assignee_id {
+            query
+                .push(" AND c.assignee_id = ")
+                .push_bind(pg_text(assignee.as_str()).into_owned());
+        }
+        if let Some(tag) = &filter.tag {
+            query
+                .push(" AND c.id IN (SELECT t.conversation_id FROM conversation_tags t WHERE t.tag = ")
+                .push_bind(pg_text(tag).into_owned())
+                .push(")");
+        }
+        if let Some((key, value)) = &filter.field {
+            query
+                .push(
+                    " AND c.id::text IN (SELECT f.target_id FROM field_values f \
+                     WHERE f.target = 'conversation' AND f.key = ",
+                )
+                .push_bind(pg_text(key).into_owned())
+                .push(" AND f.value = ")
+                .push_bind(value.to_string())
+                .push(")");
+        }
+        query
+            .push(" ORDER BY c.last_activity_at DESC, c.id LIMIT ")
+            .push_bind(filter.limit as i64);
+        let rows = query.build().fetch_all(&self.pool).await?;
+        rows.iter().map(conversation_from_row).collect()
+    }
+
+    async fn put_inbox(&self, id: &InboxId, name: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO inboxes (id, name, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+        )
+        .bind(id.as_str())
+        .bind(name)
+        .bind(to_micros(super::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn inbox_name(&self, id: &InboxId) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT name FROM inboxes WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("name")).transpose()?)
+    }
+
+    async fn upsert_directory_entry(&self, entry: &DirectoryEntry) -> Result<(), StoreError> {
+        let teams = serde_json::to_string(&entry.teams)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode teams: {e}")))?;
+        let inboxes = serde_json::to_string(&entry.inboxes)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode inboxes: {e}")))?;
+        sqlx::query(
+            "INSERT INTO users (id, role, name, handle, teams, inboxes, updated_at) \
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7) ON CONFLICT (id) DO UPDATE \
+             SET role = excluded.role, name = excluded.name, handle = excluded.handle, \
+             teams = excluded.teams, inboxes = excluded.inboxes, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(pg_text(entry.id.as_str()))
+        .bind(entry.role.as_str())
+        .bind(entry.name.as_deref().map(pg_text))
+        .bind(pg_text(&entry.handle))
+        .bind(teams)
+        .bind(inboxes)
+        .bind(to_micros(super::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn directory_entry(&self, id: &UserId) -> Result<Option<DirectoryEntry>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1"
+        ))
+        .bind(pg_text(id.as_str()))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(directory_from_row).transpose()
+    }
+
+    async fn directory(&self) -> Result<Vec<DirectoryEntry>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users u ORDER BY u.id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(directory_from_row).collect()
+    }
+
+    async fn open_assignments(&self, user: &UserId) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS open FROM conversations \
+             WHERE assignee_id = $1 AND status <> 'resolved'",
+        )
+        .bind(pg_text(user.as_str()))
+        .fetch_one(&self.pool)
+        .await?;
+        get_u64(&row, "open")
+    }
+
+    async fn mention_candidates(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<DirectoryEntry>, StoreError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.handle = ANY($1) OR EXISTS \
+             (SELECT 1 FROM jsonb_array_elements_text(u.teams) t (name) \
+             WHERE lower(t.name) = ANY($1)) ORDER BY u.id"
+        ))
+        .bind(
+            names
+                .iter()
+                .map(|n| pg_text(n).into_owned())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(directory_from_row).collect()
+    }
+
+    async fn put_team(&self, team: &Team) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO teams (id, name) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+        )
+        .bind(team.id.as_str())
+        .bind(&team.name)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn team(&self, id: &TeamId) -> Result<Option<Team>, StoreError> {
+        let row = sqlx::query("SELECT id, name FROM teams WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(team_from_row).transpose()
+    }
+
+    async fn teams(&self) -> Result<Vec<Team>, StoreError> {
+        let rows = sqlx::query("SELECT id, name FROM teams ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(team_from_row).collect()
+    }
+
+    async fn put_tag(&self, tag: &TagDefinition) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tags (name, color, description) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET color = excluded.color, \
+             description = excluded.description",
+        )
+        .bind(&tag.name)
+        .bind(tag.color.as_deref())
+        .bind(tag.description.as_deref())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn tags(&self) -> Result<Vec<TagDefinition>, StoreError> {
+        let rows = sqlx::query("SELECT name, color, description FROM tags ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TagDefinition {
+                    name: r.try_get("name")?,
+                    color: r.try_get("color")?,
+                    description: r.try_get("description")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_tag(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM tags WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn put_field(&self, field: &FieldDefinition) -> Result<(), StoreError> {
+        let options = serde_json::to_string(&field.options)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode options: {e}")))?;
+        sqlx::query(
+            "INSERT INTO field_definitions (key, type, applies_to, label, required, options) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key) DO UPDATE \
+             SET type = excluded.type, applies_to = excluded.applies_to, \
+             label = excluded.label, required = excluded.required, options = excluded.options",
+        )
+        .bind(&field.key)
+        .bind(enum_text(&field.field_type)?)
+        .bind(field.applies_to.as_str())
+        .bind(&field.label)
+        .bind(field.required)
+        .bind(options)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn fields(&self) -> Result<Vec<FieldDefinition>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key, type, applies_to, label, required, options FROM field_definitions \
+             ORDER BY key",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let options: String = r.try_get("options")?;
+                Ok(FieldDefinition {
+                    key: r.try_get("key")?,
+                    field_type: enum_from_text(&r.try_get::<String, _>("type")?)?,
+                    applies_to: enum_from_text(&r.try_get::<String, _>("applies_to")?)?,
+                    label: r.try_get("label")?,
+                    required: r.try_get("required")?,
+                    options: serde_json::from_str(&options)
+                        .map_err(|e| StoreError::Corrupt(format!("field options: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn conversation_tags(
+        &self,
+        ids: &[ConversationId],
+    ) -> Result<BTreeMap<ConversationId, Vec<String>>, StoreError> {
+        let mut out = BTreeMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        let rows = sqlx::query(
+            "SELECT conversation_id::text AS conversation_id, tag FROM conversation_tags \
+             WHERE conversation_id = ANY($1::uuid[]) ORDER BY tag",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let id: String = row.try_get("conversation_id")?;
+            let id = ConversationId(parse_uuid(&id, "conversation id")?);
+            out.entry(id)
+                .or_insert_with(Vec::new)
+                .push(row.try_get("tag")?);
+        }
+        Ok(out)
+    }
+
+    async fn field_values(
+        &self,
+        target: FieldTarget,
+        ids: &[String],
+    ) -> Result<BTreeMap<String, BTreeMap<String, serde_json::Value>>, StoreError> {
+        let mut out = BTreeMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let rows = sqlx::query(
+            "SELECT target_id, key, value FROM field_values \
+             WHERE target = $1 AND target_id = ANY($2)",
+        )
+        .bind(target.as_str())
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let value: String = row.try_get("value")?;
+            let value = serde_json::from_str(&value)
+                .map_err(|e| StoreError::Corrupt(format!("field value: {e}")))?;
+            out.entry(row.try_get::<String, _>("target_id")?)
+                .or_insert_with(BTreeMap::new)
+                .insert(row.try_get("key")?, value);
+        }
+        Ok(out)
+    }
+
+    async fn note(&self, id: EventId) -> Result<Option<NoteRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {NOTE_COLUMNS} FROM notes n WHERE n.id = $1::uuid"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(note_from_row).transpose()
+    }
+
+    async fn pinned_notes(
+        &self,
+        conversation: ConversationId,
+        contact: Option<&UserId>,
+    ) -> Result<Vec<NoteRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {NOTE_COLUMNS} FROM notes n WHERE n.pinned AND (n.conversation_id = $1::uuid \
+             OR (n.contact_id = $2 AND n.note_type = 'context')) ORDER BY n.created_at, n.id"
+        ))
+        .bind(conversation.to_string())
+        .bind(contact.map(|c| pg_text(c.as_str())))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(note_from_row).collect()
+    }
+
+    async fn contact_conversations(
+        &self,
+        contact: &UserId,
+        limit: u32,
+    ) -> Result<Vec<ConversationRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.contact_id = $1 \
+             ORDER BY c.last_activity_at DESC, c.id LIMIT $2"
+        ))
+        .bind(pg_text(contact.as_str()))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(conversation_from_row).collect()
+    }
+
+    async fn search_notes(&self, search: &NoteSearch) -> Result<Vec<NoteRecord>, StoreError> {
+        // A word without a letter or digit has no lexeme: it is left out, as FTS5 leaves
+        // out an empty phrase (and as PostgreSQL would, with a notice in the log).
+        let terms: Vec<String> = search
+            .terms
+            .iter()
+            .filter(|term| term.chars().any(char::is_alphanumeric))
+            .map(|term| pg_text(term).into_owned())
+            .collect();
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut query = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {NOTE_COLUMNS} FROM notes n JOIN conversations c ON c.id = n.conversation_id \
+             CROSS JOIN (SELECT "
+        ));
+        // Each word is parsed as plain text into a phrase (its lexemes in order), so user
+        // input is never tsquery syntax; the words are all required.
+        for (index, term) in terms.into_iter().enumerate() {
+            if index > 0 {
+                query.push(" && ");
+            }
+            query
+                .push("phraseto_tsquery('simple', ")
+                .push_bind(term)
+                .push(")");
+        }
+        query.push(" AS q) s WHERE n.search @@ s.q");
+        if let Some(inboxes) = &search.inboxes {
+            if inboxes.is_empty() {
+                return Ok(Vec::new());
+            }
+            let inboxes: Vec<String> = inboxes.iter().map(|i| i.as_str().to_owned()).collect();
+            query
+                .push(" AND c.inbox_id = ANY(")
+                .push_bind(inboxes)
+                .push(")");
+        }
+        if !search.include_supervisors {
+            query.push(" AND n.audience = 'agents'");
+        }
+        if let Some(note_type) = &search.note_type {
+            query
+                .push(" AND n.note_type = ")
+                .push_bind(enum_text(note_type)?);
+        }
+        if let Some(author) = &search.author {
+            query
+                .push(" AND n.author_id = ")
+                .push_bind(author.as_str().to_owned());
+        }
+        if let Some(tag) = &search.tag {
+            query
+                .push(
+                    " AND n.conversation_id IN (SELECT t.conversation_id FROM conversation_tags t \
+                     WHERE t.tag = ",
+                )
+                .push_bind(tag.clone())
+                .push(")");
+        }
+        query
+            .push(" ORDER BY ts_rank(n.search, s.q) DESC, n.created_at DESC, n.id LIMIT ")
+            .push_bind(search.limit as i64);
+        let rows = query.build().fetch_all(&self.pool).await?;
+        rows.iter().map(note_from_row).collect()
+    }
+
+    async fn notifications(
+        &self,
+        user: &UserId,
+        unread_only: bool,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT id, kind, conversation_id::text AS conversation_id, \
+             event_id::text AS event_id, from_id, from_role, from_name, created_at, read_at \
+             FROM notifications WHERE user_id = $1 {} ORDER BY id DESC LIMIT $2",
+            if unread_only {
+                "AND read_at IS NULL"
+            } else {
+                ""
+            }
+        ))
+        .bind(pg_text(user.as_str()))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(notification_from_row).collect()
+    }
+
+    async fn unread_notifications(&self, user: &UserId) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS unread FROM notifications WHERE user_id = $1 AND read_at IS NULL",
+        )
+        .bind(pg_text(user.as_str()))
+        .fetch_one(&self.pool)
+        .await?;
+        get_u64(&row, "unread")
+    }
+
+    async fn mark_notifications_read(
+        &self,
+        user: &UserId,
+        which: &MarkRead,
+    ) -> Result<u64, StoreError> {
+        let mut query = QueryBuilder::<Postgres>::new("UPDATE notifications SET read_at = ");
+        query
+            .push_bind(to_micros(super::now()))
+            .push(" WHERE read_at IS NULL AND user_id = ")
+            .push_bind(pg_text(user.as_str()).into_owned());
+        match which {
+            MarkRead::All => {}
+            MarkRead::UpTo(id) => {
+                query.push(" AND id <= ").push_bind(clamp_i64(*id));
+            }
+            MarkRead::Ids(ids) => {
+                if ids.is_empty() {
+                    return Ok(0);
+                }
+                let ids: Vec<i64> = ids.iter().map(|id| clamp_i64(*id)).collect();
+                query.push(" AND id = ANY(").push_bind(ids).push(")");
+            }
+        }
+        let done = query.build().execute(&self.pool).await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn audit_rows(&self, conversation: ConversationId) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = $1::uuid \
+             ORDER BY supervisor_seq"
+        ))
+        .bind(conversation.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    id: r.try_get("id")?,
+                    conversation_id: r.try_get("conversation_id")?,
+                    supervisor_seq: r.try_get("supervisor_seq")?,
+                    agent_seq: r.try_get("agent_seq")?,
+                    public_seq: r.try_get("public_seq")?,
+                    kind: r.try_get("kind")?,
+                    visibility: r.try_get("visibility")?,
+                    actor_id: r.try_get("actor_id")?,
+                    actor_role: r.try_get("actor_role")?,
+                    actor_name: r.try_get("actor_name")?,
+                    client_id: r.try_get("client_id")?,
+                    payload: r.try_get("payload")?,
+                    created_at: r.try_get("created_at")?,
+                    hash: r.try_get("hash")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn last_hash(&self, conversation: ConversationId) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = sqlx::query("SELECT last_hash FROM conversations WHERE id = $1::uuid")
+            .bind(conversation.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("last_hash")).transpose()?)
+    }
+
+    async fn conversation_ids(&self) -> Result<Vec<ConversationId>, StoreError> {
+        let rows = sqlx::query("SELECT id::text AS id FROM conversations ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("id")?;
+                Ok(ConversationId(parse_uuid(&id, "conversation id")?))
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// `text` as PostgreSQL can store it: NUL, which it refuses in text, becomes U+FFFD.
+fn pg_text(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// `new` with its hashed text columns as PostgreSQL stores them (see [`pg_text`]), so the
+/// returned event, the stored row and the hash agree. The payload needs nothing: JSON
+/// escapes NUL.
+fn pg_event(new: &NewEvent) -> Cow<'_, NewEvent> {
+    let has_nul = |s: &str| s.contains('\0');
+    if !has_nul(new.actor.id.as_str())
+        && !new.actor.name.as_deref().is_some_and(has_nul)
+        && !new.client_id.as_deref().is_some_and(has_nul)
+    {
+        return Cow::Borrowed(new);
+    }
+    let mut clean = new.clone();
+    clean.actor.id = UserId(pg_text(new.actor.id.as_str()).into_owned());
+    clean.actor.name = new.actor.name.as_deref().map(|n| pg_text(n).into_owned());
+    clean.client_id = new.client_id.as_deref().map(|c| pg_text(c).into_owned());
+    Cow::Owned(clean)
+}
+
+fn seq_column(audience: Audience) -> &'static str {
+    match audience {
+        Audience::Customer => "public_seq",
+        Audience::Agents => "agent_seq",
+        Audience::Supervisors => "supervisor_seq",
+    }
+}
+
+/// A notification id from a client, as PostgreSQL's BIGINT (ids never exceed it).
+fn clamp_i64(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+/// The snake_case name serde gives a unit enum variant.
+fn enum_text<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => Ok(s),
+        _ => Err(StoreError::Corrupt(
+            "enum does not encode as a string".into(),
+        )),
+    }
+}
+
+fn enum_from_text<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|e| StoreError::Corrupt(format!("unknown value `{text}`: {e}")))
+}
+
+fn team_from_row(row: &PgRow) -> Result<Team, StoreError> {
+    Ok(Team {
+        id: TeamId(row.try_get("id")?),
+        name: row.try_get("name")?,
+    })
+}
+
+fn directory_from_row(row: &PgRow) -> Result<DirectoryEntry, StoreError> {
+    let role: String = row.try_get("role")?;
+    let teams: String = row.try_get("teams")?;
+    let inboxes: String = row.try_get("inboxes")?;
+    Ok(DirectoryEntry {
+        id: UserId(row.try_get("id")?),
+        role: Role::from_str(&role).map_err(StoreError::Corrupt)?,
+        name: row.try_get("name")?,
+        handle: row.try_get("handle")?,
+        teams: serde_json::from_str(&teams)
+            .map_err(|e| StoreError::Corrupt(format!("user teams: {e}")))?,
+        inboxes: serde_json::from_str(&inboxes)
+            .map_err(|e| StoreError::Corrupt(format!("user inboxes: {e}")))?,
+    })
+}
+
+fn note_from_row(row: &PgRow) -> Result<NoteRecord, StoreError> {
+    let id: String = row.try_get("id")?;
+    let conversation_id: String = row.try_get("conversation_id")?;
+    let role: String = row.try_get("author_role")?;
+    Ok(NoteRecord {
+        id: EventId(parse_uuid(&id, "note id")?),
+        conversation_id: ConversationId(parse_uuid(&conversation_id, "conversation id")?),
+        contact_id: row.try_get::<Option<String>, _>("contact_id")?.map(UserId),
+        author: Actor {
+            id: UserId(row.try_get("author_id")?),
+            role: Role::from_str(&role).map_err(StoreError::Corrupt)?,
+            name: row.try_get("author_name")?,
+        },
+        note_type: enum_from_text(&row.try_get::<String, _>("note_type")?)?,
+        audience: enum_from_text(&row.try_get::<String, _>("audience")?)?,
+        body: row.try_get("body")?,
+        at: get_time(row, "created_at")?,
+        pinned: row.try_get("pinned")?,
+    })
+}
+
+fn notification_from_row(row: &PgRow) -> Result<Notification, StoreError> {
+    let conversation_id: String = row.try_get("conversation_id")?;
+    let event_id: String = row.try_get("event_id")?;
+    let role: String = row.try_get("from_role")?;
+    let read_at: Option<i64> = row.try_get("read_at")?;
+    Ok(Notification {
+        id: get_u64(row, "id")?,
+        kind: enum_from_text(&row.try_get::<String, _>("kind")?)?,
+        conversation_id: ConversationId(parse_uuid(&conversation_id, "conversation id")?),
+        event_id: EventId(parse_uuid(&event_id, "event id")?),
+        from: Actor {
+            id: UserId(row.try_get("from_id")?),
+            role: Role::from_str(&role).map_err(StoreError::Corrupt)?,
+            name: row.try_get("from_name")?,
+        },
+        at: get_time(row, "created_at")?,
+        read: read_at.is_some(),
+    })
+}
+
+fn get_u64(row: &PgRow, column: &str) -> Result<u64, StoreError> {
+    let value: i64 = row.try_get(column)?;
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {column}")))
+}
+
+fn get_opt_u64(row: &PgRow, column: &str) -> Result<Option<u64>, StoreError> {
+    let value: Option<i64> = row.try_get(column)?;
+    value
+        .map(|v| u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative {column}"))))
+        .transpose()
+}
+
+fn get_time(row: &PgRow, column: &str) -> Result<time::OffsetDateTime, StoreError> {
+    let micros: i64 = row.try_get(column)?;
+    from_micros(micros).ok_or_else(|| StoreError::Corrupt(format!("{column} out of range")))
+}
+
+fn parse_uuid(text: &str, what: &str) -> Result<uuid::Uuid, StoreError> {
+    uuid::Uuid::parse_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn event_from_row(row: &PgRow) -> Result<Event, StoreError> {
+    let id: String = row.try_get("id")?;
+    let conversation_id: String = row.try_get("conversation_id")?;
+    let role: String = row.try_get("actor_role")?;
+    let payload: String = row.try_get("payload")?;
+    let hash: Vec<u8> = row.try_get("hash")?;
+    let data: EventData = serde_json::from_str(&payload)
+        .map_err(|e| StoreError::Corrupt(format!("event payload: {e}")))?;
+    Ok(Event {
+        conversation_id: ConversationId(parse_uuid(&conversation_id, "conversation id")?),
+        seqs: Seqs {
+            supervisor: get_u64(row, "supervisor_seq")?,
+            agent: get_opt_u64(row, "agent_seq")?,
+            public: get_opt_u64(row, "public_seq")?,
+        },
+        view: EventView {
+            id: EventId(parse_uuid(&id, "event id")?),
+            at: get_time(row, "created_at")?,
+            actor: Actor {
+                id: UserId(row.try_get("actor_id")?),
+                role: Role::from_str(&role).map_err(StoreError::Corrupt)?,
+                name: row.try_get("actor_name")?,
+            },
+            data,
+        },
+        client_id: row.try_get("client_id")?,
+        hash: hash
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("event hash is not 32 bytes".into()))?,
+    })
+}
+
+fn conversation_from_row(row: &PgRow) -> Result<ConversationRecord, StoreError> {
+    let id: String = row.try_get("id")?;
+    Ok(ConversationRecord {
+        id: ConversationId(parse_uuid(&id, "conversation id")?),
+        inbox_id: InboxId(row.try_get("inbox_id")?),
+        contact_id: row.try_get::<Option<String>, _>("contact_id")?.map(UserId),
+        subject: row.try_get("subject")?,
+        status: row.try_get("status")?,
+        assignee_id: row.try_get::<Option<String>, _>("assignee_id")?.map(UserId),
+        team_id: row.try_get::<Option<String>, _>("team_id")?.map(TeamId),
+        created_at: get_time(row, "created_at")?,
+        last_activity_at: get_time(row, "last_activity_at")?,
+        last_public_at: get_time(row, "last_public_at")?,
+        heads: Heads {
+            public: get_u64(row, "public_seq")?,
+            agent: get_u64(row, "agent_seq")?,
+            supervisor: get_u64(row, "supervisor_seq")?,
+        },
+    })
+}
