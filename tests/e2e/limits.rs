@@ -1,0 +1,191 @@
+//! Limits that keep a node's memory and work bounded: a socket that stops reading while
+//! notes flow is closed with 4008 (after a gap-free prefix of the stream) and resumes
+//! with `since`, while a reader that keeps up is unaffected; over `max_connections` an
+//! upgrade gets HTTP 503 and a freed slot can be reused; a socket silent for two
+//! heartbeat intervals is closed with 4002 while one that answers pings stays; a socket
+//! may hold at most `max_subscriptions` subscriptions.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use crate::support::*;
+
+/// The most a kernel may buffer for one TCP sender (tcp_wmem's maximum), 4 MiB if unknown.
+fn max_socket_send_buffer() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2).and_then(|n| n.parse().ok()))
+        .unwrap_or(4 << 20)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_that_stops_reading_is_closed_with_4008_and_resumes_with_since() {
+    let server = TestServer::start_with(|config| {
+        config.limits.send_queue_frames = 16;
+    })
+    .await;
+    let cust = customer("carol");
+    let conv = server.open_as_customer(&cust).await;
+
+    // The slow reader has a tiny receive window and, after subscribing, reads nothing.
+    let mut slow = connect(
+        server.addr,
+        ConnectOptions {
+            recv_buffer: Some(8 * 1024),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("connect");
+    slow.hello(&agent("slow")).await;
+    slow.subscribe(&conv, None).await;
+
+    // A reader that keeps up, reading concurrently.
+    let body = "x".repeat(15_000);
+    // Enough bytes to fill the kernel's buffers on both ends (generously) and then the
+    // 16-frame queue several times over.
+    let notes = ((max_socket_send_buffer() * 3 / 2) / body.len() + 16 * 4) as u64;
+    let head = 1 + notes;
+    let mut fast = server.client(&agent("fast")).await;
+    fast.subscribe(&conv, None).await;
+    let fast_task = tokio::spawn(async move {
+        let frames = fast.frames_until_seq(head).await;
+        (fast, frames)
+    });
+
+    let mut writers = JoinSet::new();
+    let sockets = 4;
+    for w in 0..sockets {
+        let mut client = server.client(&agent(&format!("writer-{w}"))).await;
+        let conv = conv.clone();
+        let body = body.clone();
+        let count = notes / sockets + u64::from(w < notes % sockets);
+        writers.spawn(async move {
+            for i in 0..count {
+                client.note(&conv, &format!("w{w}-{i}"), &body).await;
+            }
+        });
+    }
+    while let Some(result) = writers.join_next().await {
+        result.expect("writer");
+    }
+
+    // The reader that kept up got everything and is still connected.
+    let (mut fast, frames) = fast_task.await.expect("fast reader");
+    all_events(&frames);
+    assert_eq!(seqs(&frames), range(2, head));
+    fast.sync().await;
+
+    // The slow one was cut off: what it got is a gap-free prefix, then close 4008.
+    let (frames, closed) = slow.drain_until_close(STEP).await;
+    assert_eq!(closed.code, Some(4008), "{closed:?} after {} frames", frames.len());
+    let events: Vec<_> = frames.into_iter().filter(|f| ty(f) == "event").collect();
+    let got = seqs(&events);
+    let last = got.last().copied().unwrap_or(1);
+    assert_eq!(got, range(2, last), "no gap before the cut");
+    assert!(last < head, "a slow reader should not have received everything");
+
+    // It resumes with `since` and misses nothing.
+    let mut again = server.client(&agent("slow")).await;
+    let (replay, ok) = again.subscribe(&conv, Some(last)).await;
+    assert_eq!(ok["head"], head);
+    let replayed = seqs(&replay);
+    if ok["truncated"] == true {
+        let from = ok["replay_from"].as_u64().unwrap();
+        assert_eq!(replayed, range(from, head));
+    } else {
+        assert_eq!(replayed, range(last + 1, head));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_max_connections_the_upgrade_gets_503() {
+    let server = TestServer::start_with(|config| {
+        config.limits.max_connections = 3;
+    })
+    .await;
+    let mut open = Vec::new();
+    for i in 0..3 {
+        open.push(server.client(&customer(&format!("c{i}"))).await);
+    }
+    match connect(server.addr, ConnectOptions::default()).await {
+        Err(e) => assert_eq!(e.status(), Some(503), "{e:?}"),
+        Ok(_) => panic!("a fourth socket was accepted over max_connections = 3"),
+    }
+    // HTTP still works, and the open sockets too.
+    let reply = server.http.get("/healthz", None).await;
+    assert_eq!(reply.status, 200);
+    for ws in &mut open {
+        ws.sync().await;
+    }
+
+    // Closing one frees its slot (poll: the server notices a close asynchronously).
+    open.pop().unwrap().close().await;
+    let deadline = tokio::time::Instant::now() + STEP;
+    let mut ws = loop {
+        match connect(server.addr, ConnectOptions::default()).await {
+            Ok(ws) => break ws,
+            Err(e) if e.status() == Some(503) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the freed slot was not reusable: {e:?}"),
+        }
+    };
+    ws.hello(&customer("c9")).await;
+    ws.sync().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_socket_is_closed_with_4002_and_a_live_one_stays() {
+    let server = TestServer::start_with(|config| {
+        config.limits.heartbeat_interval = Duration::from_millis(200);
+    })
+    .await;
+    let mut quiet = server.connect().await;
+    let welcome = quiet.hello(&customer("carol")).await;
+    assert_eq!(welcome["heartbeat_ms"], 200);
+    let mut lively = server.client(&customer("dave")).await;
+
+    // `lively` keeps reading, so it answers the server's pings; `quiet` reads nothing
+    // (and so answers nothing) for the same 1.2 s, five heartbeat intervals.
+    let lively_task = tokio::spawn(async move {
+        lively.expect_silence(Duration::from_millis(1200)).await;
+        lively.sync().await;
+        lively
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let closed = quiet.expect_close(STEP).await;
+    assert_eq!(closed.code, Some(4002), "{closed:?}");
+    let mut lively = lively_task.await.expect("the live socket stayed open");
+    lively.sync().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_holds_at_most_max_subscriptions() {
+    let server = TestServer::start_with(|config| {
+        config.limits.max_subscriptions = 3;
+    })
+    .await;
+    let cust = customer("carol");
+    let mut convs = Vec::new();
+    for _ in 0..4 {
+        convs.push(server.open_as_customer(&cust).await);
+    }
+    let mut ws = server.client(&cust).await;
+    for conv in &convs[..3] {
+        ws.subscribe(conv, None).await;
+    }
+    ws.error_code(
+        json!({"type": "subscribe", "conversation_id": convs[3]}),
+        "bad_request",
+    )
+    .await;
+    // Re-subscribing is not a new subscription.
+    ws.subscribe(&convs[0], Some(1)).await;
+    // Unsubscribing frees one.
+    ws.ok(json!({"type": "unsubscribe", "conversation_id": convs[1]}))
+        .await;
+    ws.subscribe(&convs[3], None).await;
+}
