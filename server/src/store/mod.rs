@@ -13,6 +13,7 @@ pub mod chain;
 #[cfg(test)]
 mod conformance;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 pub mod writer;
 

@@ -7,7 +7,6 @@
 //! group-commits, so one fsync serves every append waiting at that moment.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,20 +16,22 @@ use std::collections::BTreeMap;
 use backchannel_protocol::http::{FieldDefinition, TagDefinition, Team};
 use backchannel_protocol::server::{Notification, NotificationKind};
 use backchannel_protocol::{
-    Actor, Audience, ConversationId, EventData, EventId, EventView, FieldTarget, InboxId, Role,
-    TeamId, UserId,
+    Audience, ConversationId, EventData, EventId, EventView, FieldTarget, InboxId, TeamId, UserId,
 };
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, SqliteConnection};
 
 use super::chain::{self, CanonicalEvent};
+use super::rows::{
+    conversation_from_row, directory_from_row, enum_from_text, enum_text, event_from_row, get_u64,
+    note_from_row, notification_from_row, parse_uuid, seq_column,
+};
 use super::{
-    from_micros, to_micros, AuditRow, ConversationFilter, ConversationRecord, DirectoryEntry,
-    Event, Heads, MarkRead, NewConversation, NewEvent, NoteRecord, NoteSearch, ReplyGuard, Seqs,
-    Store, StoreError, UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
+    to_micros, AuditRow, ConversationFilter, ConversationRecord, DirectoryEntry, Event, Heads,
+    MarkRead, NewConversation, NewEvent, NoteRecord, NoteSearch, ReplyGuard, Seqs, Store,
+    StoreError, UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
 };
 
 /// The database file inside the data directory.
@@ -1105,158 +1106,4 @@ impl Store for SqliteStore {
         self.readers.close().await;
         self.writer.close().await;
     }
-}
-
-fn seq_column(audience: Audience) -> &'static str {
-    match audience {
-        Audience::Customer => "public_seq",
-        Audience::Agents => "agent_seq",
-        Audience::Supervisors => "supervisor_seq",
-    }
-}
-
-/// The snake_case name serde gives a unit enum variant.
-fn enum_text<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => Ok(s),
-        _ => Err(StoreError::Corrupt(
-            "enum does not encode as a string".into(),
-        )),
-    }
-}
-
-fn enum_from_text<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
-    serde_json::from_value(serde_json::Value::String(text.to_owned()))
-        .map_err(|e| StoreError::Corrupt(format!("unknown value `{text}`: {e}")))
-}
-
-fn directory_from_row(row: &SqliteRow) -> Result<DirectoryEntry, StoreError> {
-    let role: String = row.try_get("role")?;
-    let teams: String = row.try_get("teams")?;
-    let inboxes: String = row.try_get("inboxes")?;
-    Ok(DirectoryEntry {
-        id: UserId(row.try_get("id")?),
-        role: Role::from_str(&role).map_err(StoreError::Corrupt)?,
-        name: row.try_get("name")?,
-        handle: row.try_get("handle")?,
-        teams: serde_json::from_str(&teams)
-            .map_err(|e| StoreError::Corrupt(format!("user teams: {e}")))?,
-        inboxes: serde_json::from_str(&inboxes)
-            .map_err(|e| StoreError::Corrupt(format!("user inboxes: {e}")))?,
-    })
-}
-
-fn note_from_row(row: &SqliteRow) -> Result<NoteRecord, StoreError> {
-    let id: String = row.try_get("id")?;
-    let conversation_id: String = row.try_get("conversation_id")?;
-    let role: String = row.try_get("author_role")?;
-    Ok(NoteRecord {
-        id: EventId(parse_uuid(&id, "note id")?),
-        conversation_id: ConversationId(parse_uuid(&conversation_id, "conversation id")?),
-        contact_id: row.try_get::<Option<String>, _>("contact_id")?.map(UserId),
-        author: Actor {
-            id: UserId(row.try_get("author_id")?),
-            role: Role::from_str(&role).map_err(StoreError::Corrupt)?,
-            name: row.try_get("author_name")?,
-        },
-        note_type: enum_from_text(&row.try_get::<String, _>("note_type")?)?,
-        audience: enum_from_text(&row.try_get::<String, _>("audience")?)?,
-        body: row.try_get("body")?,
-        at: get_time(row, "created_at")?,
-        pinned: row.try_get("pinned")?,
-    })
-}
-
-fn notification_from_row(row: &SqliteRow) -> Result<Notification, StoreError> {
-    let conversation_id: String = row.try_get("conversation_id")?;
-    let event_id: String = row.try_get("event_id")?;
-    let role: String = row.try_get("from_role")?;
-    let read_at: Option<i64> = row.try_get("read_at")?;
-    Ok(Notification {
-        id: row.try_get::<i64, _>("id")? as u64,
-        kind: enum_from_text(&row.try_get::<String, _>("kind")?)?,
-        conversation_id: ConversationId(parse_uuid(&conversation_id, "conversation id")?),
-        event_id: EventId(parse_uuid(&event_id, "event id")?),
-        from: Actor {
-            id: UserId(row.try_get("from_id")?),
-            role: Role::from_str(&role).map_err(StoreError::Corrupt)?,
-            name: row.try_get("from_name")?,
-        },
-        at: get_time(row, "created_at")?,
-        read: read_at.is_some(),
-    })
-}
-
-fn get_u64(row: &SqliteRow, column: &str) -> Result<u64, StoreError> {
-    let value: i64 = row.try_get(column)?;
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {column}")))
-}
-
-fn get_opt_u64(row: &SqliteRow, column: &str) -> Result<Option<u64>, StoreError> {
-    let value: Option<i64> = row.try_get(column)?;
-    value
-        .map(|v| u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative {column}"))))
-        .transpose()
-}
-
-fn get_time(row: &SqliteRow, column: &str) -> Result<time::OffsetDateTime, StoreError> {
-    let micros: i64 = row.try_get(column)?;
-    from_micros(micros).ok_or_else(|| StoreError::Corrupt(format!("{column} out of range")))
-}
-
-fn parse_uuid(text: &str, what: &str) -> Result<uuid::Uuid, StoreError> {
-    uuid::Uuid::parse_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
-}
-
-fn event_from_row(row: &SqliteRow) -> Result<Event, StoreError> {
-    let id: String = row.try_get("id")?;
-    let conversation_id: String = row.try_get("conversation_id")?;
-    let role: String = row.try_get("actor_role")?;
-    let payload: String = row.try_get("payload")?;
-    let hash: Vec<u8> = row.try_get("hash")?;
-    let data: EventData = serde_json::from_str(&payload)
-        .map_err(|e| StoreError::Corrupt(format!("event payload: {e}")))?;
-    Ok(Event {
-        conversation_id: ConversationId(parse_uuid(&conversation_id, "conversation id")?),
-        seqs: Seqs {
-            supervisor: get_u64(row, "supervisor_seq")?,
-            agent: get_opt_u64(row, "agent_seq")?,
-            public: get_opt_u64(row, "public_seq")?,
-        },
-        view: EventView {
-            id: EventId(parse_uuid(&id, "event id")?),
-            at: get_time(row, "created_at")?,
-            actor: Actor {
-                id: UserId(row.try_get("actor_id")?),
-                role: Role::from_str(&role).map_err(StoreError::Corrupt)?,
-                name: row.try_get("actor_name")?,
-            },
-            data,
-        },
-        client_id: row.try_get("client_id")?,
-        hash: hash
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("event hash is not 32 bytes".into()))?,
-    })
-}
-
-fn conversation_from_row(row: &SqliteRow) -> Result<ConversationRecord, StoreError> {
-    let id: String = row.try_get("id")?;
-    Ok(ConversationRecord {
-        id: ConversationId(parse_uuid(&id, "conversation id")?),
-        inbox_id: InboxId(row.try_get("inbox_id")?),
-        contact_id: row.try_get::<Option<String>, _>("contact_id")?.map(UserId),
-        subject: row.try_get("subject")?,
-        status: row.try_get("status")?,
-        assignee_id: row.try_get::<Option<String>, _>("assignee_id")?.map(UserId),
-        team_id: row.try_get::<Option<String>, _>("team_id")?.map(TeamId),
-        created_at: get_time(row, "created_at")?,
-        last_activity_at: get_time(row, "last_activity_at")?,
-        last_public_at: get_time(row, "last_public_at")?,
-        heads: Heads {
-            public: get_u64(row, "public_seq")?,
-            agent: get_u64(row, "agent_seq")?,
-            supervisor: get_u64(row, "supervisor_seq")?,
-        },
-    })
 }
