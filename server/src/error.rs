@@ -79,6 +79,9 @@ impl From<WriteError> for ServiceError {
             WriteError::Refused(WriteRefusal::InboxNotFound) => {
                 ServiceError::NotFound("inbox".into())
             }
+            WriteError::Refused(
+                refusal @ (WriteRefusal::TooManyTags | WriteRefusal::RequiredFieldsMissing(_)),
+            ) => ServiceError::BadRequest(refusal.to_string()),
             // The service turns this one into `Conflict` with the events in the sender's
             // stream; reaching here means a caller forgot to.
             WriteError::Refused(WriteRefusal::Unseen(_)) => ServiceError::Conflict {

@@ -321,34 +321,8 @@ impl Service {
     ) -> Result<AppendResult, ServiceError> {
         Self::require_staff(who, "change a conversation's status")?;
         self.authorize_view(who, conversation).await?;
-        if status == Status::Resolved {
-            let required: Vec<FieldDefinition> = self
-                .store
-                .fields()
-                .await?
-                .into_iter()
-                .filter(|f| f.required && f.applies_to == FieldTarget::Conversation)
-                .collect();
-            if !required.is_empty() {
-                let values = self
-                    .store
-                    .field_values(FieldTarget::Conversation, &[conversation.to_string()])
-                    .await?
-                    .remove(&conversation.to_string())
-                    .unwrap_or_default();
-                let missing: Vec<&str> = required
-                    .iter()
-                    .filter(|f| !values.contains_key(&f.key))
-                    .map(|f| f.key.as_str())
-                    .collect();
-                if !missing.is_empty() {
-                    return Err(ServiceError::bad_request(format!(
-                        "set the required fields before resolving: {}",
-                        missing.join(", ")
-                    )));
-                }
-            }
-        }
+        // Required fields are checked in the append transaction (store::Precheck), so a
+        // field cleared at the same moment cannot slip past.
         let event = self.new_event(who, conversation, None, EventData::StatusChanged { status });
         let outcome = self.write(who, WriteRequest::append(event)).await?;
         self.result(who, &outcome)
@@ -397,11 +371,8 @@ impl Service {
         let mut removed: Vec<String> = remove.into_iter().filter(|t| current.contains(t)).collect();
         removed.sort();
         removed.dedup();
-        if current.len() + added.len() - removed.len() > MAX_TAGS_PER_CONVERSATION {
-            return Err(ServiceError::bad_request(format!(
-                "at most {MAX_TAGS_PER_CONVERSATION} tags per conversation"
-            )));
-        }
+        // The limit itself is checked in the append transaction (store::Precheck), so
+        // agents tagging at the same moment cannot overshoot it.
         if added.is_empty() && removed.is_empty() {
             return Ok(None);
         }

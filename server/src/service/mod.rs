@@ -55,8 +55,7 @@ const MAX_PAGE: u32 = 1000;
 /// Conversation list size: default and most.
 const DEFAULT_LIST: u32 = 50;
 const MAX_LIST: u32 = 200;
-/// Most tags on one conversation, and most field values set at once.
-pub const MAX_TAGS_PER_CONVERSATION: usize = 50;
+/// Most field values set at once.
 const MAX_FIELDS_PER_CALL: usize = 50;
 /// Most tag, field and team definitions.
 const MAX_DEFINITIONS: usize = 500;

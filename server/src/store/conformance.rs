@@ -439,6 +439,75 @@ async fn found(h: &Harness, search: NoteSearch) -> BTreeSet<EventId> {
 /// Every event takes the next supervisor seq, the next agent seq unless supervisors-only,
 /// the next public seq only if public; each stream reads back gap-free, also when one
 /// batch mixes conversations and visibilities.
+/// The tag limit and resolving's required fields are checked inside the transaction,
+/// against the state the append sees, so a request built on a stale read is refused.
+async fn state_rules_are_checked_in_the_append_transaction(h: &Harness) {
+    let conv = h.open("support", Some("cust-1")).await;
+    let alice = agent("alice");
+    let many: Vec<String> = (0..super::MAX_TAGS_PER_CONVERSATION)
+        .map(|i| format!("t{i}"))
+        .collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    h.add(conv, &alice, tags(&refs, &[])).await;
+    let one_more = h
+        .write(WriteRequest::append(h.event(
+            conv,
+            &alice,
+            None,
+            tags(&["extra"], &[]),
+        )))
+        .await;
+    assert_eq!(one_more.err(), Some(WriteRefusal::TooManyTags));
+    // Swapping one tag for another stays within the limit.
+    h.write(WriteRequest::append(h.event(
+        conv,
+        &alice,
+        None,
+        tags(&["extra"], &["t0"]),
+    )))
+    .await
+    .expect("a swap is within the limit");
+
+    h.store
+        .put_field(&FieldDefinition {
+            key: "plan".into(),
+            field_type: FieldType::Text,
+            applies_to: FieldTarget::Conversation,
+            label: "Plan".into(),
+            required: true,
+            options: Vec::new(),
+        })
+        .await
+        .expect("put");
+    let resolve = || {
+        WriteRequest::append(h.event(
+            conv,
+            &alice,
+            None,
+            EventData::StatusChanged {
+                status: Status::Resolved,
+            },
+        ))
+    };
+    assert_eq!(
+        h.write(resolve()).await.err(),
+        Some(WriteRefusal::RequiredFieldsMissing(vec!["plan".into()]))
+    );
+    h.add(
+        conv,
+        &alice,
+        fields(
+            FieldTarget::Conversation,
+            &conv.to_string(),
+            serde_json::json!({"plan": "pro"}),
+        ),
+    )
+    .await;
+    h.write(resolve())
+        .await
+        .expect("resolves once the field is set");
+}
+
 async fn seqs_are_gap_free_per_audience(h: &Harness) {
     let conv = h.open("support", Some("cust-1")).await;
     let (cust, alice, sue) = (customer("cust-1"), agent("alice"), supervisor("sue"));
@@ -2330,4 +2399,5 @@ store_tests! {
     concurrent_appends_from_two_nodes,
     nul_characters_do_not_fail_the_batch,
     search_terms_with_nul_do_not_error,
+    state_rules_are_checked_in_the_append_transaction,
 }

@@ -182,6 +182,61 @@ pub enum WriteRefusal {
     /// The reply guard tripped: these events (in the sender's stream) were unseen.
     #[error("new messages or notes arrived since the seq you replied to")]
     Unseen(Vec<Event>),
+    /// The tags would exceed [`MAX_TAGS_PER_CONVERSATION`].
+    #[error("at most {MAX_TAGS_PER_CONVERSATION} tags per conversation")]
+    TooManyTags,
+    /// Resolving needs these required conversation fields set.
+    #[error("set the required fields before resolving: {}", .0.join(", "))]
+    RequiredFieldsMissing(Vec<String>),
+}
+
+/// Most tags on one conversation; checked in the append transaction, so concurrent
+/// taggers cannot overshoot it.
+pub const MAX_TAGS_PER_CONVERSATION: usize = 50;
+
+/// A rule that depends on the conversation's current state, checked in the append
+/// transaction (so concurrent writers cannot both pass it) before an event is appended.
+pub(crate) enum Precheck<'a> {
+    /// The conversation's tags after this change must not exceed the limit.
+    TagLimit {
+        added: &'a [String],
+        removed: &'a [String],
+    },
+    /// Resolving needs every required conversation field set.
+    RequiredFields,
+}
+
+impl<'a> Precheck<'a> {
+    pub(crate) fn of(new: &'a NewEvent) -> Option<Precheck<'a>> {
+        match &new.data {
+            EventData::TagsChanged { added, removed } => {
+                Some(Precheck::TagLimit { added, removed })
+            }
+            EventData::StatusChanged {
+                status: backchannel_protocol::Status::Resolved,
+            } => Some(Precheck::RequiredFields),
+            _ => None,
+        }
+    }
+
+    /// With the conversation's current tags, the verdict on a tag change.
+    pub(crate) fn tags(
+        added: &[String],
+        removed: &[String],
+        current: Vec<String>,
+    ) -> Option<WriteRefusal> {
+        let mut tags: std::collections::BTreeSet<String> = current.into_iter().collect();
+        tags.extend(added.iter().cloned());
+        for tag in removed {
+            tags.remove(tag);
+        }
+        (tags.len() > MAX_TAGS_PER_CONVERSATION).then_some(WriteRefusal::TooManyTags)
+    }
+
+    /// With the required fields still unset, the verdict on resolving.
+    pub(crate) fn required(missing: Vec<String>) -> Option<WriteRefusal> {
+        (!missing.is_empty()).then_some(WriteRefusal::RequiredFieldsMissing(missing))
+    }
 }
 
 /// A conversation row.

@@ -37,7 +37,7 @@ use super::rows::{
 };
 use super::{
     to_micros, AuditRow, ConversationFilter, ConversationRecord, DirectoryEntry, Event, Heads,
-    MarkRead, NewConversation, NewEvent, NoteRecord, NoteSearch, ReplyGuard, Seqs, Store,
+    MarkRead, NewConversation, NewEvent, NoteRecord, NoteSearch, Precheck, ReplyGuard, Seqs, Store,
     StoreError, UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
 };
 
@@ -218,6 +218,11 @@ impl PgStore {
                 return Ok(Err(WriteRefusal::Unseen(unseen)));
             }
         }
+        for new in events.iter() {
+            if let Some(refusal) = Self::precheck(conn, conversation, new).await? {
+                return Ok(Err(refusal));
+            }
+        }
         let mut heads = Heads {
             public: get_u64(&row, "public_seq")?,
             agent: get_u64(&row, "agent_seq")?,
@@ -281,6 +286,47 @@ impl PgStore {
             notifications,
             duplicate: false,
         }))
+    }
+
+    /// The state-dependent rules of [`Precheck`], read inside the append transaction.
+    async fn precheck(
+        conn: &mut PgConnection,
+        conversation: ConversationId,
+        new: &NewEvent,
+    ) -> Result<Option<WriteRefusal>, StoreError> {
+        let id = conversation.to_string();
+        Ok(match Precheck::of(new) {
+            None => None,
+            Some(Precheck::TagLimit { added, removed }) => {
+                let rows = sqlx::query(
+                    "SELECT tag FROM conversation_tags WHERE conversation_id = $1::uuid",
+                )
+                .bind(&id)
+                .fetch_all(&mut *conn)
+                .await?;
+                let current = rows
+                    .iter()
+                    .map(|r| r.try_get::<String, _>("tag"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Precheck::tags(added, removed, current)
+            }
+            Some(Precheck::RequiredFields) => {
+                let rows = sqlx::query(
+                    "SELECT key FROM field_definitions WHERE required \
+                     AND applies_to = 'conversation' AND key NOT IN \
+                     (SELECT key FROM field_values WHERE target = 'conversation' \
+                     AND target_id = $1) ORDER BY key",
+                )
+                .bind(&id)
+                .fetch_all(&mut *conn)
+                .await?;
+                let missing = rows
+                    .iter()
+                    .map(|r| r.try_get::<String, _>("key"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Precheck::required(missing)
+            }
+        })
     }
 
     /// Messages and notes by others after `guard.seen` in the sender's stream.
