@@ -41,11 +41,19 @@ async fn http_refuses_every_bad_token_with_401() {
     // Writes are refused the same way, and create nothing.
     let reply = server
         .http
-        .post("/v1/conversations", Some(&unsigned(&claims("customer", "eve"))), &json!({"inbox_id": "support"}))
+        .post(
+            "/v1/conversations",
+            Some(&unsigned(&claims("customer", "eve"))),
+            &json!({"inbox_id": "support"}),
+        )
         .await;
     reply.assert_error(401, "unauthorized");
     let listed = server.list(&supervisor("sam"), "").await;
-    assert!(list_items(&listed.json()).is_empty(), "nothing was created: {}", listed.text);
+    assert!(
+        list_items(&listed.json()).is_empty(),
+        "nothing was created: {}",
+        listed.text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -53,7 +61,8 @@ async fn socket_with_a_refused_token_is_closed_with_4001() {
     let server = TestServer::start().await;
     for (label, token) in refused_tokens() {
         let mut ws = server.connect().await;
-        ws.send_json(&json!({"type": "hello", "token": token})).await;
+        ws.send_json(&json!({"type": "hello", "token": token}))
+            .await;
         let (frames, closed) = ws.drain_until_close(STEP).await;
         assert_eq!(closed.code, Some(4001), "{label}: closed with {closed:?}");
         assert!(
@@ -94,7 +103,9 @@ async fn hello_timeout_closes_with_4001() {
     let (frames, closed) = rude.drain_until_close(STEP).await;
     assert_eq!(closed.code, Some(4001), "{closed:?}");
     assert!(
-        frames.iter().all(|f| !matches!(ty(f), "welcome" | "ok" | "event")),
+        frames
+            .iter()
+            .all(|f| !matches!(ty(f), "welcome" | "ok" | "event")),
         "{frames:?}"
     );
 
@@ -121,12 +132,19 @@ async fn welcome_has_the_documented_shape() {
     assert_eq!(welcome["user"]["role"], "agent");
     assert_eq!(welcome["user"]["name"], "Alice Liddell");
     assert_eq!(welcome["heartbeat_ms"], 7000);
-    let session = welcome["session_id"].as_str().expect("session_id").to_owned();
+    let session = welcome["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
     assert!(!session.is_empty());
 
     let mut other = server.connect().await;
     let welcome2 = other.hello(&token).await;
-    assert_ne!(welcome2["session_id"], session.as_str(), "each socket is its own session");
+    assert_ne!(
+        welcome2["session_id"],
+        session.as_str(),
+        "each socket is its own session"
+    );
 
     // A second hello is not a way to change identity.
     let error = ws

@@ -73,12 +73,16 @@ async fn expect_bad_request(ws: &mut Client, text: &str, reference: Option<Value
     match &reference {
         Some(r) => {
             if &frame["ref"] != r {
-                problems.push(format!("{text}: the error should carry ref {r}, got {frame}"));
+                problems.push(format!(
+                    "{text}: the error should carry ref {r}, got {frame}"
+                ));
             }
         }
         None => {
             if !frame.get("ref").is_none_or(Value::is_null) {
-                problems.push(format!("{text}: no ref was sent, none should come back: {frame}"));
+                problems.push(format!(
+                    "{text}: no ref was sent, none should come back: {frame}"
+                ));
             }
         }
     }
@@ -90,7 +94,10 @@ async fn expect_bad_request(ws: &mut Client, text: &str, reference: Option<Value
     }
     if let Some(r) = &reference {
         if ws.answers_for(r) > 1 {
-            problems.push(format!("{text}: ref {r} answered {} times", ws.answers_for(r)));
+            problems.push(format!(
+                "{text}: ref {r} answered {} times",
+                ws.answers_for(r)
+            ));
         }
     }
     problems
@@ -141,7 +148,11 @@ async fn malformed_frames_get_bad_request_and_change_nothing() {
     let mut problems = Vec::new();
     for (text, reference) in &cases {
         problems.extend(expect_bad_request(&mut ws, text, reference.clone()).await);
-        assert_eq!(scene.state().await, before, "the store changed after {text}");
+        assert_eq!(
+            scene.state().await,
+            before,
+            "the store changed after {text}"
+        );
     }
 
     // A `ref` that is neither a string nor a number.
@@ -161,10 +172,15 @@ async fn malformed_frames_get_bad_request_and_change_nothing() {
             problems.push(format!("{text}: more than one answer: {extra:?}"));
         }
     }
-    assert!(problems.is_empty(), "bad input mishandled:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "bad input mishandled:\n{}",
+        problems.join("\n")
+    );
 
     // A binary frame.
-    ws.send_binary(br#"{"type":"ping","ref":"bin"}"#.to_vec()).await;
+    ws.send_binary(br#"{"type":"ping","ref":"bin"}"#.to_vec())
+        .await;
     let frame = ws.next_frame(STEP).await;
     assert_eq!(ty(&frame), "error", "{frame}");
     assert_eq!(frame["code"], "bad_request");
@@ -201,7 +217,8 @@ async fn every_ref_is_answered_exactly_once_and_frames_without_ref_only_on_failu
     let ok = ws.next_frame(STEP).await;
     assert_eq!(ty(&ok), "ok", "{ok}");
     assert_eq!(ok["ref"], json!(41), "a numeric ref comes back as a number");
-    ws.send_json(&json!({"type": "ping", "ref": "forty-two"})).await;
+    ws.send_json(&json!({"type": "ping", "ref": "forty-two"}))
+        .await;
     let ok = ws.next_frame(STEP).await;
     assert_eq!(ok["ref"], json!("forty-two"));
 
@@ -214,14 +231,19 @@ async fn every_ref_is_answered_exactly_once_and_frames_without_ref_only_on_failu
     assert_eq!(seqs(&frames), vec![1, 2]);
 
     // send without a ref: the event arrives on the subscription, but no ok.
-    ws.send_json(&send_frame(conv, "quiet", "no answer expected")).await;
+    ws.send_json(&send_frame(conv, "quiet", "no answer expected"))
+        .await;
     let event = ws.next_event().await;
     assert_eq!(event["seq"], 3);
     ws.sync().await;
-    assert!(ws.take_pending().is_empty(), "no ok for a frame without a ref");
+    assert!(
+        ws.take_pending().is_empty(),
+        "no ok for a frame without a ref"
+    );
 
     // A failing frame without a ref: an error without a ref.
-    ws.send_json(&note_frame(conv, "nope", "customers can't")).await;
+    ws.send_json(&note_frame(conv, "nope", "customers can't"))
+        .await;
     let error = ws.next_frame(STEP).await;
     assert_eq!(ty(&error), "error");
     assert_eq!(error["code"], "forbidden");
@@ -232,7 +254,8 @@ async fn every_ref_is_answered_exactly_once_and_frames_without_ref_only_on_failu
     ws.send_json(&json!({"type": "ping", "ref": refs[0]})).await;
     ws.send_json(&json!({"type": "send", "ref": refs[1], "conversation_id": conv, "client_id": "burst", "body": "x"})).await;
     ws.send_json(&json!({"type": "note", "ref": refs[2], "conversation_id": conv, "client_id": "burst2", "body": "x"})).await;
-    ws.send_json(&json!({"type": "unsubscribe", "ref": refs[3], "conversation_id": conv})).await;
+    ws.send_json(&json!({"type": "unsubscribe", "ref": refs[3], "conversation_id": conv}))
+        .await;
     ws.sync().await;
     let frames = ws.take_pending();
     let answers: Vec<&Value> = frames
@@ -261,7 +284,11 @@ async fn unknown_and_invisible_conversations_are_indistinguishable_not_found() {
     let root = admin("root");
     let reply = server
         .http
-        .put("/v1/inboxes/billing", Some(&root), &json!({"name": "Billing"}))
+        .put(
+            "/v1/inboxes/billing",
+            Some(&root),
+            &json!({"name": "Billing"}),
+        )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let billing = server.open(&customer("dave"), "billing", None).await;
@@ -311,10 +338,16 @@ async fn unknown_and_invisible_conversations_are_indistinguishable_not_found() {
                 .await;
             hidden.assert_error(404, "not_found");
             missing.assert_error(404, "not_found");
-            assert_eq!(without(&hidden.text, &billing), without(&missing.text, &nowhere));
+            assert_eq!(
+                without(&hidden.text, &billing),
+                without(&missing.text, &nowhere)
+            );
         }
         let list = server.list(token, "").await;
-        assert!(!list.text.contains(&billing), "listed a hidden conversation");
+        assert!(
+            !list.text.contains(&billing),
+            "listed a hidden conversation"
+        );
     }
     assert_eq!(scene.state().await, before);
 
@@ -324,13 +357,19 @@ async fn unknown_and_invisible_conversations_are_indistinguishable_not_found() {
     let mut billing_agent = server.client(&agent_in("bill", &["billing"])).await;
     billing_agent.subscribe(&billing, None).await;
     billing_agent
-        .error_code(json!({"type": "subscribe", "conversation_id": scene.conv}), "not_found")
+        .error_code(
+            json!({"type": "subscribe", "conversation_id": scene.conv}),
+            "not_found",
+        )
         .await;
     // An agent with no inboxes claim sees nothing.
     let nobody = sign(&claims("agent", "nobody"));
     let mut ws = server.client(&nobody).await;
-    ws.error_code(json!({"type": "subscribe", "conversation_id": scene.conv}), "not_found")
-        .await;
+    ws.error_code(
+        json!({"type": "subscribe", "conversation_id": scene.conv}),
+        "not_found",
+    )
+    .await;
     let list = server.list(&nobody, "").await;
     assert!(list_items(&list.json()).is_empty(), "{}", list.text);
 }
@@ -345,7 +384,9 @@ async fn role_refusals_are_forbidden_and_change_nothing() {
     let mut alice = scene.server.client(&scene.alice).await;
     alice.subscribe(conv, None).await;
 
-    carol.error_code(note_frame(conv, "c-n", "customer note"), "forbidden").await;
+    carol
+        .error_code(note_frame(conv, "c-n", "customer note"), "forbidden")
+        .await;
     carol
         .error_code(
             json!({"type": "typing", "conversation_id": conv, "audience": "internal"}),
@@ -369,7 +410,9 @@ async fn role_refusals_are_forbidden_and_change_nothing() {
     carol.sync().await;
     alice.sync().await;
     carol.expect_silence(QUIET).await;
-    alice.expect_silence(std::time::Duration::from_millis(50)).await;
+    alice
+        .expect_silence(std::time::Duration::from_millis(50))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -415,15 +458,103 @@ async fn http_bad_input_is_refused_and_changes_nothing() {
     use reqwest::Method;
 
     let cases: Vec<(Reply, u16, &str)> = vec![
-        (server.http.raw(Method::POST, "/v1/conversations", Some(cust), "{\"inbox_id\":").await, 400, "bad_request"),
-        (server.http.raw(Method::POST, "/v1/conversations", Some(cust), "[]").await, 400, "bad_request"),
-        (server.http.post("/v1/conversations", Some(cust), &json!({})).await, 400, "bad_request"),
-        (server.http.post("/v1/conversations", Some(cust), &json!({"inbox_id": 5})).await, 400, "bad_request"),
-        (server.http.post("/v1/conversations", Some(cust), &json!({"inbox_id": "support", "surprise": true})).await, 400, "bad_request"),
-        (server.http.post("/v1/conversations", Some(cust), &json!({"inbox_id": "no such inbox!"})).await, 400, "bad_request"),
-        (server.http.post("/v1/conversations", Some(cust), &json!({"inbox_id": "x".repeat(65)})).await, 400, "bad_request"),
-        (server.http.post("/v1/conversations", Some(cust), &json!({"inbox_id": "nowhere"})).await, 404, "not_found"),
-        (server.http.post("/v1/conversations", Some(alice), &json!({"inbox_id": "support"})).await, 400, "bad_request"),
+        (
+            server
+                .http
+                .raw(
+                    Method::POST,
+                    "/v1/conversations",
+                    Some(cust),
+                    "{\"inbox_id\":",
+                )
+                .await,
+            400,
+            "bad_request",
+        ),
+        (
+            server
+                .http
+                .raw(Method::POST, "/v1/conversations", Some(cust), "[]")
+                .await,
+            400,
+            "bad_request",
+        ),
+        (
+            server
+                .http
+                .post("/v1/conversations", Some(cust), &json!({}))
+                .await,
+            400,
+            "bad_request",
+        ),
+        (
+            server
+                .http
+                .post("/v1/conversations", Some(cust), &json!({"inbox_id": 5}))
+                .await,
+            400,
+            "bad_request",
+        ),
+        (
+            server
+                .http
+                .post(
+                    "/v1/conversations",
+                    Some(cust),
+                    &json!({"inbox_id": "support", "surprise": true}),
+                )
+                .await,
+            400,
+            "bad_request",
+        ),
+        (
+            server
+                .http
+                .post(
+                    "/v1/conversations",
+                    Some(cust),
+                    &json!({"inbox_id": "no such inbox!"}),
+                )
+                .await,
+            400,
+            "bad_request",
+        ),
+        (
+            server
+                .http
+                .post(
+                    "/v1/conversations",
+                    Some(cust),
+                    &json!({"inbox_id": "x".repeat(65)}),
+                )
+                .await,
+            400,
+            "bad_request",
+        ),
+        (
+            server
+                .http
+                .post(
+                    "/v1/conversations",
+                    Some(cust),
+                    &json!({"inbox_id": "nowhere"}),
+                )
+                .await,
+            404,
+            "not_found",
+        ),
+        (
+            server
+                .http
+                .post(
+                    "/v1/conversations",
+                    Some(alice),
+                    &json!({"inbox_id": "support"}),
+                )
+                .await,
+            400,
+            "bad_request",
+        ),
         (
             server
                 .http
@@ -437,14 +568,89 @@ async fn http_bad_input_is_refused_and_changes_nothing() {
             413,
             "too_large",
         ),
-        (server.http.get("/v1/conversations/not-a-uuid", Some(cust)).await, 400, "bad_request"),
-        (server.http.get("/v1/conversations/not-a-uuid/events", Some(cust)).await, 400, "bad_request"),
-        (server.http.get(&format!("/v1/conversations/{}/events?after=-1", scene.conv), Some(cust)).await, 400, "bad_request"),
-        (server.http.get(&format!("/v1/conversations/{}/events?limit=ten", scene.conv), Some(cust)).await, 400, "bad_request"),
-        (server.http.raw(Method::PUT, "/v1/inboxes/billing", Some(&root), "{\"name\":").await, 400, "bad_request"),
-        (server.http.put("/v1/inboxes/billing", Some(&root), &json!({"name": "B", "color": "red"})).await, 400, "bad_request"),
-        (server.http.put("/v1/inboxes/bad%20id!", Some(&root), &json!({"name": "B"})).await, 400, "bad_request"),
-        (server.http.put(&format!("/v1/inboxes/{}", "i".repeat(65)), Some(&root), &json!({})).await, 400, "bad_request"),
+        (
+            server
+                .http
+                .get("/v1/conversations/not-a-uuid", Some(cust))
+                .await,
+            400,
+            "bad_request",
+        ),
+        (
+            server
+                .http
+                .get("/v1/conversations/not-a-uuid/events", Some(cust))
+                .await,
+            400,
+            "bad_request",
+        ),
+        (
+            server
+                .http
+                .get(
+                    &format!("/v1/conversations/{}/events?after=-1", scene.conv),
+                    Some(cust),
+                )
+                .await,
+            400,
+            "bad_request",
+        ),
+        (
+            server
+                .http
+                .get(
+                    &format!("/v1/conversations/{}/events?limit=ten", scene.conv),
+                    Some(cust),
+                )
+                .await,
+            400,
+            "bad_request",
+        ),
+        (
+            server
+                .http
+                .raw(
+                    Method::PUT,
+                    "/v1/inboxes/billing",
+                    Some(&root),
+                    "{\"name\":",
+                )
+                .await,
+            400,
+            "bad_request",
+        ),
+        (
+            server
+                .http
+                .put(
+                    "/v1/inboxes/billing",
+                    Some(&root),
+                    &json!({"name": "B", "color": "red"}),
+                )
+                .await,
+            400,
+            "bad_request",
+        ),
+        (
+            server
+                .http
+                .put("/v1/inboxes/bad%20id!", Some(&root), &json!({"name": "B"}))
+                .await,
+            400,
+            "bad_request",
+        ),
+        (
+            server
+                .http
+                .put(
+                    &format!("/v1/inboxes/{}", "i".repeat(65)),
+                    Some(&root),
+                    &json!({}),
+                )
+                .await,
+            400,
+            "bad_request",
+        ),
     ];
     for (i, (reply, status, code)) in cases.iter().enumerate() {
         assert_eq!(reply.status, *status, "case {i}: {}", reply.text);
@@ -454,7 +660,11 @@ async fn http_bad_input_is_refused_and_changes_nothing() {
     // None of the refused inbox definitions exist.
     let reply = server
         .http
-        .post("/v1/conversations", Some(cust), &json!({"inbox_id": "billing"}))
+        .post(
+            "/v1/conversations",
+            Some(cust),
+            &json!({"inbox_id": "billing"}),
+        )
         .await;
     reply.assert_error(404, "not_found");
 }

@@ -45,23 +45,60 @@ async fn every_change_is_a_timeline_event_for_agents_and_never_for_the_customer(
     let note_id = event_id(&alice.note(&conv, "n-1", "first draft").await);
     // (actor, expected kind, ok)
     let mut done: Vec<(&str, &str, Value)> = Vec::new();
-    done.push(("alice", "assigned", alice.ok(assign_frame(&conv, Some("bob"), Some("tier2"), None)).await));
-    done.push(("bob", "status_changed", bob.ok(status_frame(&conv, "pending")).await));
-    done.push(("bob", "tags_changed", bob.ok(tag_frame(&conv, &["vip"], &[])).await));
+    done.push((
+        "alice",
+        "assigned",
+        alice
+            .ok(assign_frame(&conv, Some("bob"), Some("tier2"), None))
+            .await,
+    ));
+    done.push((
+        "bob",
+        "status_changed",
+        bob.ok(status_frame(&conv, "pending")).await,
+    ));
+    done.push((
+        "bob",
+        "tags_changed",
+        bob.ok(tag_frame(&conv, &["vip"], &[])).await,
+    ));
     done.push((
         "alice",
         "fields_changed",
-        alice.ok(fields_frame("conversation", &conv, json!({"order": "A-1001"}))).await,
+        alice
+            .ok(fields_frame(
+                "conversation",
+                &conv,
+                json!({"order": "A-1001"}),
+            ))
+            .await,
     ));
     done.push((
         "bob",
         "fields_changed",
-        bob.ok(fields_frame("contact", "carol", json!({"plan": "pro"}))).await,
+        bob.ok(fields_frame("contact", "carol", json!({"plan": "pro"})))
+            .await,
     ));
-    done.push(("alice", "note_edited", alice.ok(edit_frame(&conv, &note_id, "final text")).await));
-    done.push(("bob", "note_pinned", bob.ok(pin_frame(&conv, &note_id, true)).await));
-    done.push(("alice", "tags_changed", alice.ok(tag_frame(&conv, &[], &["vip"])).await));
-    done.push(("bob", "status_changed", bob.ok(status_frame(&conv, "resolved")).await));
+    done.push((
+        "alice",
+        "note_edited",
+        alice.ok(edit_frame(&conv, &note_id, "final text")).await,
+    ));
+    done.push((
+        "bob",
+        "note_pinned",
+        bob.ok(pin_frame(&conv, &note_id, true)).await,
+    ));
+    done.push((
+        "alice",
+        "tags_changed",
+        alice.ok(tag_frame(&conv, &[], &["vip"])).await,
+    ));
+    done.push((
+        "bob",
+        "status_changed",
+        bob.ok(status_frame(&conv, "resolved")).await,
+    ));
 
     let history = server.history(&alice_t, &conv).await;
     assert_eq!(history.seqs(), range(1, history.head), "gap-free");
@@ -81,17 +118,29 @@ async fn every_change_is_a_timeline_event_for_agents_and_never_for_the_customer(
     }
     // The details of each kind.
     let e = |i: usize| &activity[i]["event"];
-    assert_eq!((e(0)["assignee_id"].clone(), e(0)["team_id"].clone()), (json!("bob"), json!("tier2")));
+    assert_eq!(
+        (e(0)["assignee_id"].clone(), e(0)["team_id"].clone()),
+        (json!("bob"), json!("tier2"))
+    );
     assert_eq!(e(1)["status"], "pending");
-    assert_eq!((e(2)["added"].clone(), e(2)["removed"].clone()), (json!(["vip"]), json!([])));
+    assert_eq!(
+        (e(2)["added"].clone(), e(2)["removed"].clone()),
+        (json!(["vip"]), json!([]))
+    );
     assert_eq!(e(3)["target"], "conversation");
     assert_eq!(e(3)["target_id"], conv.as_str());
     assert_eq!(e(3)["changes"], json!({"order": "A-1001"}));
     assert_eq!(e(4)["target"], "contact");
     assert_eq!(e(4)["target_id"], "carol");
     assert_eq!(e(4)["changes"], json!({"plan": "pro"}));
-    assert_eq!((e(5)["note_id"].clone(), e(5)["body"].clone()), (json!(note_id), json!("final text")));
-    assert_eq!((e(6)["note_id"].clone(), e(6)["pinned"].clone()), (json!(note_id), json!(true)));
+    assert_eq!(
+        (e(5)["note_id"].clone(), e(5)["body"].clone()),
+        (json!(note_id), json!("final text"))
+    );
+    assert_eq!(
+        (e(6)["note_id"].clone(), e(6)["pinned"].clone()),
+        (json!(note_id), json!(true))
+    );
     assert_eq!(e(7)["removed"], json!(["vip"]));
     assert_eq!(e(8)["status"], "resolved");
 
@@ -116,11 +165,20 @@ async fn every_change_is_a_timeline_event_for_agents_and_never_for_the_customer(
     let customer_after = server.conversation(&cust_t, &conv).await.json();
     assert_eq!(customer_after["head"], 1);
     assert_eq!(customer_after["updated_at"], customer_before["updated_at"]);
-    let needles: Vec<String> = ["tier2", "vip", "A-1001", "\"pro\"", "final text", "bob", "fields_changed", "assigned"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(done.iter().map(|(_, _, ok)| event_id(ok)))
-        .collect();
+    let needles: Vec<String> = [
+        "tier2",
+        "vip",
+        "A-1001",
+        "\"pro\"",
+        "final text",
+        "bob",
+        "fields_changed",
+        "assigned",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(done.iter().map(|(_, _, ok)| event_id(ok)))
+    .collect();
     let mut customer_http = customer_history.texts.clone();
     customer_http.push(customer_after.to_string());
     customer_http.push(server.list(&cust_t, "").await.text);
@@ -139,23 +197,37 @@ async fn status_takes_the_documented_values_only() {
         let ok = alice.ok(status_frame(&conv, status)).await;
         assert!(ok["seq"].is_u64(), "{ok}");
         assert_eq!(view(&server, &alice_t, &conv).await["status"], status);
-        assert!(list_ids(&server, &alice_t, &format!("status={status}")).await.contains(&conv));
+        assert!(list_ids(&server, &alice_t, &format!("status={status}"))
+            .await
+            .contains(&conv));
     }
     let head = server.head(&alice_t, &conv).await;
-    alice.error_code(status_frame(&conv, "closed"), "bad_request").await;
+    alice
+        .error_code(status_frame(&conv, "closed"), "bad_request")
+        .await;
     let reply = server
         .http
-        .post(&format!("/v1/conversations/{conv}/status"), Some(&alice_t), &json!({"status": "deleted"}))
+        .post(
+            &format!("/v1/conversations/{conv}/status"),
+            Some(&alice_t),
+            &json!({"status": "deleted"}),
+        )
         .await;
     reply.assert_error(400, "bad_request");
     let mut carol = online(&server, &cust_t).await;
-    carol.error_code(status_frame(&conv, "open"), "forbidden").await;
+    carol
+        .error_code(status_frame(&conv, "open"), "forbidden")
+        .await;
     assert_eq!(server.head(&alice_t, &conv).await, head);
     assert_eq!(view(&server, &alice_t, &conv).await["status"], "resolved");
     // Over HTTP.
     let reply = server
         .http
-        .post(&format!("/v1/conversations/{conv}/status"), Some(&alice_t), &json!({"status": "open"}))
+        .post(
+            &format!("/v1/conversations/{conv}/status"),
+            Some(&alice_t),
+            &json!({"status": "open"}),
+        )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.json()["seq"], head + 1);

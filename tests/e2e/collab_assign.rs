@@ -33,7 +33,12 @@ async fn assign_with_a_handoff_note_is_one_step_and_notifies_the_new_assignee() 
 
     let handoff = unique("HANDOFF refund approved, @carl knows the courier");
     let ok = alice
-        .ok(assign_frame(&conv, Some("bob"), Some("tier2"), Some(&handoff)))
+        .ok(assign_frame(
+            &conv,
+            Some("bob"),
+            Some("tier2"),
+            Some(&handoff),
+        ))
         .await;
     assert_eq!(ok["seq"], head + 1, "the ok is the `assigned` event: {ok}");
     assert_eq!(ok["mentioned"], json!(["carl"]), "{ok}");
@@ -41,8 +46,8 @@ async fn assign_with_a_handoff_note_is_one_step_and_notifies_the_new_assignee() 
 
     // Subscribers see `assigned` then the transfer note, back to back.
     let frames = watcher.frames_until_seq(head + 2).await;
-    let events: Vec<&Value> = frames.iter().filter(|f| ty(f) == "event").collect();
-    assert_eq!(seqs(&events.iter().map(|f| (*f).clone()).collect::<Vec<_>>()), vec![head + 1, head + 2]);
+    let events: Vec<Value> = frames.into_iter().filter(|f| ty(f) == "event").collect();
+    assert_eq!(seqs(&events), vec![head + 1, head + 2]);
     let assigned = &events[0]["event"];
     assert_eq!(assigned["kind"], "assigned");
     assert_eq!(assigned["id"], assigned_id.as_str());
@@ -66,15 +71,24 @@ async fn assign_with_a_handoff_note_is_one_step_and_notifies_the_new_assignee() 
     let n = next_notification(&mut carl).await;
     assert_eq!(n["kind"], "mention", "{n}");
     assert_eq!(n["event_id"], note["id"]);
-    assert_no_frame(&mut alice, "notification for the one who assigned", is_notification).await;
+    assert_no_frame(
+        &mut alice,
+        "notification for the one who assigned",
+        is_notification,
+    )
+    .await;
 
     // The views agree.
     let v = view(&server, &alice_t, &conv).await;
     assert_eq!(v["assignee_id"], "bob", "{v}");
     assert_eq!(v["team_id"], "tier2", "{v}");
     assert_eq!(v["head"], head + 2);
-    assert!(list_ids(&server, &alice_t, "assignee=bob").await.contains(&conv));
-    assert!(!list_ids(&server, &alice_t, "assignee=carl").await.contains(&conv));
+    assert!(list_ids(&server, &alice_t, "assignee=bob")
+        .await
+        .contains(&conv));
+    assert!(!list_ids(&server, &alice_t, "assignee=carl")
+        .await
+        .contains(&conv));
 
     // The customer saw nothing of it.
     assert_no_frame(&mut carol, "any frame for the customer", |_| true).await;
@@ -95,7 +109,12 @@ async fn assign_with_a_handoff_note_is_one_step_and_notifies_the_new_assignee() 
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.json()["seq"], head + 3, "{}", reply.text);
-    assert_no_frame(&mut bob, "notification for assigning oneself", is_notification).await;
+    assert_no_frame(
+        &mut bob,
+        "notification for assigning oneself",
+        is_notification,
+    )
+    .await;
     let v = view(&server, &alice_t, &conv).await;
     assert_eq!(v["assignee_id"], "bob");
     assert!(v["team_id"].is_null(), "team absent means none: {v}");
@@ -104,9 +123,13 @@ async fn assign_with_a_handoff_note_is_one_step_and_notifies_the_new_assignee() 
     alice.ok(assign_frame(&conv, None, None, None)).await;
     let v = view(&server, &alice_t, &conv).await;
     assert!(v["assignee_id"].is_null() && v["team_id"].is_null(), "{v}");
-    assert!(!list_ids(&server, &alice_t, "assignee=bob").await.contains(&conv));
+    assert!(!list_ids(&server, &alice_t, "assignee=bob")
+        .await
+        .contains(&conv));
     // Only a team.
-    alice.ok(assign_frame(&conv, None, Some("tier2"), None)).await;
+    alice
+        .ok(assign_frame(&conv, None, Some("tier2"), None))
+        .await;
     let v = view(&server, &alice_t, &conv).await;
     assert!(v["assignee_id"].is_null(), "{v}");
     assert_eq!(v["team_id"], "tier2");
@@ -123,7 +146,9 @@ async fn a_refused_assignment_changes_nothing() {
     let dave_t = agent_in("dave", &["billing"]);
     make_known(&server, &dave_t).await;
     let mut alice = online(&server, &alice_t).await;
-    alice.ok(assign_frame(&conv, Some("bob"), Some("tier2"), None)).await;
+    alice
+        .ok(assign_frame(&conv, Some("bob"), Some("tier2"), None))
+        .await;
     let before = view(&server, &alice_t, &conv).await;
     let head = before["head"].as_u64().unwrap();
 
@@ -156,7 +181,10 @@ async fn a_refused_assignment_changes_nothing() {
     assert_eq!(after["assignee_id"], "bob");
     assert_eq!(after["team_id"], "tier2");
     let history = server.history(&alice_t, &conv).await;
-    assert!(!history.bodies().iter().any(|b| b.contains("handing to dave")));
+    assert!(!history
+        .bodies()
+        .iter()
+        .any(|b| b.contains("handing to dave")));
     assert!(items_of(&notifications(&server, &dave_t, false).await).is_empty());
 }
 
@@ -200,22 +228,40 @@ async fn concurrent_assignments_end_in_the_state_of_the_last_one_logged() {
         seqs.push(reply.json()["seq"].as_u64().unwrap());
         seqs.sort();
         seqs.dedup();
-        assert_eq!(seqs.len(), names.len() + 1, "each assignment has its own seq");
+        assert_eq!(
+            seqs.len(),
+            names.len() + 1,
+            "each assignment has its own seq"
+        );
 
         let history = server.history(&tokens[0], &conv).await;
-        let last = of_kind(&history, "assigned").last().cloned().cloned().unwrap();
+        let last = of_kind(&history, "assigned")
+            .last()
+            .cloned()
+            .cloned()
+            .unwrap();
         let v = view(&server, &tokens[0], &conv).await;
         assert_eq!(
             v["assignee_id"], last["event"]["assignee_id"],
             "round {round}: the view disagrees with the last assigned event {last}"
         );
-        assert_eq!(v["team_id"], last["event"]["team_id"], "round {round}: {last}");
-        assert_eq!(*seqs.last().unwrap(), history.head, "the last assignment is the head");
+        assert_eq!(
+            v["team_id"], last["event"]["team_id"],
+            "round {round}: {last}"
+        );
+        assert_eq!(
+            *seqs.last().unwrap(),
+            history.head,
+            "the last assignment is the head"
+        );
         assert_eq!(history.seqs(), range(1, history.head), "gap-free");
     }
 
     let history = server.history(&tokens[0], &conv).await;
-    assert_eq!(of_kind(&history, "assigned").len(), rounds * (names.len() + 1));
+    assert_eq!(
+        of_kind(&history, "assigned").len(),
+        rounds * (names.len() + 1)
+    );
     let assignee = last_assigned(&history);
     for (name, token) in names.iter().zip(&tokens) {
         let listed = list_ids(&server, token, &format!("assignee={name}")).await;
@@ -239,6 +285,49 @@ async fn concurrent_assignments_end_in_the_state_of_the_last_one_logged() {
             .iter()
             .filter(|n| n["kind"] == "assigned")
             .count();
-        assert_eq!(got, expected.get(*name).copied().unwrap_or(0), "assigned notifications of {name}");
+        assert_eq!(
+            got,
+            expected.get(*name).copied().unwrap_or(0),
+            "assigned notifications of {name}"
+        );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admins_define_teams_and_staff_read_them() {
+    let server = TestServer::start().await;
+    let alice_t = agent("alice");
+    let reply = server
+        .http
+        .put(
+            "/v1/teams/tier2",
+            Some(&root()),
+            &json!({"name": "Second line"}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json(), json!({"id": "tier2", "name": "Second line"}));
+    for token in [&alice_t, &supervisor("sam"), &customer("carol")] {
+        server
+            .http
+            .put("/v1/teams/sneaky", Some(token), &json!({}))
+            .await
+            .assert_error(403, "forbidden");
+    }
+    server
+        .http
+        .put("/v1/teams/Bad%20Team", Some(&root()), &json!({}))
+        .await
+        .assert_error(400, "bad_request");
+    let reply = server.http.get("/v1/teams", Some(&alice_t)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(
+        reply.json()["teams"],
+        json!([{"id": "tier2", "name": "Second line"}])
+    );
+    server
+        .http
+        .get("/v1/teams", Some(&customer("carol")))
+        .await
+        .assert_error(403, "forbidden");
 }

@@ -52,7 +52,11 @@ async fn coaching_notes_reach_supervisors_and_admins_only_on_every_path() {
         .map(|v| v.as_str().unwrap().to_owned())
         .collect();
     mentioned.sort();
-    assert_eq!(mentioned, vec!["boss", "sue"], "the agent may not read it, so is not notified");
+    assert_eq!(
+        mentioned,
+        vec!["boss", "sue"],
+        "the agent may not read it, so is not notified"
+    );
 
     // Sue (supervisor) gets the event and a notification; the admin a stored one.
     let (_, frame) = wait_for(&mut sue, "coaching note event", |f| ty(f) == "event").await;
@@ -68,7 +72,9 @@ async fn coaching_notes_reach_supervisors_and_admins_only_on_every_path() {
     let edited = format!("{marker} edited {word}");
     sam.ok(edit_frame(&conv, &note_id, &edited)).await;
     // Agents may not act on it: the note does not exist for them.
-    alice.error_code(pin_frame(&conv, &note_id, true), "not_found").await;
+    alice
+        .error_code(pin_frame(&conv, &note_id, true), "not_found")
+        .await;
     let code = alice.error(edit_frame(&conv, &note_id, "mine now")).await["code"].clone();
     assert!(code == "not_found" || code == "forbidden", "{code}");
 
@@ -85,17 +91,27 @@ async fn coaching_notes_reach_supervisors_and_admins_only_on_every_path() {
     let agent_view = server.conversation(&alice_t, &conv).await.text;
     let contact = server.http.get("/v1/contacts/carol", Some(&alice_t)).await;
     assert_eq!(contact.status, 200, "{}", contact.text);
-    assert!(search(&server, &alice_t, &format!("q={word}")).await.is_empty());
+    assert!(search(&server, &alice_t, &format!("q={word}"))
+        .await
+        .is_empty());
     let search_text = server
         .http
-        .get(&format!("/v1/search/notes?q={word}&note_type=coaching"), Some(&alice_t))
+        .get(
+            &format!("/v1/search/notes?q={word}&note_type=coaching"),
+            Some(&alice_t),
+        )
         .await
         .text;
     let needles = vec![marker.clone(), word.to_owned(), note_id.clone()];
     assert_absent("agent's live socket", alice.transcript(), &needles);
     assert_absent("agent's replay", alice2.transcript(), &needles);
     let mut agent_http = history.texts.clone();
-    agent_http.extend([agent_view, contact.text, search_text, server.list(&alice_t, "").await.text]);
+    agent_http.extend([
+        agent_view,
+        contact.text,
+        search_text,
+        server.list(&alice_t, "").await.text,
+    ]);
     assert_absent("agent's HTTP", &agent_http, &needles);
 
     // Supervisors and admins: everywhere, with the current text in search and pins.
@@ -111,10 +127,17 @@ async fn coaching_notes_reach_supervisors_and_admins_only_on_every_path() {
         assert_eq!(pinned.len(), 1, "{v}");
         assert_eq!(pinned[0]["body"], edited.as_str());
         let history = server.history(token, &conv).await;
-        assert_eq!(history.kinds(), vec!["conversation_opened", "note", "note_pinned", "note_edited"]);
-        assert!(history.events[2..]
-            .iter()
-            .all(|e| e["event"]["audience"] == "supervisors"), "{:?}", history.events);
+        assert_eq!(
+            history.kinds(),
+            vec!["conversation_opened", "note", "note_pinned", "note_edited"]
+        );
+        assert!(
+            history.events[2..]
+                .iter()
+                .all(|e| e["event"]["audience"] == "supervisors"),
+            "{:?}",
+            history.events
+        );
     }
 
     // And the customer: nothing at all.
@@ -132,12 +155,24 @@ async fn a_supervisor_note_for_agents_is_a_normal_note() {
     let mut alice = online(&server, &alice_t).await;
     let mut sam = online(&server, &supervisor("sam")).await;
     let ok = sam
-        .ok(note_of(&conv, "s-1", "@alice nice work on this one", Some("coaching"), None))
+        .ok(note_of(
+            &conv,
+            "s-1",
+            "@alice nice work on this one",
+            Some("coaching"),
+            None,
+        ))
         .await;
     assert_eq!(ok["mentioned"], json!(["alice"]));
     let n = next_notification(&mut alice).await;
     assert_eq!(n["event_id"], ok["event_id"]);
     let history = server.history(&alice_t, &conv).await;
-    assert_eq!(history.events.last().unwrap()["event"]["audience"], "agents");
-    assert_eq!(history.events.last().unwrap()["event"]["note_type"], "coaching");
+    assert_eq!(
+        history.events.last().unwrap()["event"]["audience"],
+        "agents"
+    );
+    assert_eq!(
+        history.events.last().unwrap()["event"]["note_type"],
+        "coaching"
+    );
 }

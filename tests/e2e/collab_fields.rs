@@ -12,24 +12,54 @@ use crate::collab_support::*;
 use crate::support::*;
 
 async fn define_all(server: &TestServer) {
-    define_field(server, "summary", json!({"type": "text", "applies_to": "conversation", "label": "Summary"})).await;
-    define_field(server, "amount", json!({"type": "number", "applies_to": "conversation"})).await;
-    define_field(server, "urgent", json!({"type": "boolean", "applies_to": "conversation"})).await;
-    define_field(server, "due", json!({"type": "date", "applies_to": "conversation"})).await;
+    define_field(
+        server,
+        "summary",
+        json!({"type": "text", "applies_to": "conversation", "label": "Summary"}),
+    )
+    .await;
+    define_field(
+        server,
+        "amount",
+        json!({"type": "number", "applies_to": "conversation"}),
+    )
+    .await;
+    define_field(
+        server,
+        "urgent",
+        json!({"type": "boolean", "applies_to": "conversation"}),
+    )
+    .await;
+    define_field(
+        server,
+        "due",
+        json!({"type": "date", "applies_to": "conversation"}),
+    )
+    .await;
     define_field(
         server,
         "tier",
         json!({"type": "list", "applies_to": "conversation", "options": ["gold", "silver"]}),
     )
     .await;
-    define_field(server, "ticket", json!({"type": "link", "applies_to": "conversation"})).await;
+    define_field(
+        server,
+        "ticket",
+        json!({"type": "link", "applies_to": "conversation"}),
+    )
+    .await;
     define_field(
         server,
         "plan",
         json!({"type": "list", "applies_to": "contact", "options": ["free", "pro"], "label": "Plan"}),
     )
     .await;
-    define_field(server, "crm", json!({"type": "link", "applies_to": "contact"})).await;
+    define_field(
+        server,
+        "crm",
+        json!({"type": "link", "applies_to": "contact"}),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -50,19 +80,35 @@ async fn admins_define_typed_fields() {
     assert_eq!(defined["required"], true);
     assert_eq!(defined["options"], json!(["gold", "silver"]));
     for t in ["text", "number", "boolean", "date", "link"] {
-        define_field(&server, &format!("f-{t}"), json!({"type": t, "applies_to": "contact"})).await;
+        define_field(
+            &server,
+            &format!("f-{t}"),
+            json!({"type": t, "applies_to": "contact"}),
+        )
+        .await;
     }
 
     let put = |key: &str, token: &str, body: Value| {
         let (key, token, http) = (key.to_owned(), token.to_owned(), server.http.clone());
-        async move { http.put(&format!("/v1/fields/{key}"), Some(&token), &body).await }
+        async move {
+            http.put(&format!("/v1/fields/{key}"), Some(&token), &body)
+                .await
+        }
     };
-    put("x", &alice_t, json!({"type": "text", "applies_to": "conversation"}))
-        .await
-        .assert_error(403, "forbidden");
-    put("x", &supervisor("sam"), json!({"type": "text", "applies_to": "conversation"}))
-        .await
-        .assert_error(403, "forbidden");
+    put(
+        "x",
+        &alice_t,
+        json!({"type": "text", "applies_to": "conversation"}),
+    )
+    .await
+    .assert_error(403, "forbidden");
+    put(
+        "x",
+        &supervisor("sam"),
+        json!({"type": "text", "applies_to": "conversation"}),
+    )
+    .await
+    .assert_error(403, "forbidden");
     for bad in [
         json!({"type": "colour", "applies_to": "conversation"}),
         json!({"type": "text", "applies_to": "inbox"}),
@@ -70,11 +116,17 @@ async fn admins_define_typed_fields() {
         json!({"type": "list", "applies_to": "conversation", "options": []}),
         json!({"applies_to": "conversation"}),
     ] {
-        put("x", &root(), bad.clone()).await.assert_error(400, "bad_request");
+        put("x", &root(), bad.clone())
+            .await
+            .assert_error(400, "bad_request");
     }
-    put("Bad Key", &root(), json!({"type": "text", "applies_to": "conversation"}))
-        .await
-        .assert_error(400, "bad_request");
+    put(
+        "Bad Key",
+        &root(),
+        json!({"type": "text", "applies_to": "conversation"}),
+    )
+    .await
+    .assert_error(400, "bad_request");
 
     let reply = server.http.get("/v1/fields", Some(&alice_t)).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
@@ -113,7 +165,9 @@ async fn a_wrong_field_value_changes_nothing() {
         "tier": "gold",
         "ticket": "https://tracker.example.com/T-1"
     });
-    let ok = alice.ok(fields_frame("conversation", &conv, good.clone())).await;
+    let ok = alice
+        .ok(fields_frame("conversation", &conv, good.clone()))
+        .await;
     assert!(ok["seq"].is_u64(), "{ok}");
     assert_eq!(view(&server, &alice_t, &conv).await["fields"], good);
     watcher.frames_until_seq(ok["seq"].as_u64().unwrap()).await;
@@ -143,7 +197,10 @@ async fn a_wrong_field_value_changes_nothing() {
     ];
     for fields in &wrong {
         let error = alice
-            .error_code(fields_frame("conversation", &conv, fields.clone()), "bad_request")
+            .error_code(
+                fields_frame("conversation", &conv, fields.clone()),
+                "bad_request",
+            )
             .await;
         assert!(!error["message"].as_str().unwrap().is_empty());
     }
@@ -159,15 +216,33 @@ async fn a_wrong_field_value_changes_nothing() {
     reply.assert_error(400, "bad_request");
     // A wrong value on a contact field.
     alice
-        .error_code(fields_frame("contact", "carol", json!({"plan": "enterprise", "crm": "https://crm.example.com/c/1"})), "bad_request")
+        .error_code(
+            fields_frame(
+                "contact",
+                "carol",
+                json!({"plan": "enterprise", "crm": "https://crm.example.com/c/1"}),
+            ),
+            "bad_request",
+        )
         .await;
 
-    assert_eq!(server.head(&alice_t, &conv).await, head, "no event was appended");
-    assert_eq!(view(&server, &alice_t, &conv).await["fields"], good, "no value changed");
+    assert_eq!(
+        server.head(&alice_t, &conv).await,
+        head,
+        "no event was appended"
+    );
+    assert_eq!(
+        view(&server, &alice_t, &conv).await["fields"],
+        good,
+        "no value changed"
+    );
     let reply = server.http.get("/v1/contacts/carol", Some(&alice_t)).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.json()["fields"], json!({}), "{}", reply.text);
-    assert_no_frame(&mut watcher, "event after refused set_fields", |f| ty(f) == "event").await;
+    assert_no_frame(&mut watcher, "event after refused set_fields", |f| {
+        ty(f) == "event"
+    })
+    .await;
 
     // Edge values that are right: a whole number, false, a leap day, an http link; null
     // clears.
@@ -200,7 +275,9 @@ async fn contact_fields_show_on_the_contact_and_in_each_of_its_conversations() {
     let alice_t = agent("alice");
     let conv1 = server.open_as_customer(&cust_t).await;
     let conv2 = server.open_as_customer(&cust_t).await;
-    let conv_billing = server.open(&agent_in("bill", &["billing"]), "billing", Some("carol")).await["id"]
+    let conv_billing = server
+        .open(&agent_in("bill", &["billing"]), "billing", Some("carol"))
+        .await["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -214,7 +291,11 @@ async fn contact_fields_show_on_the_contact_and_in_each_of_its_conversations() {
     let mut alice = online(&server, &alice_t).await;
 
     let ok = alice
-        .ok(fields_frame("contact", "carol", json!({"plan": "pro", "crm": "https://crm.example.com/c/9"})))
+        .ok(fields_frame(
+            "contact",
+            "carol",
+            json!({"plan": "pro", "crm": "https://crm.example.com/c/9"}),
+        ))
         .await;
     assert!(ok["seq"].is_u64(), "{ok}");
 
@@ -222,7 +303,10 @@ async fn contact_fields_show_on_the_contact_and_in_each_of_its_conversations() {
     assert_eq!(reply.status, 200, "{}", reply.text);
     let contact = reply.json();
     assert_eq!(contact["id"], "carol");
-    assert_eq!(contact["fields"], json!({"plan": "pro", "crm": "https://crm.example.com/c/9"}));
+    assert_eq!(
+        contact["fields"],
+        json!({"plan": "pro", "crm": "https://crm.example.com/c/9"})
+    );
 
     // Recorded in each of carol's conversations alice may see, and nowhere else.
     for conv in [&conv1, &conv2] {
@@ -236,13 +320,19 @@ async fn contact_fields_show_on_the_contact_and_in_each_of_its_conversations() {
     assert_eq!(server.head(&alice_t, &conv1).await, heads_before.0 + 1);
     assert_eq!(server.head(&alice_t, &conv2).await, heads_before.1 + 1);
     assert_eq!(server.head(&alice_t, &other).await, heads_before.2);
-    assert_eq!(server.head(&supervisor("sam"), &conv_billing).await, heads_before.3);
+    assert_eq!(
+        server.head(&supervisor("sam"), &conv_billing).await,
+        heads_before.3
+    );
     // Contact fields are not conversation fields.
     assert_eq!(view(&server, &alice_t, &conv1).await["fields"], json!({}));
 
     // An unknown contact, or one alice cannot see: not_found.
     alice
-        .error_code(fields_frame("contact", "nobody", json!({"plan": "pro"})), "not_found")
+        .error_code(
+            fields_frame("contact", "nobody", json!({"plan": "pro"})),
+            "not_found",
+        )
         .await;
     let reply = server.http.get("/v1/contacts/nobody", Some(&alice_t)).await;
     reply.assert_error(404, "not_found");
@@ -262,9 +352,27 @@ async fn field_values_filter_the_conversation_list() {
     let b = server.open_as_customer(&customer("ben")).await;
     let c = server.open_as_customer(&customer("cat")).await;
     let mut alice = online(&server, &alice_t).await;
-    alice.ok(fields_frame("conversation", &a, json!({"tier": "gold", "amount": 2, "urgent": true}))).await;
-    alice.ok(fields_frame("conversation", &b, json!({"tier": "silver", "amount": 2.5, "urgent": false}))).await;
-    alice.ok(fields_frame("conversation", &c, json!({"tier": "gold", "amount": 10}))).await;
+    alice
+        .ok(fields_frame(
+            "conversation",
+            &a,
+            json!({"tier": "gold", "amount": 2, "urgent": true}),
+        ))
+        .await;
+    alice
+        .ok(fields_frame(
+            "conversation",
+            &b,
+            json!({"tier": "silver", "amount": 2.5, "urgent": false}),
+        ))
+        .await;
+    alice
+        .ok(fields_frame(
+            "conversation",
+            &c,
+            json!({"tier": "gold", "amount": 10}),
+        ))
+        .await;
 
     let ids = |mut v: Vec<String>| {
         v.sort();
@@ -280,18 +388,41 @@ async fn field_values_filter_the_conversation_list() {
     let item_a = items.iter().find(|i| i["id"] == a.as_str()).unwrap();
     assert_eq!(item_a["fields"]["tier"], "gold", "{item_a}");
 
-    assert_eq!(ids(list_ids(&server, &alice_t, "field=tier:gold").await), want(&[&a, &c]));
-    assert_eq!(ids(list_ids(&server, &alice_t, "field=tier:silver").await), want(&[&b]));
-    assert_eq!(ids(list_ids(&server, &alice_t, "field=amount:2").await), want(&[&a]));
-    assert_eq!(ids(list_ids(&server, &alice_t, "field=amount:2.0").await), want(&[&a]));
-    assert_eq!(ids(list_ids(&server, &alice_t, "field=amount:2.5").await), want(&[&b]));
-    assert_eq!(ids(list_ids(&server, &alice_t, "field=urgent:false").await), want(&[&b]));
+    assert_eq!(
+        ids(list_ids(&server, &alice_t, "field=tier:gold").await),
+        want(&[&a, &c])
+    );
+    assert_eq!(
+        ids(list_ids(&server, &alice_t, "field=tier:silver").await),
+        want(&[&b])
+    );
+    assert_eq!(
+        ids(list_ids(&server, &alice_t, "field=amount:2").await),
+        want(&[&a])
+    );
+    assert_eq!(
+        ids(list_ids(&server, &alice_t, "field=amount:2.0").await),
+        want(&[&a])
+    );
+    assert_eq!(
+        ids(list_ids(&server, &alice_t, "field=amount:2.5").await),
+        want(&[&b])
+    );
+    assert_eq!(
+        ids(list_ids(&server, &alice_t, "field=urgent:false").await),
+        want(&[&b])
+    );
     assert_eq!(
         ids(list_ids(&server, &alice_t, &format!("field={}", enc("tier:gold"))).await),
         want(&[&a, &c])
     );
     // A value the field cannot hold, an unknown field, a malformed filter.
-    for query in ["field=tier:bronze", "field=amount:lots", "field=nope:1", "field=tier"] {
+    for query in [
+        "field=tier:bronze",
+        "field=amount:lots",
+        "field=nope:1",
+        "field=tier",
+    ] {
         server
             .http
             .get(&format!("/v1/conversations?{query}"), Some(&alice_t))
@@ -303,7 +434,12 @@ async fn field_values_filter_the_conversation_list() {
         .http
         .get("/v1/conversations?field=tier:gold", Some(&customer("ann")))
         .await;
-    assert!(reply.status == 403 || reply.status == 400, "{} {}", reply.status, reply.text);
+    assert!(
+        reply.status == 403 || reply.status == 400,
+        "{} {}",
+        reply.status,
+        reply.text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -315,23 +451,97 @@ async fn resolving_needs_the_required_fields() {
         json!({"type": "list", "applies_to": "conversation", "required": true, "options": ["refund", "other"]}),
     )
     .await;
-    define_field(&server, "root-cause", json!({"type": "text", "applies_to": "conversation", "required": true})).await;
-    define_field(&server, "optional", json!({"type": "text", "applies_to": "conversation"})).await;
+    define_field(
+        &server,
+        "root-cause",
+        json!({"type": "text", "applies_to": "conversation", "required": true}),
+    )
+    .await;
+    define_field(
+        &server,
+        "optional",
+        json!({"type": "text", "applies_to": "conversation"}),
+    )
+    .await;
     let alice_t = agent("alice");
     let conv = server.open_as_customer(&customer("carol")).await;
     let mut alice = online(&server, &alice_t).await;
 
-    let error = alice.error_code(status_frame(&conv, "resolved"), "bad_request").await;
+    let error = alice
+        .error_code(status_frame(&conv, "resolved"), "bad_request")
+        .await;
     let message = error["message"].as_str().unwrap();
-    assert!(message.contains("reason") && message.contains("root-cause"), "{message}");
-    alice.ok(fields_frame("conversation", &conv, json!({"reason": "refund"}))).await;
-    let error = alice.error_code(status_frame(&conv, "resolved"), "bad_request").await;
+    assert!(
+        message.contains("reason") && message.contains("root-cause"),
+        "{message}"
+    );
+    alice
+        .ok(fields_frame(
+            "conversation",
+            &conv,
+            json!({"reason": "refund"}),
+        ))
+        .await;
+    let error = alice
+        .error_code(status_frame(&conv, "resolved"), "bad_request")
+        .await;
     let message = error["message"].as_str().unwrap();
-    assert!(message.contains("root-cause") && !message.contains("reason"), "{message}");
+    assert!(
+        message.contains("root-cause") && !message.contains("reason"),
+        "{message}"
+    );
     assert_eq!(view(&server, &alice_t, &conv).await["status"], "open");
     // Other statuses do not need them.
     alice.ok(status_frame(&conv, "pending")).await;
-    alice.ok(fields_frame("conversation", &conv, json!({"root-cause": "courier"}))).await;
+    alice
+        .ok(fields_frame(
+            "conversation",
+            &conv,
+            json!({"root-cause": "courier"}),
+        ))
+        .await;
     alice.ok(status_frame(&conv, "resolved")).await;
     assert_eq!(view(&server, &alice_t, &conv).await["status"], "resolved");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resolve_racing_a_cleared_required_field_is_never_applied_after_the_clear() {
+    let server = TestServer::start().await;
+    define_field(
+        &server,
+        "reason",
+        json!({"type": "text", "applies_to": "conversation", "required": true}),
+    )
+    .await;
+    let alice_t = agent("alice");
+    let conv = server.open_as_customer(&customer("carol")).await;
+    let mut alice = online(&server, &alice_t).await;
+    let mut bob = online(&server, &agent("bob")).await;
+    for round in 0..10 {
+        alice
+            .ok(fields_frame(
+                "conversation",
+                &conv,
+                json!({"reason": "refund"}),
+            ))
+            .await;
+        alice.ok(status_frame(&conv, "open")).await;
+        // Alice clears the required field while Bob resolves, at the same moment.
+        let (cleared, resolved) = futures::future::join(
+            alice.request(fields_frame("conversation", &conv, json!({"reason": null}))),
+            bob.request(status_frame(&conv, "resolved")),
+        )
+        .await;
+        let cleared = cleared.expect("clearing a field is always allowed");
+        if let Ok(resolved) = resolved {
+            // Accepted: then it must have been applied while the field was still set,
+            // that is before the clear in the log.
+            assert!(
+                resolved["seq"].as_u64() < cleared["seq"].as_u64(),
+                "round {round}: resolved at seq {} after the required field was cleared at seq {}",
+                resolved["seq"],
+                cleared["seq"]
+            );
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! in the sender's stream); the sender's own events and team activity (assignment, tags)
 //! do not trip it. Two agents answering at once from the same seq: exactly one reply is
 //! stored. A customer's guard counts public events only, and their `missed` never holds
-//! a note.
+//! a note; an agent's guard ignores supervisors-only notes.
 
 use futures::future::join;
 use serde_json::{json, Value};
@@ -31,7 +31,9 @@ async fn a_reply_based_on_an_old_seq_is_refused_with_what_was_missed() {
     let mut alice = online(&server, &alice_t).await;
     let mut bob = online(&server, &bob_t).await;
 
-    let seen = carol.message(&conv, "c-1", "Hello? My parcel").await["seq"].as_u64().unwrap();
+    let seen = carol.message(&conv, "c-1", "Hello? My parcel").await["seq"]
+        .as_u64()
+        .unwrap();
     assert_eq!(seen, 2);
     // Alice has read up to 2 (agent stream: opened 1, message 2). Then Bob writes a
     // note and the customer writes again.
@@ -43,7 +45,9 @@ async fn a_reply_based_on_an_old_seq_is_refused_with_what_was_missed() {
     let error = alice
         .error_code(guarded(&conv, "a-1", "Let me check", 2), "conflict")
         .await;
-    let missed = error["missed"].as_array().unwrap_or_else(|| panic!("no missed: {error}"));
+    let missed = error["missed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no missed: {error}"));
     assert_eq!(seqs(missed), vec![3, 4], "{error}");
     assert_eq!(missed[0]["event"]["id"], bob_note["event_id"]);
     assert_eq!(missed[0]["event"]["kind"], "note");
@@ -51,7 +55,11 @@ async fn a_reply_based_on_an_old_seq_is_refused_with_what_was_missed() {
     assert_eq!(missed[1]["event"]["body"], "Hello??");
     // Nothing was stored or sent to the customer.
     assert_eq!(server.head(&alice_t, &conv).await, head);
-    assert!(!server.history(&alice_t, &conv).await.bodies().contains(&"Let me check".to_owned()));
+    assert!(!server
+        .history(&alice_t, &conv)
+        .await
+        .bodies()
+        .contains(&"Let me check".to_owned()));
     carol.frames_until_seq(3).await;
     assert_no_frame(&mut carol, "the refused reply", |f| ty(f) == "event").await;
 
@@ -104,7 +112,9 @@ async fn two_agents_replying_at_once_store_one_reply() {
     let mut bob = online(&server, &bob_t).await;
 
     for round in 0..10 {
-        carol.message(&conv, &format!("c-{round}"), "anyone there?").await;
+        carol
+            .message(&conv, &format!("c-{round}"), "anyone there?")
+            .await;
         let seen = server.head(&alice_t, &conv).await;
         let (a, b) = join(
             alice.request(guarded(&conv, &format!("a-{round}"), "Alice here", seen)),
@@ -118,7 +128,11 @@ async fn two_agents_replying_at_once_store_one_reply() {
         };
         assert_eq!(loser["code"], "conflict", "{loser}");
         let missed = loser["missed"].as_array().unwrap();
-        assert_eq!(missed.len(), 1, "{loser_name} missed only the winner's reply: {loser}");
+        assert_eq!(
+            missed.len(),
+            1,
+            "{loser_name} missed only the winner's reply: {loser}"
+        );
         assert_eq!(missed[0]["event"]["id"], winner["event_id"]);
         assert_eq!(missed[0]["seq"], winner["seq"]);
         assert_eq!(server.head(&alice_t, &conv).await, seen + 1);
@@ -128,7 +142,7 @@ async fn two_agents_replying_at_once_store_one_reply() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_customers_guard_sees_public_events_only() {
+async fn the_guard_counts_only_what_the_sender_may_see() {
     let server = TestServer::start().await;
     let cust_t = customer("carol");
     let conv = server.open_as_customer(&cust_t).await;
@@ -139,23 +153,43 @@ async fn the_customers_guard_sees_public_events_only() {
     let mut sam = online(&server, &supervisor("sam")).await;
 
     // Notes after the customer's last seen seq do not stop them.
-    alice.note(&conv, "n-1", &format!("{marker} internal")).await;
-    sam.ok(coaching(&conv, "s-1", &format!("{marker} coaching"))).await;
+    alice
+        .note(&conv, "n-1", &format!("{marker} internal"))
+        .await;
+    sam.ok(coaching(&conv, "s-1", &format!("{marker} coaching")))
+        .await;
     let ok = carol.ok(guarded(&conv, "c-1", "hi", 1)).await;
     assert_eq!(ok["seq"], 2, "{ok}");
 
     // An agent's reply and another note: the customer misses the reply only.
     let reply = alice.message(&conv, "a-1", "Hello Carol").await;
     alice.note(&conv, "n-2", &format!("{marker} second")).await;
-    let error = carol.error_code(guarded(&conv, "c-2", "hello?", 2), "conflict").await;
+    let error = carol
+        .error_code(guarded(&conv, "c-2", "hello?", 2), "conflict")
+        .await;
     let missed = error["missed"].as_array().unwrap();
     assert_eq!(seqs(missed), vec![3], "in the public stream: {error}");
     assert_eq!(missed[0]["event"]["kind"], "message");
     assert_eq!(missed[0]["event"]["id"], reply["event_id"]);
-    assert_absent("the customer's conflict", &[error.to_string()], &[marker.clone()]);
+    assert_absent(
+        "the customer's conflict",
+        &[error.to_string()],
+        std::slice::from_ref(&marker),
+    );
     assert_absent("the customer's socket", carol.transcript(), &[marker]);
     let ok = carol.ok(guarded(&conv, "c-2", "hello?", 3)).await;
     assert_eq!(ok["seq"], 4);
+
+    // An agent's guard does not count a supervisors-only note either: refusing would
+    // tell the agent it exists.
+    let seen = server.head(&alice_t, &conv).await;
+    let coach = format!("{}-agent", unique("GUARD-COACH"));
+    sam.ok(coaching(&conv, "s-2", &coach)).await;
+    let ok = alice
+        .ok(guarded(&conv, "a-2", "Anything else?", seen))
+        .await;
+    assert_eq!(ok["seq"], seen + 1, "{ok}");
+    assert_absent("the agent's socket", alice.transcript(), &[coach]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -179,7 +213,9 @@ async fn missed_is_capped_and_a_retried_reply_is_a_duplicate_not_a_conflict() {
 
     // Many unseen events: at most 50 in `missed`, in order, nothing stored.
     for i in 0..60 {
-        carol.message(&conv, &format!("c-{i}"), &format!("message {i}")).await;
+        carol
+            .message(&conv, &format!("c-{i}"), &format!("message {i}"))
+            .await;
     }
     let head = server.head(&alice_t, &conv).await;
     let error = alice
@@ -188,7 +224,10 @@ async fn missed_is_capped_and_a_retried_reply_is_a_duplicate_not_a_conflict() {
     let missed = error["missed"].as_array().unwrap();
     assert_eq!(missed.len(), 50, "{}", missed.len());
     let got = seqs(missed);
-    assert!(got.windows(2).all(|w| w[1] == w[0] + 1), "in order without gaps: {got:?}");
+    assert!(
+        got.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order without gaps: {got:?}"
+    );
     assert!(got[0] > 3 && *got.last().unwrap() <= head, "{got:?}");
     assert_eq!(server.head(&alice_t, &conv).await, head);
 }

@@ -22,8 +22,18 @@ async fn collaboration_never_reaches_the_customer() {
     let tag = "leak-tag-vip";
     define_team(&server, team).await;
     define_tag(&server, tag).await;
-    define_field(&server, "leak-order", json!({"type": "text", "applies_to": "conversation"})).await;
-    define_field(&server, "leak-plan", json!({"type": "text", "applies_to": "contact"})).await;
+    define_field(
+        &server,
+        "leak-order",
+        json!({"type": "text", "applies_to": "conversation"}),
+    )
+    .await;
+    define_field(
+        &server,
+        "leak-plan",
+        json!({"type": "text", "applies_to": "contact"}),
+    )
+    .await;
 
     let cust_t = customer("carol");
     let alice_t = agent_in_teams("alice", &[team]);
@@ -34,7 +44,11 @@ async fn collaboration_never_reaches_the_customer() {
     let mut customer_http: Vec<String> = Vec::new();
     let reply = server
         .http
-        .post("/v1/conversations", Some(&cust_t), &json!({"inbox_id": "support"}))
+        .post(
+            "/v1/conversations",
+            Some(&cust_t),
+            &json!({"inbox_id": "support"}),
+        )
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text);
     customer_http.push(reply.text.clone());
@@ -52,7 +66,11 @@ async fn collaboration_never_reaches_the_customer() {
 
     // A note with mentions of a person, a team, a supervisor and the customer herself.
     let ok = alice
-        .note(&conv, "n-1", &format!("{marker}-mention @bob-leak @{team} @sam-leak @carol"))
+        .note(
+            &conv,
+            "n-1",
+            &format!("{marker}-mention @bob-leak @{team} @sam-leak @carol"),
+        )
         .await;
     let mut mentioned: Vec<String> = ok["mentioned"]
         .as_array()
@@ -61,41 +79,72 @@ async fn collaboration_never_reaches_the_customer() {
         .map(|v| v.as_str().unwrap().to_owned())
         .collect();
     mentioned.sort();
-    assert_eq!(mentioned, vec!["bob-leak", "sam-leak"], "never the customer: {ok}");
+    assert_eq!(
+        mentioned,
+        vec!["bob-leak", "sam-leak"],
+        "never the customer: {ok}"
+    );
     let mention_note = event_id(&ok);
     internal_ids.push(mention_note.clone());
 
     // A transfer with a handoff note.
     let ok = alice
-        .ok(assign_frame(&conv, Some("bob-leak"), Some(team), Some(&format!("{marker}-transfer @sam-leak"))))
+        .ok(assign_frame(
+            &conv,
+            Some("bob-leak"),
+            Some(team),
+            Some(&format!("{marker}-transfer @sam-leak")),
+        ))
         .await;
     internal_ids.push(event_id(&ok));
     // A coaching note mentioning an admin.
     let ok = sam
-        .ok(coaching(&conv, "s-1", &format!("{marker}-coaching @root-leak @alice")))
+        .ok(coaching(
+            &conv,
+            "s-1",
+            &format!("{marker}-coaching @root-leak @alice"),
+        ))
         .await;
     assert_eq!(ok["mentioned"], json!(["root-leak"]));
     internal_ids.push(event_id(&ok));
     // A pinned context note, an edit, fields, a tag, a status.
     let ctx = event_id(
         &alice
-            .ok(note_of(&conv, "n-2", &format!("{marker}-context"), Some("context"), None))
+            .ok(note_of(
+                &conv,
+                "n-2",
+                &format!("{marker}-context"),
+                Some("context"),
+                None,
+            ))
             .await,
     );
     internal_ids.push(ctx.clone());
     internal_ids.push(event_id(&alice.ok(pin_frame(&conv, &ctx, true)).await));
     internal_ids.push(event_id(
         &alice
-            .ok(edit_frame(&conv, &mention_note, &format!("{marker}-edited @bob-leak")))
+            .ok(edit_frame(
+                &conv,
+                &mention_note,
+                &format!("{marker}-edited @bob-leak"),
+            ))
             .await,
     ));
     internal_ids.push(event_id(
-        &bob.ok(fields_frame("conversation", &conv, json!({"leak-order": format!("{marker}-field")})))
-            .await,
+        &bob.ok(fields_frame(
+            "conversation",
+            &conv,
+            json!({"leak-order": format!("{marker}-field")}),
+        ))
+        .await,
     ));
     internal_ids.push(event_id(
-        &bob.ok(fields_frame("contact", "carol", json!({"leak-plan": format!("{marker}-contact")})))
-            .await,
+        &bob.ok(fields_frame(
+            "contact",
+            "carol",
+            json!({"leak-plan": format!("{marker}-contact")}),
+        ))
+        .await,
     ));
     internal_ids.push(event_id(&bob.ok(tag_frame(&conv, &[tag], &[])).await));
     internal_ids.push(event_id(&bob.ok(status_frame(&conv, "pending")).await));
@@ -164,16 +213,38 @@ async fn collaboration_never_reaches_the_customer() {
         "assignee=bob-leak".to_owned(),
         format!("field={}", enc(&format!("leak-order:{marker}-field"))),
     ] {
-        let reply = server.http.get(&format!("/v1/conversations?{query}"), Some(&cust_t)).await;
-        assert!(reply.status == 403 || reply.status == 400, "{query}: {}", reply.text);
+        let reply = server
+            .http
+            .get(&format!("/v1/conversations?{query}"), Some(&cust_t))
+            .await;
+        assert!(
+            reply.status == 403 || reply.status == 400,
+            "{query}: {}",
+            reply.text
+        );
         error_texts.push(reply.text);
     }
     let posts: [(String, Value); 6] = [
-        (format!("/v1/conversations/{conv}/notes"), json!({"client_id": "c-n2", "body": "x"})),
-        (format!("/v1/conversations/{conv}/assign"), json!({"assignee_id": "bob-leak"})),
-        (format!("/v1/conversations/{conv}/status"), json!({"status": "open"})),
-        (format!("/v1/conversations/{conv}/tags"), json!({"add": [tag]})),
-        ("/v1/fields/values".to_owned(), json!({"target": "contact", "id": "carol", "fields": {"leak-plan": "x"}})),
+        (
+            format!("/v1/conversations/{conv}/notes"),
+            json!({"client_id": "c-n2", "body": "x"}),
+        ),
+        (
+            format!("/v1/conversations/{conv}/assign"),
+            json!({"assignee_id": "bob-leak"}),
+        ),
+        (
+            format!("/v1/conversations/{conv}/status"),
+            json!({"status": "open"}),
+        ),
+        (
+            format!("/v1/conversations/{conv}/tags"),
+            json!({"add": [tag]}),
+        ),
+        (
+            "/v1/fields/values".to_owned(),
+            json!({"target": "contact", "id": "carol", "fields": {"leak-plan": "x"}}),
+        ),
         ("/v1/notifications/read".to_owned(), json!({})),
     ];
     for (path, body) in &posts {
@@ -206,7 +277,10 @@ async fn collaboration_never_reaches_the_customer() {
     assert_eq!(seqs(&replay), range(1, public_head));
     assert_eq!(ok["head"], public_head);
     let history = server.history(&cust_t, &conv).await;
-    assert_eq!(history.kinds(), vec!["conversation_opened", "message", "message"]);
+    assert_eq!(
+        history.kinds(),
+        vec!["conversation_opened", "message", "message"]
+    );
     customer_http.extend(history.texts.iter().cloned());
     customer_http.push(server.conversation(&cust_t, &conv).await.text);
     customer_http.push(server.list(&cust_t, "").await.text);
@@ -234,21 +308,43 @@ async fn collaboration_never_reaches_the_customer() {
     assert_absent(
         "customer's refusals",
         &error_texts,
-        &[marker.clone(), "sam-leak".into(), "root-leak".into(), team.to_owned()],
+        &[
+            marker.clone(),
+            "sam-leak".into(),
+            "root-leak".into(),
+            team.to_owned(),
+        ],
     );
 
     // Positive controls: the marker reached staff on each path.
     let n = next_notification(&mut bob).await;
     assert_eq!(n["event_id"], mention_note.as_str());
-    assert!(!search(&server, &alice_t, &format!("q={}", enc(&marker))).await.is_empty());
+    assert!(!search(&server, &alice_t, &format!("q={}", enc(&marker)))
+        .await
+        .is_empty());
     assert_eq!(
-        search(&server, &root_t, &format!("q={}&note_type=coaching", enc(&marker))).await.len(),
+        search(
+            &server,
+            &root_t,
+            &format!("q={}&note_type=coaching", enc(&marker))
+        )
+        .await
+        .len(),
         1
     );
     assert!(items_of(&notifications(&server, &root_t, true).await).len() == 1);
     let staff_history = server.history(&alice_t, &conv).await;
-    assert!(staff_history.texts.iter().any(|t| t.contains(&format!("{marker}-transfer"))));
-    assert!(staff_history.texts.iter().any(|t| t.contains(&format!("{marker}-field"))));
+    assert!(staff_history
+        .texts
+        .iter()
+        .any(|t| t.contains(&format!("{marker}-transfer"))));
+    assert!(staff_history
+        .texts
+        .iter()
+        .any(|t| t.contains(&format!("{marker}-field"))));
     let staff_view = server.conversation(&alice_t, &conv).await.text;
-    assert!(staff_view.contains(&format!("{marker}-context")), "{staff_view}");
+    assert!(
+        staff_view.contains(&format!("{marker}-context")),
+        "{staff_view}"
+    );
 }

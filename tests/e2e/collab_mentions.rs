@@ -32,9 +32,19 @@ async fn a_mention_reaches_every_open_session_and_the_ok_lists_who() {
     let mut bob2 = online(&server, &bob_t).await;
     let mut alice = online(&server, &alice_t).await;
 
-    let frame = note_of(&conv, "n-1", "@bob can you check the refund? (note to self: @alice)", None, None);
+    let frame = note_of(
+        &conv,
+        "n-1",
+        "@bob can you check the refund? (note to self: @alice)",
+        None,
+        None,
+    );
     let ok = alice.ok(frame.clone()).await;
-    assert_eq!(ok["mentioned"], json!(["bob"]), "the author is never notified: {ok}");
+    assert_eq!(
+        ok["mentioned"],
+        json!(["bob"]),
+        "the author is never notified: {ok}"
+    );
     let note_id = event_id(&ok);
 
     // Both of Bob's sessions get the same notification.
@@ -63,7 +73,12 @@ async fn a_mention_reaches_every_open_session_and_the_ok_lists_who() {
     let again = alice.ok(frame).await;
     assert_eq!(again["duplicate"], true, "{again}");
     assert_eq!(again["event_id"], note_id.as_str());
-    assert_no_frame(&mut bob1, "second notification for a retried note", is_notification).await;
+    assert_no_frame(
+        &mut bob1,
+        "second notification for a retried note",
+        is_notification,
+    )
+    .await;
     assert_eq!(notifications(&server, &bob_t, true).await["unread"], 1);
 }
 
@@ -81,7 +96,9 @@ async fn offline_mentions_are_stored_never_replaced_and_marked_read() {
 
     let first = alice.note(&conv, "n-1", "@bob first question").await;
     assert_eq!(first["mentioned"], json!(["bob"]));
-    let second = alice.note(&conv, "n-2", "@bob second question, same thread").await;
+    let second = alice
+        .note(&conv, "n-2", "@bob second question, same thread")
+        .await;
     assert_eq!(second["mentioned"], json!(["bob"]));
     let assigned = alice.ok(assign_frame(&conv, Some("bob"), None, None)).await;
     let third = alice.note(&conv, "n-3", "and @Bob a third").await;
@@ -102,11 +119,17 @@ async fn offline_mentions_are_stored_never_replaced_and_marked_read() {
         check_notification(n, kind, &conv, event, "alice");
     }
     let ids: Vec<u64> = stored.iter().map(|n| n["id"].as_u64().unwrap()).collect();
-    assert!(ids.windows(2).all(|w| w[0] > w[1]), "ids should increase: {ids:?}");
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "ids should increase: {ids:?}"
+    );
     let (id_n3, id_assigned, id_n2, id_n1) = (ids[0], ids[1], ids[2], ids[3]);
 
     // `limit` takes the newest.
-    let reply = server.http.get("/v1/notifications?limit=2", Some(&bob_t)).await;
+    let reply = server
+        .http
+        .get("/v1/notifications?limit=2", Some(&bob_t))
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let newest: Vec<u64> = items_of(&reply.json())
         .iter()
@@ -117,7 +140,11 @@ async fn offline_mentions_are_stored_never_replaced_and_marked_read() {
     // Someone else cannot mark Bob's notifications read.
     let reply = server
         .http
-        .post("/v1/notifications/read", Some(&erin_t), &json!({"ids": ids}))
+        .post(
+            "/v1/notifications/read",
+            Some(&erin_t),
+            &json!({"ids": ids}),
+        )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.json()["marked"], 0, "{}", reply.text);
@@ -128,15 +155,27 @@ async fn offline_mentions_are_stored_never_replaced_and_marked_read() {
     let ok = bob
         .ok(json!({"type": "read_notifications", "up_to": id_n1}))
         .await;
-    assert_eq!((ok["marked"].clone(), ok["unread"].clone()), (json!(1), json!(3)), "{ok}");
+    assert_eq!(
+        (ok["marked"].clone(), ok["unread"].clone()),
+        (json!(1), json!(3)),
+        "{ok}"
+    );
     let ok = bob
         .ok(json!({"type": "read_notifications", "ids": [id_n3]}))
         .await;
-    assert_eq!((ok["marked"].clone(), ok["unread"].clone()), (json!(1), json!(2)), "{ok}");
+    assert_eq!(
+        (ok["marked"].clone(), ok["unread"].clone()),
+        (json!(1), json!(2)),
+        "{ok}"
+    );
     let ok = bob
         .ok(json!({"type": "read_notifications", "ids": [id_n3]}))
         .await;
-    assert_eq!((ok["marked"].clone(), ok["unread"].clone()), (json!(0), json!(2)), "{ok}");
+    assert_eq!(
+        (ok["marked"].clone(), ok["unread"].clone()),
+        (json!(0), json!(2)),
+        "{ok}"
+    );
     bob.error_code(
         json!({"type": "read_notifications", "ids": [id_n2], "up_to": id_n2}),
         "bad_request",
@@ -188,7 +227,9 @@ async fn a_mention_of_someone_without_access_notifies_nobody() {
     carol.subscribe(&conv, None).await;
     let mut alice = online(&server, &alice_t).await;
 
-    let ok = alice.note(&conv, "n-1", "@dave could you look at this?").await;
+    let ok = alice
+        .note(&conv, "n-1", "@dave could you look at this?")
+        .await;
     assert_eq!(ok["mentioned"], json!([]), "{ok}");
     let history = server.history(&alice_t, &conv).await;
     let mentions = &history.events.last().unwrap()["event"]["mentions"];
@@ -199,18 +240,30 @@ async fn a_mention_of_someone_without_access_notifies_nobody() {
 
     // The same note with someone who may read it: only they are notified.
     let ok = alice
-        .note(&conv, "n-2", "@dave and @bob, see this; also @carol and @nobody-here")
+        .note(
+            &conv,
+            "n-2",
+            "@dave and @bob, see this; also @carol and @nobody-here",
+        )
         .await;
     assert_eq!(ok["mentioned"], json!(["bob"]), "{ok}");
 
-    assert_no_frame(&mut dave, "notification for an agent without access", is_notification).await;
+    assert_no_frame(
+        &mut dave,
+        "notification for an agent without access",
+        is_notification,
+    )
+    .await;
     let page = notifications(&server, &dave_t, false).await;
     assert!(items_of(&page).is_empty(), "{page}");
     assert_eq!(page["unread"], 0);
     assert_eq!(notifications(&server, &bob_t, true).await["unread"], 1);
     carol.sync().await;
     let frames = carol.collect_for(QUIET).await;
-    assert!(frames.is_empty(), "the customer got frames for notes: {frames:?}");
+    assert!(
+        frames.is_empty(),
+        "the customer got frames for notes: {frames:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -223,7 +276,7 @@ async fn a_team_mention_reaches_every_member_online_or_not() {
     let bob_t = agent_in_teams("bob", &["billing-team", "vip"]); // online
     let erin_t = agent_in_teams("erin", &["billing-team"]); // offline
     let sue_t = token_with("supervisor", "sue", json!({"teams": ["billing-team"]})); // online
-    // Frank is in the team but not in the conversation's inbox.
+                                                                                     // Frank is in the team but not in the conversation's inbox.
     let frank_t = token_with(
         "agent",
         "frank",
@@ -259,7 +312,11 @@ async fn a_team_mention_reaches_every_member_online_or_not() {
     assert_eq!(page["unread"], 1, "{page}");
     check_notification(&items_of(&page)[0], "mention", &conv, &note_id, "alice");
 
-    for (who, ws) in [("frank", &mut frank), ("gina", &mut gina), ("alice", &mut alice)] {
+    for (who, ws) in [
+        ("frank", &mut frank),
+        ("gina", &mut gina),
+        ("alice", &mut alice),
+    ] {
         assert_no_frame(ws, &format!("notification for {who}"), is_notification).await;
     }
     assert!(items_of(&notifications(&server, &frank_t, false).await).is_empty());
@@ -268,7 +325,11 @@ async fn a_team_mention_reaches_every_member_online_or_not() {
     // Team names compare case-insensitively; someone named twice (by handle and by
     // team) is notified once; every mention is its own notification.
     let ok = alice
-        .note(&conv, "t-2", "Escalating to @Billing-Team, @bob especially.")
+        .note(
+            &conv,
+            "t-2",
+            "Escalating to @Billing-Team, @bob especially.",
+        )
         .await;
     let mut mentioned: Vec<String> = ok["mentioned"]
         .as_array()
@@ -280,10 +341,19 @@ async fn a_team_mention_reaches_every_member_online_or_not() {
     assert_eq!(mentioned, vec!["bob", "erin", "sue"], "{ok}");
     let n = next_notification(&mut bob).await;
     assert_eq!(n["event_id"], event_id(&ok).as_str());
-    assert_no_frame(&mut bob, "a second notification for one note", is_notification).await;
+    assert_no_frame(
+        &mut bob,
+        "a second notification for one note",
+        is_notification,
+    )
+    .await;
     let erin_all = items_of(&notifications(&server, &erin_t, true).await);
     assert_eq!(erin_all.len(), 2, "{erin_all:?}");
-    assert_eq!(erin_all[1]["event_id"], note_id.as_str(), "the first mention is still there");
+    assert_eq!(
+        erin_all[1]["event_id"],
+        note_id.as_str(),
+        "the first mention is still there"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -292,7 +362,11 @@ async fn mention_names_follow_the_documented_syntax() {
     let conv = server.open_as_customer(&customer("carol")).await;
     let alice_t = agent("alice");
     // An explicit handle; and a sub with capitals and a dot (default handle: lower-cased).
-    let robbie_t = token_with("agent", "u-1042", json!({"inboxes": ["support"], "handle": "robbie"}));
+    let robbie_t = token_with(
+        "agent",
+        "u-1042",
+        json!({"inboxes": ["support"], "handle": "robbie"}),
+    );
     let zoe_t = token_with("agent", "Zoe.Q", json!({"inboxes": ["support"]}));
     make_known(&server, &robbie_t).await;
     make_known(&server, &zoe_t).await;
@@ -343,5 +417,8 @@ async fn the_directory_follows_the_latest_token() {
     make_known(&server, &dave_billing).await;
     let ok = alice.note(&conv, "n-3", "@dave still?").await;
     assert_eq!(ok["mentioned"], json!([]), "{ok}");
-    assert_eq!(notifications(&server, &dave_billing, true).await["unread"], 1);
+    assert_eq!(
+        notifications(&server, &dave_billing, true).await["unread"],
+        1
+    );
 }

@@ -23,7 +23,13 @@ async fn every_note_type_is_kept_and_others_are_refused() {
     expected.push((event_id(&ok), "general"));
     for t in ["general", "context", "transfer", "resolution", "coaching"] {
         let ok = alice
-            .ok(note_of(&conv, &format!("n-{t}"), &format!("a {t} note"), Some(t), None))
+            .ok(note_of(
+                &conv,
+                &format!("n-{t}"),
+                &format!("a {t} note"),
+                Some(t),
+                None,
+            ))
             .await;
         expected.push((event_id(&ok), t));
     }
@@ -41,10 +47,16 @@ async fn every_note_type_is_kept_and_others_are_refused() {
     let head = server.head(&alice_t, &conv).await;
 
     alice
-        .error_code(note_of(&conv, "n-bad", "x", Some("gossip"), None), "bad_request")
+        .error_code(
+            note_of(&conv, "n-bad", "x", Some("gossip"), None),
+            "bad_request",
+        )
         .await;
     alice
-        .error_code(note_of(&conv, "n-bad2", "x", None, Some("everyone")), "bad_request")
+        .error_code(
+            note_of(&conv, "n-bad2", "x", None, Some("everyone")),
+            "bad_request",
+        )
         .await;
     let reply = server
         .http
@@ -65,7 +77,11 @@ async fn every_note_type_is_kept_and_others_are_refused() {
         )
         .await;
     reply.assert_error(403, "forbidden");
-    assert_eq!(server.head(&alice_t, &conv).await, head, "refused notes changed nothing");
+    assert_eq!(
+        server.head(&alice_t, &conv).await,
+        head,
+        "refused notes changed nothing"
+    );
 
     let history = server.history(&alice_t, &conv).await;
     let notes = of_kind(&history, "note");
@@ -117,7 +133,13 @@ async fn a_pinned_context_note_follows_the_contact() {
     );
     let gen = event_id(&alice.note(&conv_a, "gen", &gen_text).await);
     alice
-        .ok(note_of(&conv_a, "loose", &loose_text, Some("context"), None))
+        .ok(note_of(
+            &conv_a,
+            "loose",
+            &loose_text,
+            Some("context"),
+            None,
+        ))
         .await;
 
     let ok = alice.ok(pin_frame(&conv_a, &ctx, true)).await;
@@ -169,8 +191,14 @@ async fn a_pinned_context_note_follows_the_contact() {
         .iter()
         .map(|c| c.as_str().unwrap())
         .collect();
-    assert!(convs.contains(&conv_a.as_str()) && convs.contains(&conv_b.as_str()), "{contact}");
-    assert!(!convs.contains(&conv_c.as_str()), "alice may not see the billing conversation: {contact}");
+    assert!(
+        convs.contains(&conv_a.as_str()) && convs.contains(&conv_b.as_str()),
+        "{contact}"
+    );
+    assert!(
+        !convs.contains(&conv_c.as_str()),
+        "alice may not see the billing conversation: {contact}"
+    );
 
     // A billing agent sees the contact's billing conversation, but not a note written in
     // an inbox they do not work in; a supervisor sees it there.
@@ -185,24 +213,36 @@ async fn a_pinned_context_note_follows_the_contact() {
     // The customer sees none of it.
     for conv in [&conv_a, &conv_b] {
         let text = server.conversation(&cust_t, conv).await.text;
-        assert_absent("customer view", &[text], &[ctx_text.clone(), gen_text.clone(), ctx.clone()]);
+        assert_absent(
+            "customer view",
+            &[text],
+            &[ctx_text.clone(), gen_text.clone(), ctx.clone()],
+        );
     }
 
     // Unpinned: gone from the other conversation and the contact.
     alice.ok(pin_frame(&conv_a, &ctx, false)).await;
     assert!(pinned_bodies(&view(&server, &alice_t, &conv_b).await).is_empty());
-    assert_eq!(pinned_bodies(&view(&server, &alice_t, &conv_a).await), vec![gen_text]);
+    assert_eq!(
+        pinned_bodies(&view(&server, &alice_t, &conv_a).await),
+        vec![gen_text]
+    );
     let reply = server.http.get("/v1/contacts/carol", Some(&alice_t)).await;
     assert!(pinned_bodies(&reply.json()).is_empty(), "{}", reply.text);
 
     // Pinning: staff only, notes of that conversation only.
     let mut carol = online(&server, &cust_t).await;
-    carol.error_code(pin_frame(&conv_a, &ctx, true), "forbidden").await;
+    carol
+        .error_code(pin_frame(&conv_a, &ctx, true), "forbidden")
+        .await;
     alice
         .error_code(pin_frame(&conv_b, &ctx, true), "not_found")
         .await;
     alice
-        .error_code(pin_frame(&conv_a, &uuid::Uuid::new_v4().to_string(), true), "not_found")
+        .error_code(
+            pin_frame(&conv_a, &uuid::Uuid::new_v4().to_string(), true),
+            "not_found",
+        )
         .await;
 }
 
@@ -228,18 +268,32 @@ async fn only_the_author_edits_a_note_and_the_old_text_stays() {
     let head = server.head(&alice_t, &conv).await;
 
     // Not the author: refused, whatever the role.
-    bob.error_code(edit_frame(&conv, &note_id, "bob's version"), "forbidden").await;
-    sam.error_code(edit_frame(&conv, &note_id, "sam's version"), "forbidden").await;
+    bob.error_code(edit_frame(&conv, &note_id, "bob's version"), "forbidden")
+        .await;
+    sam.error_code(edit_frame(&conv, &note_id, "sam's version"), "forbidden")
+        .await;
     let code = carol
         .error(edit_frame(&conv, &note_id, "carol's version"))
         .await["code"]
         .clone();
-    assert!(code == "forbidden" || code == "not_found", "customer edit: {code}");
+    assert!(
+        code == "forbidden" || code == "not_found",
+        "customer edit: {code}"
+    );
     alice
-        .error_code(edit_frame(&conv, &uuid::Uuid::new_v4().to_string(), "x"), "not_found")
+        .error_code(
+            edit_frame(&conv, &uuid::Uuid::new_v4().to_string(), "x"),
+            "not_found",
+        )
         .await;
-    alice.error_code(edit_frame(&conv, &note_id, "  "), "bad_request").await;
-    assert_eq!(server.head(&alice_t, &conv).await, head, "refused edits changed nothing");
+    alice
+        .error_code(edit_frame(&conv, &note_id, "  "), "bad_request")
+        .await;
+    assert_eq!(
+        server.head(&alice_t, &conv).await,
+        head,
+        "refused edits changed nothing"
+    );
 
     // The author edits.
     let ok = alice.ok(edit_frame(&conv, &note_id, &edited)).await;
@@ -264,7 +318,11 @@ async fn only_the_author_edits_a_note_and_the_old_text_stays() {
         .iter()
         .find(|e| e["event"]["id"] == note_id.as_str())
         .unwrap();
-    assert_eq!(note["event"]["body"], original.as_str(), "the note event never changes");
+    assert_eq!(
+        note["event"]["body"],
+        original.as_str(),
+        "the note event never changes"
+    );
     let edits = of_kind(&history, "note_edited");
     assert_eq!(edits.len(), 1);
     assert_eq!(edits[0]["event"]["body"], edited.as_str());
@@ -275,7 +333,11 @@ async fn only_the_author_edits_a_note_and_the_old_text_stays() {
         .get(&format!("/v1/conversations/{conv}/audit"), Some(&sam_t))
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
-    assert!(reply.text.contains(&original) && reply.text.contains(&edited), "{}", reply.text);
+    assert!(
+        reply.text.contains(&original) && reply.text.contains(&edited),
+        "{}",
+        reply.text
+    );
     assert_eq!(reply.json()["verified"], true);
 
     // Search and pins show the current text.
@@ -283,8 +345,13 @@ async fn only_the_author_edits_a_note_and_the_old_text_stays() {
     assert_eq!(hits.len(), 1, "{hits:?}");
     assert_eq!(hits[0]["note_id"], note_id.as_str());
     assert_eq!(hits[0]["body"], edited.as_str());
-    assert!(search(&server, &alice_t, "q=zebracrossing").await.is_empty());
-    assert_eq!(pinned_bodies(&view(&server, &alice_t, &conv).await), vec![edited.clone()]);
+    assert!(search(&server, &alice_t, "q=zebracrossing")
+        .await
+        .is_empty());
+    assert_eq!(
+        pinned_bodies(&view(&server, &alice_t, &conv).await),
+        vec![edited.clone()]
+    );
 
     // A second edit: both earlier texts remain.
     let third = unique("THIRD");

@@ -46,18 +46,39 @@ async fn search_finds_what_the_caller_may_read_with_filters() {
 
     let n1 = event_id(
         &alice
-            .ok(note_of(&conv1, "n1", "Customer wants a Refund for the kettle", Some("context"), None))
+            .ok(note_of(
+                &conv1,
+                "n1",
+                "Customer wants a Refund for the kettle",
+                Some("context"),
+                None,
+            ))
             .await,
     );
     let n2 = event_id(
-        &bob.ok(note_of(&conv2, "n2", "refund issued via courier", Some("resolution"), None))
+        &bob.ok(note_of(
+            &conv2,
+            "n2",
+            "refund issued via courier",
+            Some("resolution"),
+            None,
+        ))
+        .await,
+    );
+    let n3 = event_id(
+        &bill
+            .note(&conv3, "n3", "refund needs finance approval")
             .await,
     );
-    let n3 = event_id(&bill.note(&conv3, "n3", "refund needs finance approval").await);
-    let n4 = event_id(&sam.ok(coaching(&conv1, "n4", "coach alice on the refund tone")).await);
+    let n4 = event_id(
+        &sam.ok(coaching(&conv1, "n4", "coach alice on the refund tone"))
+            .await,
+    );
     let n5 = event_id(&alice.note(&conv2, "n5", "unrelated: courier delayed").await);
     // A public message with the word is not a note.
-    alice.message(&conv1, "m1", "Your refund is on its way").await;
+    alice
+        .message(&conv1, "m1", "Your refund is on its way")
+        .await;
     server
         .http
         .post(
@@ -78,32 +99,82 @@ async fn search_finds_what_the_caller_may_read_with_filters() {
     assert_eq!(hit["body"], "Customer wants a Refund for the kettle");
     timestamp(&hit["at"]);
     // Case-insensitive words; every word must match.
-    assert_eq!(note_ids(&search(&server, &alice_t, "q=REFUND%20kettle").await), set(&[&n1]));
-    assert_eq!(note_ids(&search(&server, &alice_t, "q=courier").await), set(&[&n2, &n5]));
+    assert_eq!(
+        note_ids(&search(&server, &alice_t, "q=REFUND%20kettle").await),
+        set(&[&n1])
+    );
+    assert_eq!(
+        note_ids(&search(&server, &alice_t, "q=courier").await),
+        set(&[&n2, &n5])
+    );
     // Filters.
-    assert_eq!(note_ids(&search(&server, &alice_t, "q=refund&note_type=context").await), set(&[&n1]));
-    assert_eq!(note_ids(&search(&server, &alice_t, "q=refund&note_type=resolution").await), set(&[&n2]));
-    assert_eq!(note_ids(&search(&server, &alice_t, "q=refund&author=bob").await), set(&[&n2]));
-    assert_eq!(note_ids(&search(&server, &alice_t, "q=courier&author=alice").await), set(&[&n5]));
-    assert_eq!(note_ids(&search(&server, &alice_t, "q=refund&tag=vip").await), set(&[&n1]));
-    assert!(search(&server, &alice_t, "q=refund&tag=vip&author=bob").await.is_empty());
+    assert_eq!(
+        note_ids(&search(&server, &alice_t, "q=refund&note_type=context").await),
+        set(&[&n1])
+    );
+    assert_eq!(
+        note_ids(&search(&server, &alice_t, "q=refund&note_type=resolution").await),
+        set(&[&n2])
+    );
+    assert_eq!(
+        note_ids(&search(&server, &alice_t, "q=refund&author=bob").await),
+        set(&[&n2])
+    );
+    assert_eq!(
+        note_ids(&search(&server, &alice_t, "q=courier&author=alice").await),
+        set(&[&n5])
+    );
+    assert_eq!(
+        note_ids(&search(&server, &alice_t, "q=refund&tag=vip").await),
+        set(&[&n1])
+    );
+    assert!(search(&server, &alice_t, "q=refund&tag=vip&author=bob")
+        .await
+        .is_empty());
     assert_eq!(search(&server, &alice_t, "q=refund&limit=1").await.len(), 1);
 
     // Bill (billing) sees his inbox only; Sam sees every inbox and the coaching note.
-    assert_eq!(note_ids(&search(&server, &bill_t, "q=refund").await), set(&[&n3]));
-    assert_eq!(note_ids(&search(&server, &sam_t, "q=refund").await), set(&[&n1, &n2, &n3, &n4]));
-    assert_eq!(note_ids(&search(&server, &sam_t, "q=refund&note_type=coaching").await), set(&[&n4]));
-    assert_eq!(note_ids(&search(&server, &admin("root"), "q=refund&tag=vip").await), set(&[&n1, &n4]));
+    assert_eq!(
+        note_ids(&search(&server, &bill_t, "q=refund").await),
+        set(&[&n3])
+    );
+    assert_eq!(
+        note_ids(&search(&server, &sam_t, "q=refund").await),
+        set(&[&n1, &n2, &n3, &n4])
+    );
+    assert_eq!(
+        note_ids(&search(&server, &sam_t, "q=refund&note_type=coaching").await),
+        set(&[&n4])
+    );
+    assert_eq!(
+        note_ids(&search(&server, &admin("root"), "q=refund&tag=vip").await),
+        set(&[&n1, &n4])
+    );
     // An agent asking for coaching notes by type still gets none.
-    assert!(search(&server, &alice_t, "q=refund&note_type=coaching").await.is_empty());
+    assert!(search(&server, &alice_t, "q=refund&note_type=coaching")
+        .await
+        .is_empty());
 
     // Input is words, never query syntax; an empty query is refused.
-    for q in ["refund%22", "refund*", "refund%20OR%20kettle", "NEAR(refund", "%22%22", "-refund", "refund:"] {
+    for q in [
+        "refund%22",
+        "refund*",
+        "refund%20OR%20kettle",
+        "NEAR(refund",
+        "%22%22",
+        "-refund",
+        "refund:",
+    ] {
         let reply = server
             .http
             .get(&format!("/v1/search/notes?q={q}"), Some(&alice_t))
             .await;
-        assert!(reply.status == 200 || reply.status == 400, "q={q}: {} {}", reply.status, reply.text);
+        assert!(
+            reply.status == 200 || reply.status == 400,
+            "q={q}: {} {}",
+            reply.status,
+            reply.text
+        );
         if reply.status == 400 {
             assert_eq!(reply.error_code(), "bad_request");
         }

@@ -33,14 +33,22 @@ pub fn token_with(role: &str, sub: &str, extra: Value) -> String {
 
 /// An agent of the `support` inbox in `teams`.
 pub fn agent_in_teams(sub: &str, teams: &[&str]) -> String {
-    token_with("agent", sub, json!({"inboxes": ["support"], "teams": teams}))
+    token_with(
+        "agent",
+        sub,
+        json!({"inboxes": ["support"], "teams": teams}),
+    )
 }
 
 /// Makes a staff member known to the directory without opening a socket (any HTTP
 /// request presents the token).
 pub async fn make_known(server: &TestServer, token: &str) {
     let reply = server.http.get("/v1/notifications", Some(token)).await;
-    assert_eq!(reply.status, 200, "presenting a staff token: {}", reply.text);
+    assert_eq!(
+        reply.status, 200,
+        "presenting a staff token: {}",
+        reply.text
+    );
 }
 
 /// A socket after `hello` and one round trip, so the session is registered for
@@ -54,7 +62,11 @@ pub async fn online(server: &TestServer, token: &str) -> Client {
 pub async fn define_team(server: &TestServer, id: &str) {
     let reply = server
         .http
-        .put(&format!("/v1/teams/{id}"), Some(&root()), &json!({"name": id}))
+        .put(
+            &format!("/v1/teams/{id}"),
+            Some(&root()),
+            &json!({"name": id}),
+        )
         .await;
     assert_eq!(reply.status, 200, "defining team {id}: {}", reply.text);
 }
@@ -79,7 +91,11 @@ pub async fn define_field(server: &TestServer, key: &str, body: Value) -> Value 
 pub async fn define_inbox(server: &TestServer, id: &str) {
     let reply = server
         .http
-        .put(&format!("/v1/inboxes/{id}"), Some(&root()), &json!({"name": id}))
+        .put(
+            &format!("/v1/inboxes/{id}"),
+            Some(&root()),
+            &json!({"name": id}),
+        )
         .await;
     assert_eq!(reply.status, 200, "defining inbox {id}: {}", reply.text);
 }
@@ -101,7 +117,10 @@ pub async fn notifications(server: &TestServer, token: &str, unread_only: bool) 
 
 /// The notifications array of a page.
 pub fn items_of(page: &Value) -> Vec<Value> {
-    page["notifications"].as_array().cloned().unwrap_or_default()
+    page["notifications"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// A `note` frame with optional `note_type` and `audience`.
@@ -123,7 +142,13 @@ pub fn note_of(
 }
 
 pub fn coaching(conversation: &str, client_id: &str, body: &str) -> Value {
-    note_of(conversation, client_id, body, Some("coaching"), Some("supervisors"))
+    note_of(
+        conversation,
+        client_id,
+        body,
+        Some("coaching"),
+        Some("supervisors"),
+    )
 }
 
 pub fn assign_frame(
@@ -198,7 +223,9 @@ pub fn is_notification(frame: &Value) -> bool {
 
 /// The next `notification` frame (other frames are skipped).
 pub async fn next_notification(client: &mut Client) -> Value {
-    wait_for(client, "notification frame", is_notification).await.1
+    wait_for(client, "notification frame", is_notification)
+        .await
+        .1
 }
 
 /// After a round trip on this socket (the caller has its own `ok` for whatever should

@@ -72,7 +72,11 @@ fn spawn_writers(
 /// Checks that every acknowledged note is in `history` exactly once, at its seq, and
 /// that the stream is gap-free and holds no note twice.
 fn check_history(history: &History, acked: &[Acked]) {
-    assert_eq!(history.seqs(), range(1, history.head), "gap-free after restart");
+    assert_eq!(
+        history.seqs(),
+        range(1, history.head),
+        "gap-free after restart"
+    );
     let mut by_body: HashMap<String, Vec<&Value>> = HashMap::new();
     for entry in &history.events {
         if let Some(body) = entry["event"]["body"].as_str() {
@@ -133,7 +137,10 @@ async fn acknowledged_notes_survive_kill_9() {
     let server = ServerProcess::spawn(dir.path()).await;
     let history = server.http.history(&alice, &conv).await;
     check_history(&history, &acked);
-    assert!(history.events.len() > acked.len(), "opened + every acked note");
+    assert!(
+        history.events.len() > acked.len(),
+        "opened + every acked note"
+    );
 
     // A client retrying after the crash gets its first answer back, not a second note.
     let sample = &acked[acked.len() / 2];
@@ -162,7 +169,9 @@ async fn sigterm_closes_sockets_with_1001_keeps_acked_writes_and_exits_0() {
     c.subscribe(&conv, None).await;
     let mut a = server.client(&alice).await;
     a.subscribe(&conv, None).await;
-    let ok = a.message(&conv, "before-term", "written before SIGTERM").await;
+    let ok = a
+        .message(&conv, "before-term", "written before SIGTERM")
+        .await;
     assert_eq!(ok["seq"], 2);
 
     // Writers in flight when the signal lands.
@@ -184,7 +193,12 @@ async fn sigterm_closes_sockets_with_1001_keeps_acked_writes_and_exits_0() {
         assert_eq!(closed.code, Some(1001), "{closed:?}");
     }
     let status = server.wait(STEP).await;
-    assert_eq!(status.code(), Some(0), "exit status {status:?}; output:\n{}", server.output());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status:?}; output:\n{}",
+        server.output()
+    );
     tokio::time::timeout(STEP, async {
         while let Some(result) = writers.join_next().await {
             result.expect("writer task");
@@ -214,7 +228,10 @@ async fn in_process_shutdown_closes_sockets_with_1001_and_run_returns_ok() {
 
     let addr = server.addr;
     let waiters = [c, idle].map(|mut ws| tokio::spawn(async move { ws.expect_close(STEP).await }));
-    server.shutdown().await.expect("run returns Ok after a graceful shutdown");
+    server
+        .shutdown()
+        .await
+        .expect("run returns Ok after a graceful shutdown");
     for waiter in waiters {
         let closed = waiter.await.unwrap();
         assert_eq!(closed.code, Some(1001), "{closed:?}");

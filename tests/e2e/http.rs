@@ -44,9 +44,22 @@ const STAFF_VIEW: &[&str] = &[
 fn assert_customer_view(view: &Value) {
     let keys = keys(view);
     let allowed = set(CUSTOMER_VIEW);
-    assert!(keys.is_subset(&allowed), "customer view has extra fields: {view}");
-    for required in ["id", "inbox_id", "status", "created_at", "updated_at", "head"] {
-        assert!(keys.contains(required), "customer view lacks {required}: {view}");
+    assert!(
+        keys.is_subset(&allowed),
+        "customer view has extra fields: {view}"
+    );
+    for required in [
+        "id",
+        "inbox_id",
+        "status",
+        "created_at",
+        "updated_at",
+        "head",
+    ] {
+        assert!(
+            keys.contains(required),
+            "customer view lacks {required}: {view}"
+        );
     }
     let _: backchannel_protocol::http::CustomerConversation =
         serde_json::from_value(view.clone()).expect("customer view matches the protocol");
@@ -55,9 +68,23 @@ fn assert_customer_view(view: &Value) {
 fn assert_staff_view(view: &Value) {
     let keys = keys(view);
     let allowed = set(STAFF_VIEW);
-    assert!(keys.is_subset(&allowed), "staff view has unknown fields: {view}");
-    for required in ["id", "inbox_id", "contact_id", "status", "created_at", "updated_at", "head"] {
-        assert!(keys.contains(required), "staff view lacks {required}: {view}");
+    assert!(
+        keys.is_subset(&allowed),
+        "staff view has unknown fields: {view}"
+    );
+    for required in [
+        "id",
+        "inbox_id",
+        "contact_id",
+        "status",
+        "created_at",
+        "updated_at",
+        "head",
+    ] {
+        assert!(
+            keys.contains(required),
+            "staff view lacks {required}: {view}"
+        );
     }
     let _: backchannel_protocol::http::StaffConversation =
         serde_json::from_value(view.clone()).expect("staff view matches the protocol");
@@ -92,7 +119,9 @@ async fn health_readiness_and_metrics() {
     assert_eq!(reply.status, 200);
     assert!(
         reply.content_type.starts_with("text/plain")
-            || reply.content_type.starts_with("application/openmetrics-text"),
+            || reply
+                .content_type
+                .starts_with("application/openmetrics-text"),
         "content-type {}",
         reply.content_type
     );
@@ -105,16 +134,29 @@ async fn health_readiness_and_metrics() {
         .collect();
     assert!(!names.is_empty(), "no `# TYPE` lines in:\n{}", reply.text);
     let has = |pred: &dyn Fn(&str) -> bool| names.iter().any(|n| pred(n));
-    assert!(has(&|n| n.contains("connection")), "no connection metric in {names:?}");
-    assert!(has(&|n| n.contains("frame")), "no frame metric in {names:?}");
-    assert!(has(&|n| n.contains("event")), "no event metric in {names:?}");
+    assert!(
+        has(&|n| n.contains("connection")),
+        "no connection metric in {names:?}"
+    );
+    assert!(
+        has(&|n| n.contains("frame")),
+        "no frame metric in {names:?}"
+    );
+    assert!(
+        has(&|n| n.contains("event")),
+        "no event metric in {names:?}"
+    );
     assert!(
         has(&|n| n.contains("store")
             && (n.contains("latency") || n.contains("duration") || n.contains("seconds"))),
         "no store latency metric in {names:?}"
     );
     // Samples are well-formed `name{labels} value` lines.
-    for line in reply.text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+    for line in reply
+        .text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
         let value = line.rsplit(' ').next().unwrap();
         assert!(
             value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
@@ -132,7 +174,10 @@ async fn put_inbox_is_for_admins_only() {
         ("agent", agent_in("alice", &["*"])),
         ("supervisor", supervisor("sam")),
     ] {
-        let reply = server.http.put("/v1/inboxes/billing", Some(&token), &body).await;
+        let reply = server
+            .http
+            .put("/v1/inboxes/billing", Some(&token), &body)
+            .await;
         assert_eq!(reply.status, 403, "{who}: {}", reply.text);
         assert_eq!(reply.error_code(), "forbidden", "{who}");
     }
@@ -141,23 +186,37 @@ async fn put_inbox_is_for_admins_only() {
     // None of that created it.
     server
         .http
-        .post("/v1/conversations", Some(&customer("carol")), &json!({"inbox_id": "billing"}))
+        .post(
+            "/v1/conversations",
+            Some(&customer("carol")),
+            &json!({"inbox_id": "billing"}),
+        )
         .await
         .assert_error(404, "not_found");
 
     let root = admin("root");
-    let reply = server.http.put("/v1/inboxes/billing", Some(&root), &body).await;
+    let reply = server
+        .http
+        .put("/v1/inboxes/billing", Some(&root), &body)
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.json(), json!({"id": "billing", "name": "Billing"}));
     // Idempotent, and renames.
     let reply = server
         .http
-        .put("/v1/inboxes/billing", Some(&root), &json!({"name": "Billing & Refunds"}))
+        .put(
+            "/v1/inboxes/billing",
+            Some(&root),
+            &json!({"name": "Billing & Refunds"}),
+        )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.json()["name"], "Billing & Refunds");
     // Without a name.
-    let reply = server.http.put("/v1/inboxes/sales.eu-1", Some(&root), &json!({})).await;
+    let reply = server
+        .http
+        .put("/v1/inboxes/sales.eu-1", Some(&root), &json!({}))
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.json()["id"], "sales.eu-1");
     assert!(reply.json()["name"].is_string());
@@ -181,7 +240,10 @@ async fn opening_conversations_as_customer_and_as_staff() {
     assert_eq!(view["status"], "open");
     assert_eq!(view["head"], 1);
     let conv = view["id"].as_str().unwrap().to_owned();
-    assert!(uuid::Uuid::parse_str(&conv).is_ok(), "conversation ids are UUIDs: {conv}");
+    assert!(
+        uuid::Uuid::parse_str(&conv).is_ok(),
+        "conversation ids are UUIDs: {conv}"
+    );
 
     // The staff see the contact and the same conversation.
     let staff = server.conversation(&alice, &conv).await.json();
@@ -203,7 +265,10 @@ async fn opening_conversations_as_customer_and_as_staff() {
         )
         .await;
     assert!(matches!(reply.status, 400 | 403), "{}", reply.text);
-    assert!(matches!(reply.error_code().as_str(), "bad_request" | "forbidden"));
+    assert!(matches!(
+        reply.error_code().as_str(),
+        "bad_request" | "forbidden"
+    ));
     let listed = list_items(&server.list(&supervisor("sam"), "").await.json());
     assert_eq!(listed.len(), 1, "{listed:?}");
 
@@ -224,7 +289,11 @@ async fn opening_conversations_as_customer_and_as_staff() {
     // An agent outside the inbox may not open there.
     let root = admin("root");
     assert_eq!(
-        server.http.put("/v1/inboxes/billing", Some(&root), &json!({})).await.status,
+        server
+            .http
+            .put("/v1/inboxes/billing", Some(&root), &json!({}))
+            .await
+            .status,
         200
     );
     let reply = server
@@ -237,7 +306,9 @@ async fn opening_conversations_as_customer_and_as_staff() {
         .await;
     assert!(matches!(reply.status, 403 | 404), "{}", reply.text);
     // A supervisor may.
-    let view = server.open(&supervisor("sam"), "billing", Some("dave")).await;
+    let view = server
+        .open(&supervisor("sam"), "billing", Some("dave"))
+        .await;
     assert_staff_view(&view);
 }
 
@@ -246,7 +317,15 @@ async fn list_filters_and_scopes() {
     let server = TestServer::start().await;
     let root = admin("root");
     assert_eq!(
-        server.http.put("/v1/inboxes/billing", Some(&root), &json!({"name": "Billing"})).await.status,
+        server
+            .http
+            .put(
+                "/v1/inboxes/billing",
+                Some(&root),
+                &json!({"name": "Billing"})
+            )
+            .await
+            .status,
         200
     );
     let carol = customer("carol");
@@ -254,7 +333,10 @@ async fn list_filters_and_scopes() {
     let c1 = server.open_as_customer(&carol).await;
     let c2 = server.open_as_customer(&carol).await;
     let d1 = server.open_as_customer(&dave).await;
-    let b1 = server.open(&carol, "billing", None).await["id"].as_str().unwrap().to_owned();
+    let b1 = server.open(&carol, "billing", None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // Customers: their own only, customer views.
     let items = list_items(&server.list(&carol, "").await.json());
@@ -303,7 +385,8 @@ async fn history_pages_with_after_and_limit() {
     let conv = server.open_as_customer(&cust).await;
     let mut a = server.client(&alice).await;
     for i in 0..6 {
-        a.message(&conv, &format!("m{i}"), &format!("message {i}")).await;
+        a.message(&conv, &format!("m{i}"), &format!("message {i}"))
+            .await;
         a.note(&conv, &format!("n{i}"), &format!("note {i}")).await;
     }
     // Agent stream: 13 events; customer stream: 7.

@@ -76,7 +76,11 @@ async fn notes_never_reach_the_customer_on_any_path() {
 
     let reply = server
         .http
-        .post("/v1/conversations", Some(&cust), &json!({"inbox_id": "support"}))
+        .post(
+            "/v1/conversations",
+            Some(&cust),
+            &json!({"inbox_id": "support"}),
+        )
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text);
     customer_http.push(reply.text.clone());
@@ -98,10 +102,17 @@ async fn notes_never_reach_the_customer_on_any_path() {
 
     let ok = c.message(&conv, "c-1", "Hi, my parcel never arrived").await;
     heads.public_event();
-    assert_eq!(ok["seq"], heads.public, "customer's ok is in the public stream");
+    assert_eq!(
+        ok["seq"], heads.public,
+        "customer's ok is in the public stream"
+    );
 
     let ok = a
-        .note(&conv, "shared-key", &format!("{marker} flagged for fraud review"))
+        .note(
+            &conv,
+            "shared-key",
+            &format!("{marker} flagged for fraud review"),
+        )
         .await;
     heads.internal_note();
     assert_eq!(ok["seq"], heads.agents, "agent's ok is in the agent stream");
@@ -111,23 +122,34 @@ async fn notes_never_reach_the_customer_on_any_path() {
     a.send_json(&typing(&conv, "internal")).await;
     a.sync().await;
 
-    let ok = a.message(&conv, "a-1", "Sorry to hear that, checking now").await;
+    let ok = a
+        .message(&conv, "a-1", "Sorry to hear that, checking now")
+        .await;
     heads.public_event();
     assert_eq!(ok["seq"], heads.agents);
 
     let ok = b
-        .ok(json!({"type": "note", "conversation_id": conv, "client_id": "b-1",
-                   "body": format!("context: {marker}"), "note_type": "context"}))
+        .ok(
+            json!({"type": "note", "conversation_id": conv, "client_id": "b-1",
+                   "body": format!("context: {marker}"), "note_type": "context"}),
+        )
         .await;
     heads.internal_note();
     assert_eq!(ok["seq"], heads.agents);
     note_ids.push(ok["event_id"].as_str().unwrap().to_owned());
 
     let ok = s
-        .note(&conv, "s-1", &format!("{marker} from a supervisor, for the team"))
+        .note(
+            &conv,
+            "s-1",
+            &format!("{marker} from a supervisor, for the team"),
+        )
         .await;
     heads.internal_note();
-    assert_eq!(ok["seq"], heads.supervisors, "supervisor's ok is in the supervisor stream");
+    assert_eq!(
+        ok["seq"], heads.supervisors,
+        "supervisor's ok is in the supervisor stream"
+    );
     note_ids.push(ok["event_id"].as_str().unwrap().to_owned());
 
     let ok = c.message(&conv, "c-2", "Any news?").await;
@@ -143,8 +165,10 @@ async fn notes_never_reach_the_customer_on_any_path() {
     assert!(!note_ids.contains(&ok["event_id"].as_str().unwrap().to_owned()));
 
     let ok = a
-        .ok(json!({"type": "note", "conversation_id": conv, "client_id": "a-n2",
-                   "body": format!("resolution {marker}"), "note_type": "resolution"}))
+        .ok(
+            json!({"type": "note", "conversation_id": conv, "client_id": "a-n2",
+                   "body": format!("resolution {marker}"), "note_type": "resolution"}),
+        )
         .await;
     heads.internal_note();
     assert_eq!(ok["seq"], heads.agents);
@@ -168,10 +192,14 @@ async fn notes_never_reach_the_customer_on_any_path() {
         "not_found",
     )
     .await;
-    c.error_code(send_frame(&conv, "c-3", ""), "bad_request").await;
+    c.error_code(send_frame(&conv, "c-3", ""), "bad_request")
+        .await;
     let reply = server
         .http
-        .get(&format!("/v1/conversations/{conv}/events?after=abc"), Some(&cust))
+        .get(
+            &format!("/v1/conversations/{conv}/events?after=abc"),
+            Some(&cust),
+        )
         .await;
     assert_eq!(reply.status, 400, "{}", reply.text);
     customer_http.push(reply.text.clone());
@@ -180,7 +208,11 @@ async fn notes_never_reach_the_customer_on_any_path() {
     let mut live = c.frames_until_seq(heads.public).await;
     let mut bob_frames = b.frames_until_seq(heads.agents).await;
     let mut alice_frames = a.frames_until_seq(heads.agents).await;
-    for (client, frames) in [(&mut c, &mut live), (&mut b, &mut bob_frames), (&mut a, &mut alice_frames)] {
+    for (client, frames) in [
+        (&mut c, &mut live),
+        (&mut b, &mut bob_frames),
+        (&mut a, &mut alice_frames),
+    ] {
         client.sync().await;
         frames.extend(client.take_pending());
     }
@@ -199,19 +231,33 @@ async fn notes_never_reach_the_customer_on_any_path() {
             && f["user"]["id"] == "alice"),
         "bob should see alice's internal typing: {bob_frames:?}"
     );
-    let bob_events: Vec<Value> = bob_frames.into_iter().filter(|f| ty(f) == "event").collect();
-    assert_eq!(seqs(&bob_events), range(2, heads.agents), "agent's live seqs");
+    let bob_events: Vec<Value> = bob_frames
+        .into_iter()
+        .filter(|f| ty(f) == "event")
+        .collect();
+    assert_eq!(
+        seqs(&bob_events),
+        range(2, heads.agents),
+        "agent's live seqs"
+    );
 
     // Positive control: the notes exist and reached the team.
     let alice_notes = alice_frames
         .iter()
         .filter(|f| ty(f) == "event" && f["event"]["kind"] == "note")
         .count();
-    assert_eq!(alice_notes, 4, "alice should have received the 4 notes live");
+    assert_eq!(
+        alice_notes, 4,
+        "alice should have received the 4 notes live"
+    );
     let staff_history = server.history(&alice, &conv).await;
     assert_eq!(staff_history.head, heads.agents);
     assert_eq!(
-        staff_history.bodies().iter().filter(|b| b.contains(&marker)).count(),
+        staff_history
+            .bodies()
+            .iter()
+            .filter(|b| b.contains(&marker))
+            .count(),
         4
     );
 
@@ -219,7 +265,11 @@ async fn notes_never_reach_the_customer_on_any_path() {
     let mut c2 = server.client(&cust).await;
     let (replay, ok) = c2.subscribe(&conv, Some(0)).await;
     all_events(&replay);
-    assert_eq!(seqs(&replay), range(1, heads.public), "customer's replay seqs");
+    assert_eq!(
+        seqs(&replay),
+        range(1, heads.public),
+        "customer's replay seqs"
+    );
     assert_eq!(ok["head"], heads.public);
     for frame in &replay {
         let kind = frame["event"]["kind"].as_str().unwrap();
@@ -232,7 +282,10 @@ async fn notes_never_reach_the_customer_on_any_path() {
     assert_eq!(history.seqs(), range(1, heads.public));
     assert_eq!(history.head, heads.public);
     for kind in history.kinds() {
-        assert!(matches!(kind.as_str(), "conversation_opened" | "message"), "{kind}");
+        assert!(
+            matches!(kind.as_str(), "conversation_opened" | "message"),
+            "{kind}"
+        );
     }
     let view = server.conversation(&cust, &conv).await;
     customer_http.push(view.text.clone());
@@ -285,9 +338,11 @@ async fn supervisors_only_notes_reach_supervisors_and_admins_only() {
 
     let mut heads = Heads::opened();
     let ok = sam_ws
-        .ok(json!({"type": "note", "conversation_id": conv, "client_id": "coach-1",
+        .ok(
+            json!({"type": "note", "conversation_id": conv, "client_id": "coach-1",
                    "body": format!("{marker}: alice should apologise first"),
-                   "note_type": "coaching", "audience": "supervisors"}))
+                   "note_type": "coaching", "audience": "supervisors"}),
+        )
         .await;
     heads.supervisors_note();
     assert_eq!(ok["seq"], heads.supervisors);
@@ -362,7 +417,9 @@ async fn supervisors_only_notes_reach_supervisors_and_admins_only() {
 }
 
 fn timestamp(value: &Value) -> OffsetDateTime {
-    let text = value.as_str().unwrap_or_else(|| panic!("not a timestamp: {value}"));
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {value}"));
     OffsetDateTime::parse(text, &Rfc3339).unwrap_or_else(|e| panic!("{text}: {e}"))
 }
 
@@ -466,7 +523,10 @@ async fn internal_typing_reaches_staff_only() {
     for ws in [&mut a, &mut b, &mut s] {
         let frame = ws.next_frame(STEP).await;
         assert_eq!(ty(&frame), "typing", "{frame}");
-        assert_eq!(frame["audience"], "public", "only the public typing arrives: {frame}");
+        assert_eq!(
+            frame["audience"], "public",
+            "only the public typing arrives: {frame}"
+        );
         assert_eq!(frame["user"]["id"], "carol");
         assert_eq!(frame["user"]["role"], "customer");
     }
@@ -487,7 +547,12 @@ fn word_marker() -> String {
 
 /// Staff-only requests a customer might try over HTTP; every answer is returned so its
 /// bytes can be searched, and none may succeed.
-async fn customer_http_attempts(server: &TestServer, cust: &str, conv: &str, marker: &str) -> Vec<String> {
+async fn customer_http_attempts(
+    server: &TestServer,
+    cust: &str,
+    conv: &str,
+    marker: &str,
+) -> Vec<String> {
     let mut texts = Vec::new();
     let gets = [
         format!("/v1/search/notes?q={marker}"),
@@ -502,20 +567,45 @@ async fn customer_http_attempts(server: &TestServer, cust: &str, conv: &str, mar
     ];
     for path in &gets {
         let reply = server.http.get(path, Some(cust)).await;
-        assert!(matches!(reply.status, 403 | 404), "customer GET {path}: {} {}", reply.status, reply.text);
+        assert!(
+            matches!(reply.status, 403 | 404),
+            "customer GET {path}: {} {}",
+            reply.status,
+            reply.text
+        );
         texts.push(reply.text);
     }
     let posts = [
-        (format!("/v1/conversations/{conv}/notes"), json!({"client_id": "c-note", "body": "hi"})),
-        (format!("/v1/conversations/{conv}/assign"), json!({"assignee_id": "carol"})),
-        (format!("/v1/conversations/{conv}/status"), json!({"status": "resolved"})),
-        (format!("/v1/conversations/{conv}/tags"), json!({"add": ["x"]})),
-        ("/v1/fields/values".to_owned(), json!({"target": "conversation", "id": conv, "fields": {}})),
+        (
+            format!("/v1/conversations/{conv}/notes"),
+            json!({"client_id": "c-note", "body": "hi"}),
+        ),
+        (
+            format!("/v1/conversations/{conv}/assign"),
+            json!({"assignee_id": "carol"}),
+        ),
+        (
+            format!("/v1/conversations/{conv}/status"),
+            json!({"status": "resolved"}),
+        ),
+        (
+            format!("/v1/conversations/{conv}/tags"),
+            json!({"add": ["x"]}),
+        ),
+        (
+            "/v1/fields/values".to_owned(),
+            json!({"target": "conversation", "id": conv, "fields": {}}),
+        ),
         ("/v1/notifications/read".to_owned(), json!({})),
     ];
     for (path, body) in &posts {
         let reply = server.http.post(path, Some(cust), body).await;
-        assert!(matches!(reply.status, 403 | 404), "customer POST {path}: {} {}", reply.status, reply.text);
+        assert!(
+            matches!(reply.status, 403 | 404),
+            "customer POST {path}: {} {}",
+            reply.status,
+            reply.text
+        );
         texts.push(reply.text);
     }
     texts
@@ -525,14 +615,24 @@ async fn customer_http_attempts(server: &TestServer, cust: &str, conv: &str, mar
 async fn internal_activity_never_reaches_the_customer() {
     let server = TestServer::start().await;
     let marker = word_marker();
-    let (tag, team, conv_field, contact_field) =
-        ("vip-escalation", "tier2-team", "internal_tier", "risk_score");
+    let (tag, team, conv_field, contact_field) = (
+        "vip-escalation",
+        "tier2-team",
+        "internal_tier",
+        "risk_score",
+    );
     let root = admin("root");
     for (path, body) in [
         (format!("/v1/tags/{tag}"), json!({"color": "red"})),
         (format!("/v1/teams/{team}"), json!({"name": "Tier 2"})),
-        (format!("/v1/fields/{conv_field}"), json!({"type": "text", "applies_to": "conversation"})),
-        (format!("/v1/fields/{contact_field}"), json!({"type": "text", "applies_to": "contact"})),
+        (
+            format!("/v1/fields/{conv_field}"),
+            json!({"type": "text", "applies_to": "conversation"}),
+        ),
+        (
+            format!("/v1/fields/{contact_field}"),
+            json!({"type": "text", "applies_to": "contact"}),
+        ),
     ] {
         let reply = server.http.put(&path, Some(&root), &body).await;
         assert_eq!(reply.status, 200, "PUT {path}: {}", reply.text);
@@ -546,7 +646,11 @@ async fn internal_activity_never_reaches_the_customer() {
 
     let reply = server
         .http
-        .post("/v1/conversations", Some(&cust), &json!({"inbox_id": "support"}))
+        .post(
+            "/v1/conversations",
+            Some(&cust),
+            &json!({"inbox_id": "support"}),
+        )
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text);
     let mut customer_http = vec![reply.text.clone()];
@@ -615,12 +719,22 @@ async fn internal_activity_never_reaches_the_customer() {
     let customer_after = customer_after.json();
     assert_eq!(customer_after["head"], 2);
     assert_eq!(customer_after["updated_at"], customer_before["updated_at"]);
-    let allowed: std::collections::BTreeSet<String> =
-        ["id", "inbox_id", "subject", "status", "created_at", "updated_at", "head"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-    assert!(keys(&customer_after).is_subset(&allowed), "customer view: {customer_after}");
+    let allowed: std::collections::BTreeSet<String> = [
+        "id",
+        "inbox_id",
+        "subject",
+        "status",
+        "created_at",
+        "updated_at",
+        "head",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert!(
+        keys(&customer_after).is_subset(&allowed),
+        "customer view: {customer_after}"
+    );
 
     // A public reply: the customer's next seq is 3, nothing in between.
     a.message(&conv, "a-1", "refund on its way").await;
@@ -629,16 +743,34 @@ async fn internal_activity_never_reaches_the_customer() {
     live.extend(c.take_pending());
     all_events(&live);
     assert_eq!(seqs(&live), vec![2, 3]);
-    assert!(c.presence().is_empty(), "presence reached a customer: {:?}", c.presence());
+    assert!(
+        c.presence().is_empty(),
+        "presence reached a customer: {:?}",
+        c.presence()
+    );
 
     // Positive controls: it all happened, and the team saw it.
     let staff = server.history(&alice, &conv).await;
     let kinds = staff.kinds();
-    for kind in ["note", "note_edited", "note_pinned", "assigned", "status_changed", "tags_changed", "fields_changed"] {
-        assert!(kinds.iter().any(|k| k == kind), "no {kind} in the staff history: {kinds:?}");
+    for kind in [
+        "note",
+        "note_edited",
+        "note_pinned",
+        "assigned",
+        "status_changed",
+        "tags_changed",
+        "fields_changed",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "no {kind} in the staff history: {kinds:?}"
+        );
     }
     let bob_frames = b.frames_until_seq(staff.head).await;
-    let notifications: Vec<&Value> = bob_frames.iter().filter(|f| ty(f) == "notification").collect();
+    let notifications: Vec<&Value> = bob_frames
+        .iter()
+        .filter(|f| ty(f) == "notification")
+        .collect();
     assert!(
         notifications.iter().any(|n| n["kind"] == "mention")
             && notifications.iter().any(|n| n["kind"] == "assigned"),
@@ -646,7 +778,10 @@ async fn internal_activity_never_reaches_the_customer() {
     );
     let staff_view = server.conversation(&alice, &conv).await.json();
     assert_eq!(staff_view["assignee_id"], "bob-internal");
-    assert!(staff_view.to_string().contains(&marker), "staff view shows the pinned note and field");
+    assert!(
+        staff_view.to_string().contains(&marker),
+        "staff view shows the pinned note and field"
+    );
 
     // Replay, history and list for the customer.
     let mut c2 = server.client(&cust).await;
@@ -654,7 +789,10 @@ async fn internal_activity_never_reaches_the_customer() {
     assert_eq!(seqs(&replay), vec![1, 2, 3]);
     assert_eq!(ok["head"], 3);
     let history = server.history(&cust, &conv).await;
-    assert_eq!(history.kinds(), vec!["conversation_opened", "message", "message"]);
+    assert_eq!(
+        history.kinds(),
+        vec!["conversation_opened", "message", "message"]
+    );
     customer_http.extend(history.texts);
     customer_http.push(server.list(&cust, "").await.text);
     customer_http.push(server.list(&cust, "status=pending").await.text);
@@ -701,7 +839,11 @@ async fn the_reply_guard_does_not_betray_notes_to_the_customer() {
     let note2 = a.note(&conv, "n-2", &format!("{marker} second")).await;
     let error = c.error_code(guarded("c-3", 3), "conflict").await;
     let missed = error["missed"].as_array().expect("missed");
-    assert_eq!(seqs(missed), vec![4], "only the public reply, in the public stream");
+    assert_eq!(
+        seqs(missed),
+        vec![4],
+        "only the public reply, in the public stream"
+    );
     assert_eq!(missed[0]["event"]["kind"], "message");
     assert_eq!(server.head(&cust, &conv).await, 4, "nothing stored");
 
@@ -739,22 +881,38 @@ async fn supervisors_only_notes_stay_with_supervisors_on_every_path() {
     let mut sam_ws = server.client(&sam).await;
 
     let ok = sam_ws
-        .ok(json!({"type": "note", "conversation_id": conv, "client_id": "coach-1",
+        .ok(
+            json!({"type": "note", "conversation_id": conv, "client_id": "coach-1",
                    "body": format!("@alice @sue {marker} tone was off"),
-                   "note_type": "coaching", "audience": "supervisors"}))
+                   "note_type": "coaching", "audience": "supervisors"}),
+        )
         .await;
-    assert_eq!(ok["mentioned"], json!(["sue"]), "only those who may read it are notified");
+    assert_eq!(
+        ok["mentioned"],
+        json!(["sue"]),
+        "only those who may read it are notified"
+    );
     let note_id = ok["event_id"].as_str().unwrap().to_owned();
     let mut ids = vec![note_id.clone()];
     for frame in [
         json!({"type": "edit_note", "conversation_id": conv, "note_id": note_id, "body": format!("{marker} tone was off (edited)")}),
         json!({"type": "pin_note", "conversation_id": conv, "note_id": note_id}),
     ] {
-        ids.push(sam_ws.ok(frame).await["event_id"].as_str().unwrap().to_owned());
+        ids.push(
+            sam_ws.ok(frame).await["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     // Control: sue sees the note, the edit, the pin, and a mention.
     let sue_frames = sue_ws.frames_until_seq(4).await;
-    assert!(sue_frames.iter().any(|f| ty(f) == "notification" && f["kind"] == "mention"), "{sue_frames:?}");
+    assert!(
+        sue_frames
+            .iter()
+            .any(|f| ty(f) == "notification" && f["kind"] == "mention"),
+        "{sue_frames:?}"
+    );
 
     // The agent may not touch it; it answers as if it did not exist or was not theirs.
     let mut agent_answers = Vec::new();
@@ -763,7 +921,10 @@ async fn supervisors_only_notes_stay_with_supervisors_on_every_path() {
         json!({"type": "pin_note", "conversation_id": conv, "note_id": note_id, "pinned": false}),
     ] {
         let error = a.error(frame.clone()).await;
-        assert!(matches!(error["code"].as_str(), Some("forbidden" | "not_found")), "{frame} -> {error}");
+        assert!(
+            matches!(error["code"].as_str(), Some("forbidden" | "not_found")),
+            "{frame} -> {error}"
+        );
         agent_answers.push(error.to_string());
     }
     a.sync().await;
@@ -771,7 +932,10 @@ async fn supervisors_only_notes_stay_with_supervisors_on_every_path() {
 
     let notifications = server.http.get("/v1/notifications", Some(&alice)).await;
     assert_eq!(notifications.status, 200, "{}", notifications.text);
-    let search = server.http.get(&format!("/v1/search/notes?q={marker}"), Some(&alice)).await;
+    let search = server
+        .http
+        .get(&format!("/v1/search/notes?q={marker}"), Some(&alice))
+        .await;
     assert_eq!(search.status, 200, "{}", search.text);
     assert_eq!(search.json()["results"], json!([]), "{}", search.text);
     let view = server.conversation(&alice, &conv).await;
@@ -782,10 +946,22 @@ async fn supervisors_only_notes_stay_with_supervisors_on_every_path() {
     agent_answers.extend(history.texts);
 
     // Controls: a supervisor finds it everywhere.
-    let sup_search = server.http.get(&format!("/v1/search/notes?q={marker}"), Some(&sue)).await;
-    assert_eq!(sup_search.json()["results"].as_array().map(Vec::len), Some(1), "{}", sup_search.text);
+    let sup_search = server
+        .http
+        .get(&format!("/v1/search/notes?q={marker}"), Some(&sue))
+        .await;
+    assert_eq!(
+        sup_search.json()["results"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        sup_search.text
+    );
     let sup_notifications = server.http.get("/v1/notifications", Some(&sue)).await;
-    assert!(sup_notifications.text.contains(&note_id), "{}", sup_notifications.text);
+    assert!(
+        sup_notifications.text.contains(&note_id),
+        "{}",
+        sup_notifications.text
+    );
 
     let mut needles = vec![marker.clone()];
     needles.extend(ids);

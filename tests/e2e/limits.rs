@@ -80,12 +80,20 @@ async fn a_socket_that_stops_reading_is_closed_with_4008_and_resumes_with_since(
 
     // The slow one was cut off: what it got is a gap-free prefix, then close 4008.
     let (frames, closed) = slow.drain_until_close(STEP).await;
-    assert_eq!(closed.code, Some(4008), "{closed:?} after {} frames", frames.len());
+    assert_eq!(
+        closed.code,
+        Some(4008),
+        "{closed:?} after {} frames",
+        frames.len()
+    );
     let events: Vec<_> = frames.into_iter().filter(|f| ty(f) == "event").collect();
     let got = seqs(&events);
     let last = got.last().copied().unwrap_or(1);
     assert_eq!(got, range(2, last), "no gap before the cut");
-    assert!(last < head, "a slow reader should not have received everything");
+    assert!(
+        last < head,
+        "a slow reader should not have received everything"
+    );
 
     // It resumes with `since` and misses nothing.
     let mut again = server.client(&agent("slow")).await;

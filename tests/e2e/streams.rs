@@ -19,11 +19,20 @@ fn event_ids(entries: &[Value]) -> Vec<String> {
 }
 
 /// `count` notes over one socket, one after the other; returns each `ok`.
-async fn write_notes(mut client: Client, conversation: String, prefix: String, count: usize) -> Vec<Value> {
+async fn write_notes(
+    mut client: Client,
+    conversation: String,
+    prefix: String,
+    count: usize,
+) -> Vec<Value> {
     let mut oks = Vec::with_capacity(count);
     for i in 0..count {
         let ok = client
-            .note(&conversation, &format!("{prefix}-{i}"), &format!("note {prefix} #{i}"))
+            .note(
+                &conversation,
+                &format!("{prefix}-{i}"),
+                &format!("note {prefix} #{i}"),
+            )
             .await;
         oks.push(ok);
     }
@@ -41,7 +50,12 @@ async fn write_notes_concurrently(
     for w in 0..sockets {
         let client = server.client(&agent(&format!("writer-{w}"))).await;
         let n = count / sockets + usize::from(w < count % sockets);
-        tasks.spawn(write_notes(client, conversation.to_owned(), format!("w{w}"), n));
+        tasks.spawn(write_notes(
+            client,
+            conversation.to_owned(),
+            format!("w{w}"),
+            n,
+        ));
     }
     let mut oks = Vec::new();
     while let Some(result) = tasks.join_next().await {
@@ -63,12 +77,16 @@ async fn each_audience_reads_its_own_gap_free_stream() {
     let mut s = server.client(&sam).await;
 
     for i in 0..4 {
-        c.message(&conv, &format!("c{i}"), &format!("customer {i}")).await;
-        a.note(&conv, &format!("n{i}"), &format!("note {i}")).await;
-        s.ok(json!({"type": "note", "conversation_id": conv, "client_id": format!("s{i}"),
-                    "body": format!("coaching {i}"), "audience": "supervisors"}))
+        c.message(&conv, &format!("c{i}"), &format!("customer {i}"))
             .await;
-        a.message(&conv, &format!("a{i}"), &format!("reply {i}")).await;
+        a.note(&conv, &format!("n{i}"), &format!("note {i}")).await;
+        s.ok(
+            json!({"type": "note", "conversation_id": conv, "client_id": format!("s{i}"),
+                    "body": format!("coaching {i}"), "audience": "supervisors"}),
+        )
+        .await;
+        a.message(&conv, &format!("a{i}"), &format!("reply {i}"))
+            .await;
     }
     // 1 opened + 8 messages public; + 4 notes for agents; + 4 supervisor notes.
     let public = server.history(&cust, &conv).await;
@@ -134,7 +152,11 @@ async fn concurrent_writers_are_delivered_in_order_exactly_once() {
     let customer_task = tokio::spawn(async move {
         let mut oks = Vec::new();
         for i in 0..15 {
-            oks.push(customer_writer.message(&conv2, &format!("m{i}"), &format!("message {i}")).await);
+            oks.push(
+                customer_writer
+                    .message(&conv2, &format!("m{i}"), &format!("message {i}"))
+                    .await,
+            );
         }
         oks
     });
@@ -146,17 +168,32 @@ async fn concurrent_writers_are_delivered_in_order_exactly_once() {
     note_seqs.sort();
     note_seqs.dedup();
     assert_eq!(note_seqs.len(), 60, "distinct seqs for distinct notes");
-    let message_seqs: Vec<u64> = messages.iter().map(|o| o["seq"].as_u64().unwrap()).collect();
-    assert_eq!(message_seqs, range(2, 16), "a customer's own writes in its stream, in order");
+    let message_seqs: Vec<u64> = messages
+        .iter()
+        .map(|o| o["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        message_seqs,
+        range(2, 16),
+        "a customer's own writes in its stream, in order"
+    );
 
     let head = 1 + 60 + 15;
     let live = watcher.frames_until_seq(head).await;
     watcher.sync().await;
     watcher.expect_silence(QUIET).await;
     all_events(&live);
-    assert_eq!(seqs(&live), range(2, head), "agent's live feed: in order, once, no gap");
+    assert_eq!(
+        seqs(&live),
+        range(2, head),
+        "agent's live feed: in order, once, no gap"
+    );
     let history = server.history(&agent("watcher"), &conv).await;
-    assert_eq!(event_ids(&live), event_ids(&history.events[1..]), "live matches history");
+    assert_eq!(
+        event_ids(&live),
+        event_ids(&history.events[1..]),
+        "live matches history"
+    );
 
     let public_live = cust_ws.frames_until_seq(16).await;
     cust_ws.sync().await;
@@ -191,7 +228,11 @@ async fn resume_with_since_gets_exactly_the_missed_events() {
     let mut c = server.client(&cust).await;
     let (replay, ok) = c.subscribe(&conv, Some(last_seen)).await;
     all_events(&replay);
-    assert_eq!(seqs(&replay), vec![4, 5], "exactly the missed public events");
+    assert_eq!(
+        seqs(&replay),
+        vec![4, 5],
+        "exactly the missed public events"
+    );
     assert_eq!(replay[0]["event"]["body"], "are you there?");
     assert_eq!(replay[1]["event"]["body"], "closing soon");
     assert_eq!(ok["head"], 5);
@@ -233,7 +274,11 @@ async fn replay_comes_before_ok_and_joins_live_without_gap() {
     let writer_task = tokio::spawn(async move {
         let mut oks = Vec::new();
         for i in 0..total {
-            oks.push(writer.note(&conv2, &format!("w-{i}"), &format!("note {i}")).await);
+            oks.push(
+                writer
+                    .note(&conv2, &format!("w-{i}"), &format!("note {i}"))
+                    .await,
+            );
             let _ = progress_tx.send(i + 1);
         }
         oks
@@ -249,7 +294,11 @@ async fn replay_comes_before_ok_and_joins_live_without_gap() {
         let (replay, ok) = sub.subscribe(&conv, Some(0)).await;
         all_events(&replay);
         let head = ok["head"].as_u64().unwrap();
-        assert_eq!(seqs(&replay), range(1, head), "replay is everything up to the ok's head");
+        assert_eq!(
+            seqs(&replay),
+            range(1, head),
+            "replay is everything up to the ok's head"
+        );
         subscribers.push((sub, replay, head));
     }
     let oks = writer_task.await.unwrap();
@@ -267,7 +316,11 @@ async fn replay_comes_before_ok_and_joins_live_without_gap() {
         all_events(&live);
         let mut all = seqs(&replay);
         all.extend(seqs(&live));
-        assert_eq!(all, range(1, final_head), "replay then live: no gap, no duplicate");
+        assert_eq!(
+            all,
+            range(1, final_head),
+            "replay then live: no gap, no duplicate"
+        );
     }
 }
 
@@ -283,7 +336,11 @@ async fn send_and_note_are_idempotent_per_author_and_client_id() {
     let mut c = server.client(&cust).await;
     let first = c.message(&conv, "retry-me", "original text").await;
     assert_eq!(first["seq"], 2);
-    assert_ne!(first["duplicate"], json!(true), "first write is not a duplicate");
+    assert_ne!(
+        first["duplicate"],
+        json!(true),
+        "first write is not a duplicate"
+    );
     let again = c.message(&conv, "retry-me", "original text").await;
     assert_eq!(again["duplicate"], true);
     assert_eq!(again["event_id"], first["event_id"]);
@@ -310,7 +367,10 @@ async fn send_and_note_are_idempotent_per_author_and_client_id() {
     assert_eq!(note_again["duplicate"], true);
     assert_eq!(note_again["event_id"], note["event_id"]);
     assert_eq!(note_again["seq"], 3);
-    assert!(note_again["mentioned"].is_array(), "note ok carries `mentioned`: {note_again}");
+    assert!(
+        note_again["mentioned"].is_array(),
+        "note ok carries `mentioned`: {note_again}"
+    );
 
     // Stored and delivered once each.
     let live = watcher.frames_until_seq(3).await;
@@ -343,7 +403,11 @@ async fn resubscribing_replays_from_the_new_since_and_stays_one_subscription() {
     let live = c.frames_until_seq(4).await;
     c.sync().await;
     c.expect_silence(QUIET).await;
-    assert_eq!(seqs(&live), vec![4], "delivered once, not once per subscribe");
+    assert_eq!(
+        seqs(&live),
+        vec![4],
+        "delivered once, not once per subscribe"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -354,7 +418,8 @@ async fn unsubscribe_stops_delivery_until_the_next_subscribe() {
     let mut a = server.client(&agent("alice")).await;
     let mut c = server.client(&cust).await;
     c.subscribe(&conv, None).await;
-    c.ok(json!({"type": "unsubscribe", "conversation_id": conv})).await;
+    c.ok(json!({"type": "unsubscribe", "conversation_id": conv}))
+        .await;
 
     a.message(&conv, "a1", "you won't see this live").await;
     a.sync().await;
@@ -383,13 +448,21 @@ async fn since_beyond_the_head_resets_and_replays_from_the_start() {
     assert_eq!(ok["reset"], true, "{ok}");
     assert_eq!(ok["head"], 2);
     all_events(&replay);
-    assert_eq!(seqs(&replay), vec![1, 2], "replay starts from the beginning");
+    assert_eq!(
+        seqs(&replay),
+        vec![1, 2],
+        "replay starts from the beginning"
+    );
 
     // An agent's stream has its own head: since 3 is its head, not beyond.
     let mut a2 = server.client(&agent("bob")).await;
     let (replay, ok) = a2.subscribe(&conv, Some(3)).await;
     assert!(replay.is_empty());
-    assert_ne!(ok["reset"], json!(true), "since == head is not a reset: {ok}");
+    assert_ne!(
+        ok["reset"],
+        json!(true),
+        "since == head is not a reset: {ok}"
+    );
     let (replay, ok) = a2.subscribe(&conv, Some(4)).await;
     assert_eq!(ok["reset"], true, "{ok}");
     assert_eq!(seqs(&replay), vec![1, 2, 3]);
@@ -436,7 +509,10 @@ async fn replay_over_1000_events_is_truncated_and_the_rest_pages_over_http() {
         .get(&format!("/v1/conversations/{conv}/events"), Some(&alice))
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
-    assert_eq!(seqs(reply.json()["events"].as_array().unwrap()), range(1, 100));
+    assert_eq!(
+        seqs(reply.json()["events"].as_array().unwrap()),
+        range(1, 100)
+    );
     let page = server.history_page(&alice, &conv, 0, 1000).await.json();
     assert_eq!(seqs(page["events"].as_array().unwrap()), range(1, 1000));
 }

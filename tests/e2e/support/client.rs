@@ -70,10 +70,7 @@ pub struct Client {
     presence: Vec<Value>,
 }
 
-pub async fn connect(
-    addr: SocketAddr,
-    options: ConnectOptions,
-) -> Result<Client, ConnectError> {
+pub async fn connect(addr: SocketAddr, options: ConnectOptions) -> Result<Client, ConnectError> {
     let socket = TcpSocket::new_v4().map_err(|e| ConnectError::Other(e.to_string()))?;
     if let Some(size) = options.recv_buffer {
         socket
@@ -88,9 +85,10 @@ pub async fn connect(
         .into_client_request()
         .expect("valid request");
     if let Some(origin) = &options.origin {
-        request
-            .headers_mut()
-            .insert("Origin", HeaderValue::from_str(origin).expect("origin header"));
+        request.headers_mut().insert(
+            "Origin",
+            HeaderValue::from_str(origin).expect("origin header"),
+        );
     }
     let handshake = tokio::time::timeout(STEP, tokio_tungstenite::client_async(request, stream))
         .await
@@ -167,9 +165,7 @@ impl Client {
                 Ok(next) => next,
             };
             let message = match next {
-                None => {
-                    return self.set_closed(None, "connection ended without a close frame")
-                }
+                None => return self.set_closed(None, "connection ended without a close frame"),
                 Some(Err(e)) => return self.set_closed(None, &format!("transport error: {e}")),
                 Some(Ok(message)) => message,
             };
@@ -371,7 +367,9 @@ impl Client {
                     return Err(format!("no answer to {frame} within {STEP:?}"));
                 }
                 Incoming::Closed(c) => {
-                    return Err(format!("socket closed ({c:?}) before the answer to {frame}"))
+                    return Err(format!(
+                        "socket closed ({c:?}) before the answer to {frame}"
+                    ))
                 }
             }
         }
@@ -440,7 +438,11 @@ impl Client {
     }
 
     /// `subscribe`: the frames replayed before the `ok`, and the `ok`.
-    pub async fn subscribe(&mut self, conversation: &str, since: Option<u64>) -> (Vec<Value>, Value) {
+    pub async fn subscribe(
+        &mut self,
+        conversation: &str,
+        since: Option<u64>,
+    ) -> (Vec<Value>, Value) {
         let mut frame = json!({"type": "subscribe", "conversation_id": conversation});
         if let Some(since) = since {
             frame["since"] = json!(since);
@@ -476,7 +478,10 @@ impl Client {
 
     /// How many answers arrived with this `ref` (as JSON: `json!("r1")`, `json!(7)`).
     pub fn answers_for(&self, reference: &Value) -> usize {
-        self.answers.get(&reference.to_string()).copied().unwrap_or(0)
+        self.answers
+            .get(&reference.to_string())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Closes the socket from our side (a normal close) and waits for the server's side

@@ -85,7 +85,10 @@ impl TestServer {
             }
             if let Ok(Ok(resp)) = tokio::time::timeout(
                 Duration::from_secs(1),
-                self.http.client.get(format!("{}/healthz", self.http.base)).send(),
+                self.http
+                    .client
+                    .get(format!("{}/healthz", self.http.base))
+                    .send(),
             )
             .await
             {
@@ -139,8 +142,16 @@ impl TestServer {
         self.http.open_as_customer(customer_token).await
     }
 
-    pub async fn history_page(&self, token: &str, conversation: &str, after: u64, limit: u64) -> Reply {
-        self.http.history_page(token, conversation, after, limit).await
+    pub async fn history_page(
+        &self,
+        token: &str,
+        conversation: &str,
+        after: u64,
+        limit: u64,
+    ) -> Reply {
+        self.http
+            .history_page(token, conversation, after, limit)
+            .await
     }
 
     pub async fn history(&self, token: &str, conversation: &str) -> History {
@@ -183,7 +194,10 @@ pub struct History {
 
 impl History {
     pub fn seqs(&self) -> Vec<u64> {
-        self.events.iter().map(|e| e["seq"].as_u64().expect("seq")).collect()
+        self.events
+            .iter()
+            .map(|e| e["seq"].as_u64().expect("seq"))
+            .collect()
     }
     pub fn kinds(&self) -> Vec<String> {
         self.events
@@ -253,8 +267,12 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}), status {}: {}", self.status, self.text))
+        serde_json::from_str(&self.text).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}), status {}: {}",
+                self.status, self.text
+            )
+        })
     }
 
     /// The `error.code` of an error body (checking its shape).
@@ -271,7 +289,11 @@ impl Reply {
 
     /// Asserts status and error code.
     pub fn assert_error(&self, status: u16, code: &str) {
-        assert_eq!(self.status, status, "expected {status} {code}, got: {}", self.text);
+        assert_eq!(
+            self.status, status,
+            "expected {status} {code}, got: {}",
+            self.text
+        );
         assert_eq!(self.error_code(), code, "body: {}", self.text);
     }
 }
@@ -353,7 +375,13 @@ impl Http {
     }
 
     /// `GET .../events?after=&limit=`; must answer 200.
-    pub async fn history_page(&self, token: &str, conversation: &str, after: u64, limit: u64) -> Reply {
+    pub async fn history_page(
+        &self,
+        token: &str,
+        conversation: &str,
+        after: u64,
+        limit: u64,
+    ) -> Reply {
         let reply = self
             .get(
                 &format!("/v1/conversations/{conversation}/events?after={after}&limit={limit}"),

@@ -106,13 +106,22 @@ pub fn refused_tokens() -> Vec<(&'static str, String)> {
     escalated["role"] = json!("admin");
     vec![
         ("alg none", unsigned(&good())),
-        ("HS384", sign_with(Algorithm::HS384, SECRET.as_bytes(), &good())),
-        ("HS512", sign_with(Algorithm::HS512, SECRET.as_bytes(), &good())),
+        (
+            "HS384",
+            sign_with(Algorithm::HS384, SECRET.as_bytes(), &good()),
+        ),
+        (
+            "HS512",
+            sign_with(Algorithm::HS512, SECRET.as_bytes(), &good()),
+        ),
         (
             "signed with another secret",
             sign_with(Algorithm::HS256, b"not-the-secret", &good()),
         ),
-        ("payload swapped after signing", tampered(&good(), &escalated)),
+        (
+            "payload swapped after signing",
+            tampered(&good(), &escalated),
+        ),
         ("missing exp", sign(&no_exp)),
         ("expired two minutes ago", sign(&expired)),
         ("unknown role", sign(&bad_role)),
@@ -125,8 +134,7 @@ pub fn refused_tokens() -> Vec<(&'static str, String)> {
 
 /// Base64url without padding, as JWTs use.
 pub fn b64url(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(data.len() * 4 / 3 + 4);
     for chunk in data.chunks(3) {
         let b0 = chunk[0] as u32;
