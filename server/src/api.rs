@@ -130,7 +130,9 @@ impl FromRequestParts<Arc<AppState>> for Caller {
                     "missing `Authorization: Bearer <token>`".into(),
                 ))
             })?;
-        Ok(Caller(state.service.authenticate(token.trim()).await?))
+        let identity = state.service.authenticate(token.trim()).await?;
+        state.rate.check_user(&identity.user_id)?;
+        Ok(Caller(identity))
     }
 }
 

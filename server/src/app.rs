@@ -21,6 +21,7 @@ use crate::broker::{Broker, Fanout, LocalBroker};
 use crate::config::{Config, Limits};
 use crate::hub::{Hub, HubSettings};
 use crate::metrics::Metrics;
+use crate::rate::RateLimits;
 use crate::service::Service;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
@@ -53,6 +54,7 @@ pub struct AppState {
     /// Every socket task, so shutdown can wait for them.
     pub sockets: TaskTracker,
     pub open_sockets: AtomicUsize,
+    pub rate: RateLimits,
 }
 
 /// Serves on `listener` until `shutdown` resolves, then shuts down gracefully.
@@ -114,8 +116,22 @@ pub async fn run(
         shutdown: stop.clone(),
         sockets: TaskTracker::new(),
         open_sockets: AtomicUsize::new(0),
+        rate: RateLimits::new(&config.limits),
     });
     let router = crate::api::router(state.clone());
+    let forget = {
+        let state = state.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = every.tick() => state.rate.forget_idle(),
+                }
+            }
+        })
+    };
 
     let trigger = {
         let stop = stop.clone();
@@ -142,6 +158,7 @@ pub async fn run(
     trigger.abort();
     state.sockets.close();
     state.sockets.wait().await;
+    forget.abort();
     presence_stop.cancel();
     let _ = presence.await;
     service.shutdown().await;

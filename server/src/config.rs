@@ -44,6 +44,11 @@ pub struct Limits {
     pub presence_ttl: Duration,
     /// A connected staff member without a command for this long shows as `away`.
     pub away_after: Duration,
+    /// Commands per second one socket may send (bursts of twice that).
+    pub commands_per_second: u32,
+    /// Commands per second one user may send over all their sockets and HTTP requests
+    /// on one node (bursts of twice that).
+    pub user_commands_per_second: u32,
 }
 
 impl Default for Limits {
@@ -57,12 +62,16 @@ impl Default for Limits {
             max_subscriptions: 500,
             presence_ttl: Duration::from_secs(30),
             away_after: Duration::from_secs(300),
+            commands_per_second: 50,
+            user_commands_per_second: 100,
         }
     }
 }
 
 impl Config {
-    /// A node on SQLite in `data_dir`, with a fixed secret, as the tests start it.
+    /// A node on SQLite in `data_dir`, with a fixed secret, as the tests start it. Rate
+    /// limits are lifted (tests that write fast would trip them); the rate-limit tests
+    /// set their own.
     pub fn for_tests(data_dir: PathBuf, jwt_secret: &str) -> Self {
         Self {
             data_dir,
@@ -71,7 +80,11 @@ impl Config {
             jwt_secret: Some(jwt_secret.to_owned()),
             allowed_origins: None,
             node_id: "test".to_owned(),
-            limits: Limits::default(),
+            limits: Limits {
+                commands_per_second: 1_000_000,
+                user_commands_per_second: 1_000_000,
+                ..Limits::default()
+            },
         }
     }
 }

@@ -31,6 +31,8 @@ pub enum ServiceError {
         missed: Vec<HistoryEntry>,
     },
     #[error("{0}")]
+    RateLimited(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
     Internal,
@@ -45,6 +47,7 @@ impl ServiceError {
             ServiceError::NotFound(_) => ErrorCode::NotFound,
             ServiceError::TooLarge(_) => ErrorCode::TooLarge,
             ServiceError::Conflict { .. } => ErrorCode::Conflict,
+            ServiceError::RateLimited(_) => ErrorCode::RateLimited,
             ServiceError::Unavailable(_) => ErrorCode::Unavailable,
             ServiceError::Internal => ErrorCode::Internal,
         }

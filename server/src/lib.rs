@@ -20,6 +20,7 @@
 //!   order, once, serializing each event once per audience.
 //! - [`visibility`]: `PublicEvent` and the typed frames each side of a room accepts.
 //! - [`auth`]: tokens. [`metrics`]: Prometheus counters. [`config`]: limits and flags.
+//!   [`rate`]: commands per second per socket and per user.
 //! - [`mentions`] and [`fields`]: parsing `@mentions` and checking custom field values.
 //!
 //! - [`audit`]: verifying and exporting the hash chains (`backchannel audit`).
@@ -36,6 +37,7 @@ pub mod fields;
 pub mod hub;
 pub mod mentions;
 pub mod metrics;
+pub mod rate;
 pub mod service;
 pub mod store;
 pub mod visibility;

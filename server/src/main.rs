@@ -99,6 +99,12 @@ struct ServeArgs {
     /// Idle time after which a connected agent shows as away.
     #[arg(long, env = "BACKCHANNEL_AWAY_AFTER_MS")]
     away_after_ms: Option<u64>,
+    /// Commands per second per socket (bursts of twice that).
+    #[arg(long, env = "BACKCHANNEL_COMMANDS_PER_SECOND")]
+    commands_per_second: Option<u32>,
+    /// Commands per second per user on this node, sockets and HTTP together.
+    #[arg(long, env = "BACKCHANNEL_USER_COMMANDS_PER_SECOND")]
+    user_commands_per_second: Option<u32>,
 }
 
 #[derive(Args)]
@@ -180,6 +186,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 .away_after_ms
                 .map(Duration::from_millis)
                 .unwrap_or(defaults.away_after),
+            commands_per_second: args
+                .commands_per_second
+                .unwrap_or(defaults.commands_per_second),
+            user_commands_per_second: args
+                .user_commands_per_second
+                .unwrap_or(defaults.user_commands_per_second),
             ..defaults
         },
     };

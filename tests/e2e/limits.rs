@@ -197,3 +197,82 @@ async fn a_socket_holds_at_most_max_subscriptions() {
         .await;
     ws.subscribe(&convs[3], None).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_over_the_socket_rate_are_refused_and_change_nothing() {
+    let server = TestServer::start_with(|config| {
+        config.limits.commands_per_second = 5;
+        config.limits.user_commands_per_second = 1_000;
+    })
+    .await;
+    let cust = customer("carol");
+    let conv = server.open_as_customer(&cust).await;
+    let alice = agent("alice");
+    let mut ws = server.client(&alice).await;
+    let head = server.head(&alice, &conv).await;
+    // A burst of twice the rate goes through; the rest is refused, each under its ref.
+    let mut accepted = 0;
+    let mut limited = 0;
+    for i in 0..30 {
+        match ws
+            .request(note_frame(&conv, &format!("n{i}"), "burst"))
+            .await
+        {
+            Ok(_) => accepted += 1,
+            Err(error) => {
+                assert_eq!(error["code"], "rate_limited", "{error}");
+                limited += 1;
+            }
+        }
+    }
+    assert!(limited > 0, "30 notes at once must trip a limit of 5/s");
+    assert!(
+        (10..=13).contains(&accepted),
+        "burst of 10 (+ refill) accepted, got {accepted}"
+    );
+    assert_eq!(
+        server.head(&alice, &conv).await,
+        head + accepted,
+        "refused notes were not stored"
+    );
+    // Ping is never limited, and the socket stays open.
+    ws.sync().await;
+    // After a pause the socket may write again.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    ws.ok(note_frame(&conv, "after-pause", "calm")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_over_the_user_rate_is_refused_over_http_with_429() {
+    let server = TestServer::start_with(|config| {
+        config.limits.user_commands_per_second = 3;
+    })
+    .await;
+    let alice = agent("alice");
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let reply = server.http.get("/v1/conversations", Some(&alice)).await;
+        statuses.push(reply.status);
+        if reply.status == 429 {
+            reply.assert_error(429, "rate_limited");
+        }
+    }
+    assert!(
+        statuses.contains(&429),
+        "12 requests at once over 3/s: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().take(6).all(|s| *s == 200),
+        "the burst passes: {statuses:?}"
+    );
+    // Another user is not affected.
+    let bob = agent("bob");
+    assert_eq!(
+        server
+            .http
+            .get("/v1/conversations", Some(&bob))
+            .await
+            .status,
+        200
+    );
+}

@@ -53,6 +53,8 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, _permit: SocketPermi
             service: state.service.clone(),
             subscriptions: HashSet::new(),
             max_subscriptions: state.limits.max_subscriptions,
+            rate: state.rate.connection(),
+            state: state.clone(),
         };
         if let Some(staff) = StaffOutbox::new(outbox.clone(), &session.identity) {
             session
@@ -170,6 +172,8 @@ struct Session {
     service: Arc<Service>,
     subscriptions: HashSet<ConversationId>,
     max_subscriptions: usize,
+    rate: crate::rate::ConnectionRate,
+    state: Arc<AppState>,
 }
 
 impl Session {
@@ -235,6 +239,11 @@ impl Session {
             }
         };
         let reference = head.reference();
+        if head.kind() != Some("ping") {
+            if let Err(limited) = self.over_rate() {
+                return self.answer(reference.as_ref(), Err(limited)).await;
+            }
+        }
         let result = match head.kind() {
             _ if head.reference.is_some() && reference.is_none() => Err(ServiceError::bad_request(
                 "`ref` must be a string or a number",
@@ -404,6 +413,10 @@ impl Session {
                     .map(|()| Reply::Empty {})
             }
         }
+    }
+
+    fn over_rate(&self) -> Result<(), ServiceError> {
+        self.state.rate.check(&self.rate, &self.identity.user_id)
     }
 
     /// This socket's place in a room: a customer's socket can only ever get a customer
