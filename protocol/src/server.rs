@@ -50,8 +50,6 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// A frame was larger than the limit.
     pub const TOO_BIG: u16 = 1009;
-    /// The server is restarting; reconnect shortly and resume with `since`.
-    pub const RESTART: u16 = 1012;
     /// The socket was silent for two heartbeat intervals.
     pub const HEARTBEAT_TIMEOUT: u16 = 4002;
     /// No valid `hello` in time, or the token was refused.
