@@ -1,0 +1,144 @@
+//! `cluster`: two nodes on one PostgreSQL database and Redis; notes written through
+//! node A, delivered to agents connected to node B. Reports the cross-node delivery
+//! latency (agents on B) beside the local one (the sender itself, subscribed on A), at
+//! a paced rate given in deliveries per second on node B.
+
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::{json, Value};
+
+use super::{close_all, header, run_step, Common, Env, Plan, RoomConns, StepParams, Targets};
+use crate::client::{Proto, Spec};
+use crate::procs;
+use crate::stats::round;
+
+#[derive(Args, Clone, Debug)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    pub postgres: String,
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis: String,
+    #[arg(long, default_value_t = 400)]
+    pub rooms: usize,
+    /// Agents per room connected to node B.
+    #[arg(long, default_value_t = 5)]
+    pub remote_agents: usize,
+    /// Offered deliveries per second on node B.
+    #[arg(long, default_value_t = 20_000.0)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 2)]
+    pub warmup_s: u64,
+    #[arg(long, default_value_t = 10)]
+    pub duration_s: u64,
+    #[arg(long, default_value_t = 10)]
+    pub drain_s: u64,
+    /// The cross-node p99 the step is judged against, in ms.
+    #[arg(long, default_value_t = 5.0)]
+    pub p99_ms: f64,
+}
+
+pub async fn run(args: ClusterArgs) -> Result<Value, String> {
+    let env = Env::new(args.common.clone());
+    let mut out = header("cluster", &env);
+    let name = format!("bcbench_cluster_{}_{}", std::process::id(), super::clock());
+    let url = procs::create_database(&args.postgres, &name)?;
+    let result = measure(&env, &args, &url).await;
+    procs::drop_database(&args.postgres, &name);
+    let result = result?;
+    let p99 = result["step"]["latency_remote"]["p99_ms"].as_f64();
+    out["shape"] = json!({
+        "rooms": args.rooms,
+        "remote_agents_per_room": args.remote_agents,
+        "sends_per_s": round(args.rate / args.remote_agents.max(1) as f64, 1),
+        "body_pad": args.common.body_pad,
+    });
+    out["result"] = result;
+    out["targets"] = json!({
+        "cross_node_p99_under_5ms_at_20k": p99.map(|p| p < 5.0 && (args.rate - 20_000.0).abs() < 1.0),
+    });
+    Ok(out)
+}
+
+async fn measure(env: &Env, args: &ClusterArgs, url: &str) -> Result<Value, String> {
+    let node = |id: &str| {
+        env.backchannel(
+            &format!("cluster-{id}"),
+            &[
+                "--database-url".into(),
+                url.to_owned(),
+                "--redis-url".into(),
+                args.redis.clone(),
+                "--node-id".into(),
+                format!("bench-{id}"),
+            ],
+        )
+    };
+    let a = node("a")?;
+    let b = node("b")?;
+    let contacts: Vec<String> = (0..args.rooms).map(|r| format!("c{r}")).collect();
+    let conversations =
+        procs::open_conversations(&a.base_url(), &env.common.jwt_secret, &contacts, 16).await?;
+    let per_room = 1 + args.remote_agents;
+    let sources = env.sources(args.rooms * per_room);
+    let mut specs = Vec::new();
+    let mut rooms = Vec::new();
+    for (r, conversation) in conversations.iter().enumerate() {
+        rooms.push(RoomConns {
+            agents: vec![specs.len()],
+            customer: None,
+        });
+        for k in 0..per_room {
+            let on_b = k > 0;
+            specs.push(Spec {
+                server: if on_b { b.addr } else { a.addr },
+                source: sources[specs.len() % sources.len()],
+                proto: Proto::Backchannel {
+                    token: env.token("agent", &format!("a{r}-{k}")),
+                    conversation: conversation.clone(),
+                    since: None,
+                    subscribe: true,
+                },
+                leak_check: false,
+                latency: true,
+                group: usize::from(on_b),
+                id: specs.len() as u32,
+                body_pad: env.common.body_pad,
+                catch_up_to: None,
+            });
+        }
+    }
+    let handles = env.connect(specs).await?;
+    let plan = Plan {
+        rooms,
+        note_pct: 100,
+        note_fanout: per_room as u32,
+        msg_fanout: per_room as u32,
+    };
+    let targets = Targets::of(&[&a, &b], true);
+    let step = run_step(
+        env,
+        &handles,
+        &plan,
+        StepParams {
+            sends_per_s: args.rate / args.remote_agents.max(1) as f64,
+            warmup: Duration::from_secs(args.warmup_s),
+            duration: Duration::from_secs(args.duration_s),
+            drain: Duration::from_secs(args.drain_s),
+            p99_limit_ms: args.p99_ms,
+        },
+        &targets,
+    )
+    .await;
+    close_all(handles).await;
+    let correctness = env.ctx.stats.borrow().correctness();
+    drop(a);
+    drop(b);
+    Ok(json!({
+        "step": step.json,
+        "note": "latency = sender's own note on node A (local); latency_remote = agents on node B; deliveries_per_s counts both nodes",
+        "correctness": correctness,
+    }))
+}
