@@ -256,7 +256,9 @@ impl Session {
                 format!("unknown type `{}`", truncate(kind, 64)),
             )),
             Some(kind) => match serde_json::from_str::<ClientFrame>(text) {
-                Ok(frame) => self.dispatch(frame).await,
+                // Boxed: the largest command's state would otherwise be inlined into
+                // every idle socket's task for its whole life.
+                Ok(frame) => Box::pin(self.dispatch(frame)).await,
                 Err(e) => Err(ServiceError::bad_request(format!(
                     "invalid `{kind}` frame: {e}"
                 ))),

@@ -21,8 +21,8 @@ use crate::api::ApiError;
 use crate::app::AppState;
 use crate::error::ServiceError;
 
-/// Initial read buffer per socket; it grows for a large frame and shrinks back.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Read chunk per socket: chat frames are small; a large frame is read in several chunks.
+const READ_BUFFER_BYTES: usize = 512;
 /// Frames are written through once this much is buffered (and at every flush).
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Most bytes buffered for writing before a write fails: a backstop behind the outbox.
