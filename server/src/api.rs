@@ -31,7 +31,7 @@ use crate::service::{ListQuery, SearchQuery};
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -60,7 +60,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/fields/{key}", put(put_field))
         .route("/v1/teams", get(list_teams))
         .route("/v1/teams/{id}", put(put_team))
-        .route("/v1/agents", get(agents))
+        .route("/v1/agents", get(agents));
+    // With `--demo` only: the demo pages and the demo users' tokens (`demo.rs`).
+    let routes = if state.demo.is_some() {
+        routes.merge(crate::demo::router())
+    } else {
+        routes
+    };
+    routes
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

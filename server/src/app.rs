@@ -40,6 +40,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Unsupported(&'static str),
+    #[error("demo set-up: {0}")]
+    Demo(crate::error::ServiceError),
 }
 
 /// What handlers share.
@@ -55,6 +57,8 @@ pub struct AppState {
     pub sockets: TaskTracker,
     pub open_sockets: AtomicUsize,
     pub rate: RateLimits,
+    /// With `--demo`: the demo's token minting (`demo.rs`); `None` otherwise.
+    pub demo: Option<crate::demo::Demo>,
 }
 
 /// Serves on `listener` until `shutdown` resolves, then shuts down gracefully.
@@ -90,6 +94,10 @@ pub async fn run(
             node: config.node_id.clone(),
             presence_ttl: config.limits.presence_ttl,
             away_after: config.limits.away_after,
+            reconcile_every: config
+                .redis_url
+                .as_ref()
+                .map(|_| std::time::Duration::from_secs(2)),
         },
     ));
     let presence_stop = CancellationToken::new();
@@ -106,6 +114,11 @@ pub async fn run(
     });
     let writer = Writer::start(store.clone(), fanout, metrics.clone());
     let service = Arc::new(Service::new(store, writer, hub, Keys::new(&secret)));
+    let demo = if config.demo {
+        Some(crate::demo::Demo::start(&service, Keys::new(&secret)).await?)
+    } else {
+        None
+    };
     let stop = CancellationToken::new();
     let state = Arc::new(AppState {
         service: service.clone(),
@@ -117,6 +130,7 @@ pub async fn run(
         sockets: TaskTracker::new(),
         open_sockets: AtomicUsize::new(0),
         rate: RateLimits::new(&config.limits),
+        demo,
     });
     let router = crate::api::router(state.clone());
     let forget = {

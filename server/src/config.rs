@@ -21,6 +21,9 @@ pub struct Config {
     pub allowed_origins: Option<Vec<String>>,
     /// This node's name in logs and metrics.
     pub node_id: String,
+    /// `--demo`: serve the demo pages and mint tokens for the demo users (`demo.rs`).
+    /// Never on in production: anyone who can reach the node gets a staff token.
+    pub demo: bool,
     pub limits: Limits,
 }
 
@@ -80,6 +83,7 @@ impl Config {
             jwt_secret: Some(jwt_secret.to_owned()),
             allowed_origins: None,
             node_id: "test".to_owned(),
+            demo: false,
             limits: Limits {
                 commands_per_second: 1_000_000,
                 user_commands_per_second: 1_000_000,

@@ -24,6 +24,7 @@
 //! - [`mentions`] and [`fields`]: parsing `@mentions` and checking custom field values.
 //!
 //! - [`audit`]: verifying and exporting the hash chains (`backchannel audit`).
+//! - [`demo`]: with `--demo` only, the demo pages and the demo users' tokens.
 //!
 //! [`run`] starts all of it on a bound listener and returns after a graceful shutdown.
 
@@ -32,6 +33,7 @@ pub mod audit;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod fields;
 pub mod hub;

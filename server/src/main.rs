@@ -83,6 +83,10 @@ struct ServeArgs {
     allowed_origins: Option<Vec<String>>,
     #[arg(long, env = "BACKCHANNEL_NODE_ID")]
     node_id: Option<String>,
+    /// Serve the demo (widget, agent console, supervisor view) at / and mint tokens for
+    /// its fixed users. For trying Backchannel out only: never in production.
+    #[arg(long, env = "BACKCHANNEL_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
+    demo: bool,
     /// Open WebSockets before upgrades are refused with 503.
     #[arg(long, env = "BACKCHANNEL_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
@@ -167,6 +171,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         node_id: args
             .node_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()),
+        demo: args.demo,
         limits: Limits {
             max_connections: args.max_connections.unwrap_or(defaults.max_connections),
             send_queue_frames: args.send_queue.unwrap_or(defaults.send_queue_frames),
@@ -206,6 +211,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             None => println!("jwt secret from --jwt-secret"),
         }
         println!("listening on http://{address}");
+        if args.demo {
+            println!("demo: open http://{address}/");
+        }
         backchannel::run(config, listener, shutdown_signal())
             .await
             .map_err(|e| e.to_string())

@@ -15,8 +15,10 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::support::*;
@@ -33,7 +35,9 @@ pub const PRESENCE_TTL: Duration = Duration::from_millis(1500);
 /// Runs one SQL statement as `postgres` on the `postgres` database.
 fn psql(sql: &str) -> Result<String, String> {
     let output = std::process::Command::new("psql")
-        .args(["-h", PG_HOST, "-p", PG_PORT, "-U", PG_USER, "-d", "postgres"])
+        .args([
+            "-h", PG_HOST, "-p", PG_PORT, "-U", PG_USER, "-d", "postgres",
+        ])
         .args(["-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql])
         .env("PGCONNECT_TIMEOUT", "5")
         .stdin(Stdio::null())
@@ -72,7 +76,9 @@ impl Database {
     /// Runs a statement inside this database (for tampering in audit tests).
     pub fn execute(&self, sql: &str) -> String {
         let output = std::process::Command::new("psql")
-            .args(["-h", PG_HOST, "-p", PG_PORT, "-U", PG_USER, "-d", &self.name])
+            .args([
+                "-h", PG_HOST, "-p", PG_PORT, "-U", PG_USER, "-d", &self.name,
+            ])
             .args(["-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql])
             .env("PGCONNECT_TIMEOUT", "5")
             .stdin(Stdio::null())
@@ -90,7 +96,10 @@ impl Database {
 impl Drop for Database {
     fn drop(&mut self) {
         // FORCE: nodes killed a moment ago may still hold connections.
-        if let Err(e) = psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)) {
+        if let Err(e) = psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )) {
             eprintln!("could not drop test database {}: {e}", self.name);
         }
     }
@@ -109,6 +118,25 @@ pub async fn redis_answers(port: u16) -> bool {
         tokio::time::timeout(Duration::from_secs(1), attempt).await,
         Ok(Some(true))
     )
+}
+
+/// Sends one inline command to the Redis at `127.0.0.1:port`; the raw reply, with line
+/// breaks shown as spaces (for diagnostics).
+pub async fn redis_command(port: u16, command: &str) -> String {
+    let attempt = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        stream
+            .write_all(format!("{command}\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = vec![0u8; 4096];
+        let n = stream.read(&mut buf).await.ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).replace("\r\n", " "))
+    };
+    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        Ok(Some(reply)) => reply,
+        _ => format!("(no answer to {command})"),
+    }
 }
 
 /// A port nobody listens on right now.
@@ -163,7 +191,10 @@ impl PrivateRedis {
                 return Ok(());
             }
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("redis-server on port {} exited: {status}", self.port));
+                return Err(format!(
+                    "redis-server on port {} exited: {status}",
+                    self.port
+                ));
             }
             if Instant::now() > deadline {
                 let _ = child.start_kill();
@@ -226,6 +257,12 @@ impl Cluster {
 
     /// Starts one node and waits until it reports store and broker ready.
     pub async fn node(&self, name: &str) -> Node {
+        self.node_via(name, &self.redis_url).await
+    }
+
+    /// Starts one node that reaches Redis at `redis_url` (a [`RedisProxy`] in front of
+    /// the cluster's Redis) and waits until it reports store and broker ready.
+    pub async fn node_via(&self, name: &str, redis_url: &str) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let id = self.id(name);
         let url = self.db.url();
@@ -234,7 +271,7 @@ impl Cluster {
             "--database-url",
             url.as_str(),
             "--redis-url",
-            self.redis_url.as_str(),
+            redis_url,
             "--node-id",
             id.as_str(),
             "--presence-ttl-ms",
@@ -335,7 +372,11 @@ pub fn check_delivery(who: &str, events: &[Value], head: u64, acked: &[Acked]) {
         for s in &got {
             *seen.entry(*s).or_default() += 1;
         }
-        let repeated: Vec<u64> = seen.iter().filter(|(_, n)| **n > 1).map(|(s, _)| *s).collect();
+        let repeated: Vec<u64> = seen
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(s, _)| *s)
+            .collect();
         let missing: Vec<u64> = (1..=head).filter(|s| !seen.contains_key(s)).collect();
         let out_of_order = got.windows(2).filter(|w| w[1] <= w[0]).count();
         panic!(
@@ -359,6 +400,147 @@ pub fn check_delivery(who: &str, events: &[Value], head: u64, acked: &[Acked]) {
             note.seq,
             note.client_id
         );
-        assert_eq!(event["event"]["body"], note.body.as_str(), "{who}: {note:?}");
+        assert_eq!(
+            event["event"]["body"],
+            note.body.as_str(),
+            "{who}: {note:?}"
+        );
+    }
+}
+
+/// What a [`RedisProxy`] does with the bytes of the nodes behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// Forwards both ways.
+    Pass,
+    /// Keeps what nodes send (publishes included) without forwarding it: a node whose
+    /// publishes are slow to leave.
+    Hold,
+    /// Closes every connection and every new one at once: a node cut off from Redis.
+    Cut,
+}
+
+/// A TCP proxy in front of the machine's Redis, for one node: the test decides when
+/// that node's traffic passes, stalls or is cut, without touching the other nodes.
+pub struct RedisProxy {
+    pub port: u16,
+    link: watch::Sender<Link>,
+    accept: JoinHandle<()>,
+}
+
+impl RedisProxy {
+    pub async fn start(upstream_port: u16) -> RedisProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let (link, link_rx) = watch::channel(Link::Pass);
+        let accept = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                if *link_rx.borrow() == Link::Cut {
+                    continue; // dropped: closed at once
+                }
+                connections.spawn(forward(client, upstream_port, link_rx.clone()));
+            }
+        });
+        RedisProxy { port, link, accept }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set(&self, link: Link) {
+        self.link.send_replace(link);
+    }
+}
+
+impl Drop for RedisProxy {
+    fn drop(&mut self) {
+        // Aborting the accept task drops its JoinSet, which aborts every connection.
+        self.accept.abort();
+    }
+}
+
+async fn forward(client: TcpStream, upstream_port: u16, mut link: watch::Receiver<Link>) {
+    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let mut hold = link.clone();
+    let up = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match client_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if hold.wait_for(|l| *l == Link::Pass).await.is_err() {
+                return;
+            }
+            if server_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let down = async move {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = link.wait_for(|l| *l == Link::Cut) => {}
+    }
+}
+
+/// A plain Redis subscriber, to see what the nodes publish.
+pub struct RedisSpy {
+    stream: TcpStream,
+    seen: Vec<u8>,
+}
+
+impl RedisSpy {
+    /// `SUBSCRIBE channel` on the Redis at `port`, confirmed.
+    pub async fn subscribe(port: u16, channel: &str) -> RedisSpy {
+        let stream = tokio::time::timeout(STEP, TcpStream::connect(("127.0.0.1", port)))
+            .await
+            .expect("connect to redis in time")
+            .expect("connect to redis");
+        let mut spy = RedisSpy {
+            stream,
+            seen: Vec::new(),
+        };
+        let command = format!(
+            "*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{channel}\r\n",
+            channel.len()
+        );
+        spy.stream
+            .write_all(command.as_bytes())
+            .await
+            .expect("send SUBSCRIBE");
+        assert!(
+            spy.saw(channel, Instant::now() + STEP).await,
+            "SUBSCRIBE {channel} not confirmed"
+        );
+        spy.seen.clear();
+        spy
+    }
+
+    /// Whether `needle` has been published (or arrives before `deadline`).
+    pub async fn saw(&mut self, needle: &str, deadline: Instant) -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            if self
+                .seen
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+            {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => self.seen.extend_from_slice(&buf[..n]),
+                _ => return false,
+            }
+        }
     }
 }

@@ -133,6 +133,7 @@ impl CommitListener for Fanout {
 
 /// Feeds messages from other nodes to the hub until the broker stops.
 pub async fn pump(mut inbound: tokio::sync::mpsc::Receiver<Inbound>, hub: Arc<Hub>) {
+    let hub = &hub;
     while let Some(message) = inbound.recv().await {
         match message {
             Inbound::Events(events) => hub.committed(&events, &[]),

@@ -44,6 +44,20 @@ impl ConnId {
     }
 }
 
+/// One staff user's sockets on this node.
+struct UserSessions {
+    sockets: Vec<(ConnId, Actor, StaffOutbox)>,
+    /// When the oldest open socket registered: notifications from then on are theirs to
+    /// receive live, and are re-read from the store after a broker outage.
+    since: time::OffsetDateTime,
+    /// Ids of notifications recently delivered, so one that arrives twice (live and by a
+    /// catch-up) is shown once.
+    delivered: std::collections::VecDeque<u64>,
+}
+
+/// Notification ids remembered per user against double delivery.
+const DELIVERED_MEMORY: usize = 256;
+
 /// Presence settings of a node.
 #[derive(Clone, Debug)]
 pub struct HubSettings {
@@ -53,6 +67,10 @@ pub struct HubSettings {
     pub presence_ttl: Duration,
     /// A connected staff member without a command for this long is `away`.
     pub away_after: Duration,
+    /// With other nodes: how often every room compares its head with the store, so an
+    /// event whose publication was lost (its node died between commit and publish) is
+    /// still delivered. `None` on a single node, where nothing can be lost that way.
+    pub reconcile_every: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +88,7 @@ pub struct Hub {
     rooms: DashMap<ConversationId, Arc<Room>>,
     /// Open staff sessions by user, for notifications. Customers are never here: the
     /// map holds staff outboxes only.
-    sessions: DashMap<UserId, Vec<(ConnId, Actor, StaffOutbox)>>,
+    sessions: DashMap<UserId, UserSessions>,
     agents: agents::AgentBoard,
     settings: HubSettings,
     store: Arc<dyn Store>,
@@ -171,7 +189,12 @@ impl Hub {
         self.agents.touch(&user.id);
         self.sessions
             .entry(user.id.clone())
-            .or_default()
+            .or_insert_with(|| UserSessions {
+                sockets: Vec::new(),
+                since: crate::store::now(),
+                delivered: std::collections::VecDeque::new(),
+            })
+            .sockets
             .push((conn, user, outbox));
     }
 
@@ -183,12 +206,12 @@ impl Hub {
     pub fn unregister_session(&self, user: &UserId, conn: ConnId) {
         let mut found = false;
         if let Some(mut sessions) = self.sessions.get_mut(user) {
-            let before = sessions.len();
-            sessions.retain(|(c, _, _)| *c != conn);
-            found = sessions.len() < before;
+            let before = sessions.sockets.len();
+            sessions.sockets.retain(|(c, _, _)| *c != conn);
+            found = sessions.sockets.len() < before;
         }
         self.sessions
-            .remove_if(user, |_, sessions| sessions.is_empty());
+            .remove_if(user, |_, sessions| sessions.sockets.is_empty());
         if found {
             self.broker.unwatch(Topic::User(user.clone()));
         }
@@ -196,18 +219,74 @@ impl Hub {
 
     /// Every room re-reads the store past what it has delivered: called when messages
     /// from other nodes may have been missed (the broker reconnected).
-    pub fn resync(&self) {
+    pub fn resync(self: &Arc<Self>) {
         let rooms: Vec<Arc<Room>> = self.rooms.iter().map(|r| r.value().clone()).collect();
         for room in rooms {
             room.catch_up(self);
+        }
+        // Notifications published meanwhile are in the store too.
+        let users: Vec<(UserId, time::OffsetDateTime)> = self
+            .sessions
+            .iter()
+            .map(|entry| (entry.key().clone(), entry.value().since))
+            .collect();
+        let hub = self.clone();
+        self.tasks.spawn(async move {
+            for (user, since) in users {
+                match hub.store.notifications(&user, false, 50).await {
+                    Ok(mut stored) => {
+                        stored.retain(|n| n.at >= since);
+                        stored.sort_by_key(|n| n.id);
+                        for notification in stored {
+                            hub.notify(&UserNotification {
+                                user_id: user.clone(),
+                                notification,
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(user = %user, "notification catch-up failed: {e}"),
+                }
+            }
+        });
+    }
+
+    /// Compares every room's head with the store and catches up the ones behind.
+    async fn reconcile(&self) {
+        let rooms: Vec<Arc<Room>> = self.rooms.iter().map(|r| r.value().clone()).collect();
+        let ids: Vec<ConversationId> = rooms.iter().map(|r| r.id()).collect();
+        for chunk in ids.chunks(500) {
+            match self.store.supervisor_heads(chunk).await {
+                Ok(heads) => {
+                    let heads: HashMap<ConversationId, u64> = heads.into_iter().collect();
+                    for room in &rooms {
+                        if let Some(&head) = heads.get(&room.id()) {
+                            if room
+                                .delivered_head()
+                                .is_some_and(|delivered| delivered < head)
+                            {
+                                room.catch_up(self);
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("reconcile failed: {e}"),
+            }
         }
     }
 
     /// Delivers a notification to every open session of its user on this node.
     pub fn notify(&self, notification: &UserNotification) {
-        if let Some(sessions) = self.sessions.get(&notification.user_id) {
+        if let Some(mut sessions) = self.sessions.get_mut(&notification.user_id) {
+            let id = notification.notification.id;
+            if sessions.delivered.contains(&id) {
+                return;
+            }
+            if sessions.delivered.len() == DELIVERED_MEMORY {
+                sessions.delivered.pop_front();
+            }
+            sessions.delivered.push_back(id);
             let frame = StaffFrame::notification(&notification.notification);
-            for (_, _, outbox) in sessions.iter() {
+            for (_, _, outbox) in sessions.sockets.iter() {
                 outbox.push(&frame);
             }
         }
@@ -307,11 +386,23 @@ impl Hub {
             count += 1;
             let republish = count.is_multiple_of(republish_every);
             let now = Instant::now();
+            if let Some(every) = self.settings.reconcile_every {
+                let every_ticks = (every.as_millis() / 250).max(1) as u64;
+                if count.is_multiple_of(every_ticks) {
+                    self.reconcile().await;
+                }
+            }
             let rooms: Vec<Arc<Room>> = self.rooms.iter().map(|r| r.value().clone()).collect();
-            let mut viewing: HashMap<UserId, Vec<ConversationId>> = HashMap::new();
             for room in &rooms {
                 room.tick(&self, now, republish);
-                for user in room.local_users() {
+            }
+            // The floor changes at human pace: once a second is enough.
+            if !count.is_multiple_of(4) && !republish {
+                continue;
+            }
+            let mut viewing: HashMap<UserId, Vec<ConversationId>> = HashMap::new();
+            for room in &rooms {
+                for user in room.local_staff() {
                     viewing.entry(user).or_default().push(room.id());
                 }
             }
@@ -319,7 +410,7 @@ impl Hub {
                 .sessions
                 .iter()
                 .filter_map(|entry| {
-                    let (_, actor, _) = entry.value().first()?;
+                    let (_, actor, _) = entry.value().sockets.first()?;
                     Some((
                         actor.clone(),
                         viewing.remove(entry.key()).unwrap_or_default(),

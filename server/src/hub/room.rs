@@ -399,6 +399,11 @@ impl Room {
         }
     }
 
+    /// The supervisor `seq` this room has delivered up to, once it knows it.
+    pub fn delivered_head(&self) -> Option<u64> {
+        self.state.lock().heads.map(|h| h.supervisor)
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.initialized()
     }
@@ -447,15 +452,10 @@ impl Room {
         state.refresh_presence(self.id, hub, Instant::now(), false);
     }
 
-    /// Users subscribed here on this node.
-    pub fn local_users(&self) -> Vec<UserId> {
+    /// Staff subscribed here on this node (what they are viewing, for the floor).
+    pub fn local_staff(&self) -> Vec<UserId> {
         let state = self.state.lock();
-        state
-            .customers
-            .iter()
-            .map(|m| m.user.id.clone())
-            .chain(state.staff.iter().map(|m| m.user.id.clone()))
-            .collect()
+        state.staff.iter().map(|m| m.user.id.clone()).collect()
     }
 
     pub fn id(&self) -> ConversationId {
@@ -480,6 +480,10 @@ impl Room {
     /// node's viewers on the other nodes before they expire there.
     pub fn tick(&self, hub: &Hub, now: Instant, republish: bool) {
         let mut state = self.state.lock();
+        if !republish && state.typing.is_empty() && state.remote_viewers.is_empty() {
+            // Nothing can have expired: skip the work (this runs for every room, often).
+            return;
+        }
         state.typing.retain(|_, (_, until)| *until > now);
         state.refresh_presence(self.id, hub, now, republish);
     }

@@ -387,6 +387,12 @@ pub trait Store: Send + Sync + 'static {
         id: ConversationId,
     ) -> Result<Option<ConversationRecord>, StoreError>;
 
+    /// The supervisor head of each existing conversation among `ids`.
+    async fn supervisor_heads(
+        &self,
+        ids: &[ConversationId],
+    ) -> Result<Vec<(ConversationId, u64)>, StoreError>;
+
     /// Newest activity first.
     async fn conversations(
         &self,

@@ -661,6 +661,31 @@ impl Store for PgStore {
         row.as_ref().map(conversation_from_row).transpose()
     }
 
+    async fn supervisor_heads(
+        &self,
+        ids: &[ConversationId],
+    ) -> Result<Vec<(ConversationId, u64)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        let rows = sqlx::query(
+            "SELECT id::text AS id, supervisor_seq FROM conversations WHERE id = ANY($1::uuid[])",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                Ok((
+                    ConversationId(parse_uuid(&id, "conversation id")?),
+                    get_u64(row, "supervisor_seq")?,
+                ))
+            })
+            .collect()
+    }
+
     async fn conversations(
         &self,
         filter: &ConversationFilter,

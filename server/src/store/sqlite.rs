@@ -602,6 +602,32 @@ impl Store for SqliteStore {
         row.as_ref().map(conversation_from_row).transpose()
     }
 
+    async fn supervisor_heads(
+        &self,
+        ids: &[ConversationId],
+    ) -> Result<Vec<(ConversationId, u64)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut query =
+            QueryBuilder::new("SELECT id, supervisor_seq FROM conversations WHERE id IN (");
+        let mut list = query.separated(", ");
+        for id in ids {
+            list.push_bind(id.to_string());
+        }
+        query.push(")");
+        let rows = query.build().fetch_all(&self.readers).await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                Ok((
+                    ConversationId(parse_uuid(&id, "conversation id")?),
+                    get_u64(row, "supervisor_seq")?,
+                ))
+            })
+            .collect()
+    }
+
     async fn conversations(
         &self,
         filter: &ConversationFilter,
