@@ -65,7 +65,11 @@ export class HttpApi {
     if (options.token === undefined && options.getToken === undefined) {
       throw new TypeError('HttpApi needs `token` or `getToken`');
     }
-    const fetch = options.fetch ?? (globalThis as { fetch?: FetchLike }).fetch;
+    const globalFetch = (globalThis as { fetch?: FetchLike }).fetch;
+    // A browser's fetch must be called on the window: `this.fetch(...)` would throw
+    // "Illegal invocation", so the global one is wrapped.
+    const fetch: FetchLike | undefined =
+      options.fetch ?? (globalFetch === undefined ? undefined : (url, init) => globalFetch.call(globalThis, url, init));
     if (fetch === undefined) throw new TypeError('no global fetch: pass one as `fetch`');
     this.options = options;
     this.fetch = fetch;
