@@ -484,14 +484,20 @@ export class Client extends Emitter<ClientEvents> {
     const tolerance = this.options.heartbeat?.tolerance ?? 2;
     if (!(intervalMs > 0)) return;
     this.lastHeard = Date.now();
+    let lastPing = 0;
+    // Checked four times per interval: checking once per interval would let the silence
+    // before a check drift up to two intervals on a healthy link (ping answered right
+    // after one check, next ping only after the next), and trip the tolerance.
     this.heartbeatTimer = setInterval(() => {
-      const silentMs = Date.now() - this.lastHeard;
+      const now = Date.now();
+      const silentMs = now - this.lastHeard;
       if (silentMs >= intervalMs * tolerance) {
         transport.fail(CloseCode.NoHeartbeat, `nothing heard from the server for ${silentMs} ms`);
-      } else if (silentMs >= intervalMs) {
+      } else if (silentMs >= intervalMs && now - lastPing >= intervalMs) {
+        lastPing = now;
         transport.send('{"type":"ping"}');
       }
-    }, intervalMs);
+    }, Math.max(intervalMs / 4, 5));
   }
 
   private onClose(code: number, reason: string): void {

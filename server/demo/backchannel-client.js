@@ -736,14 +736,17 @@ var Client = class extends Emitter {
     const tolerance = this.options.heartbeat?.tolerance ?? 2;
     if (!(intervalMs > 0)) return;
     this.lastHeard = Date.now();
+    let lastPing = 0;
     this.heartbeatTimer = setInterval(() => {
-      const silentMs = Date.now() - this.lastHeard;
+      const now = Date.now();
+      const silentMs = now - this.lastHeard;
       if (silentMs >= intervalMs * tolerance) {
         transport.fail(CloseCode.NoHeartbeat, `nothing heard from the server for ${silentMs} ms`);
-      } else if (silentMs >= intervalMs) {
+      } else if (silentMs >= intervalMs && now - lastPing >= intervalMs) {
+        lastPing = now;
         transport.send('{"type":"ping"}');
       }
-    }, intervalMs);
+    }, Math.max(intervalMs / 4, 5));
   }
   onClose(code, reason) {
     this.transport = null;
