@@ -6,6 +6,7 @@
 
 use std::str::FromStr;
 
+use backchannel_protocol::http::{FieldDefinition, TagDefinition, Team};
 use backchannel_protocol::server::Notification;
 use backchannel_protocol::{
     Actor, Audience, ConversationId, EventData, EventId, EventView, InboxId, Role, TeamId, UserId,
@@ -15,7 +16,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
 use super::{
-    from_micros, ConversationRecord, DirectoryEntry, Event, Heads, NoteRecord, Seqs, StoreError,
+    from_micros, AuditRow, ConversationRecord, DirectoryEntry, Event, Heads, NoteRecord, Seqs,
+    StoreError,
 };
 
 /// Typed column getters; a missing column or a wrong type is a [`StoreError`].
@@ -206,5 +208,51 @@ pub(crate) fn notification_from_row(row: &impl Columns) -> Result<Notification, 
         },
         at: get_time(row, "created_at")?,
         read: row.opt_int("read_at")?.is_some(),
+    })
+}
+
+pub(crate) fn team_from_row(row: &impl Columns) -> Result<Team, StoreError> {
+    Ok(Team {
+        id: TeamId(row.text("id")?),
+        name: row.text("name")?,
+    })
+}
+
+pub(crate) fn tag_from_row(row: &impl Columns) -> Result<TagDefinition, StoreError> {
+    Ok(TagDefinition {
+        name: row.text("name")?,
+        color: row.opt_text("color")?,
+        description: row.opt_text("description")?,
+    })
+}
+
+pub(crate) fn field_from_row(row: &impl Columns) -> Result<FieldDefinition, StoreError> {
+    Ok(FieldDefinition {
+        key: row.text("key")?,
+        field_type: enum_from_text(&row.text("type")?)?,
+        applies_to: enum_from_text(&row.text("applies_to")?)?,
+        label: row.text("label")?,
+        required: row.boolean("required")?,
+        options: json(row, "options")?,
+    })
+}
+
+/// An event's columns exactly as stored, for the audit chain.
+pub(crate) fn audit_row_from_row(row: &impl Columns) -> Result<AuditRow, StoreError> {
+    Ok(AuditRow {
+        id: row.text("id")?,
+        conversation_id: row.text("conversation_id")?,
+        supervisor_seq: row.int("supervisor_seq")?,
+        agent_seq: row.opt_int("agent_seq")?,
+        public_seq: row.opt_int("public_seq")?,
+        kind: row.text("kind")?,
+        visibility: row.text("visibility")?,
+        actor_id: row.text("actor_id")?,
+        actor_role: row.text("actor_role")?,
+        actor_name: row.opt_text("actor_name")?,
+        client_id: row.opt_text("client_id")?,
+        payload: row.text("payload")?,
+        created_at: row.int("created_at")?,
+        hash: row.bytes("hash")?,
     })
 }

@@ -25,8 +25,9 @@ use sqlx::{QueryBuilder, Row, SqliteConnection};
 
 use super::chain::{self, CanonicalEvent};
 use super::rows::{
-    conversation_from_row, directory_from_row, enum_from_text, enum_text, event_from_row, get_u64,
-    note_from_row, notification_from_row, parse_uuid, seq_column,
+    audit_row_from_row, conversation_from_row, directory_from_row, enum_text, event_from_row,
+    field_from_row, get_u64, note_from_row, notification_from_row, parse_uuid, seq_column,
+    tag_from_row, team_from_row,
 };
 use super::{
     to_micros, AuditRow, ConversationFilter, ConversationRecord, DirectoryEntry, Event, Heads,
@@ -804,27 +805,14 @@ impl Store for SqliteStore {
             .bind(id.as_str())
             .fetch_optional(&self.readers)
             .await?;
-        row.map(|r| {
-            Ok(Team {
-                id: TeamId(r.try_get("id")?),
-                name: r.try_get("name")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(team_from_row).transpose()
     }
 
     async fn teams(&self) -> Result<Vec<Team>, StoreError> {
         let rows = sqlx::query("SELECT id, name FROM teams ORDER BY id")
             .fetch_all(&self.readers)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Team {
-                    id: TeamId(r.try_get("id")?),
-                    name: r.try_get("name")?,
-                })
-            })
-            .collect()
+        rows.iter().map(team_from_row).collect()
     }
 
     async fn put_tag(&self, tag: &TagDefinition) -> Result<(), StoreError> {
@@ -844,15 +832,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query("SELECT name, color, description FROM tags ORDER BY name")
             .fetch_all(&self.readers)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TagDefinition {
-                    name: r.try_get("name")?,
-                    color: r.try_get("color")?,
-                    description: r.try_get("description")?,
-                })
-            })
-            .collect()
+        rows.iter().map(tag_from_row).collect()
     }
 
     async fn delete_tag(&self, name: &str) -> Result<bool, StoreError> {
@@ -890,20 +870,7 @@ impl Store for SqliteStore {
         )
         .fetch_all(&self.readers)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let options: String = r.try_get("options")?;
-                Ok(FieldDefinition {
-                    key: r.try_get("key")?,
-                    field_type: enum_from_text(&r.try_get::<String, _>("type")?)?,
-                    applies_to: enum_from_text(&r.try_get::<String, _>("applies_to")?)?,
-                    label: r.try_get("label")?,
-                    required: r.try_get("required")?,
-                    options: serde_json::from_str(&options)
-                        .map_err(|e| StoreError::Corrupt(format!("field options: {e}")))?,
-                })
-            })
-            .collect()
+        rows.iter().map(field_from_row).collect()
     }
 
     async fn conversation_tags(
@@ -1126,26 +1093,7 @@ impl Store for SqliteStore {
         .bind(conversation.to_string())
         .fetch_all(&self.readers)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    id: r.try_get("id")?,
-                    conversation_id: r.try_get("conversation_id")?,
-                    supervisor_seq: r.try_get("supervisor_seq")?,
-                    agent_seq: r.try_get("agent_seq")?,
-                    public_seq: r.try_get("public_seq")?,
-                    kind: r.try_get("kind")?,
-                    visibility: r.try_get("visibility")?,
-                    actor_id: r.try_get("actor_id")?,
-                    actor_role: r.try_get("actor_role")?,
-                    actor_name: r.try_get("actor_name")?,
-                    client_id: r.try_get("client_id")?,
-                    payload: r.try_get("payload")?,
-                    created_at: r.try_get("created_at")?,
-                    hash: r.try_get("hash")?,
-                })
-            })
-            .collect()
+        rows.iter().map(audit_row_from_row).collect()
     }
 
     async fn last_hash(&self, conversation: ConversationId) -> Result<Option<Vec<u8>>, StoreError> {
