@@ -12,6 +12,7 @@ mod durability;
 mod http;
 mod leaks;
 mod limits;
+mod property;
 mod streams;
 
 mod cluster;
