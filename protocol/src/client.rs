@@ -142,6 +142,30 @@ pub enum ClientFrame {
     Ping,
 }
 
+impl ClientFrame {
+    /// The frame's `type`, as sent on the wire (one of [`CLIENT_FRAME_TYPES`]).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::Hello { .. } => "hello",
+            ClientFrame::Subscribe { .. } => "subscribe",
+            ClientFrame::Unsubscribe { .. } => "unsubscribe",
+            ClientFrame::Send { .. } => "send",
+            ClientFrame::Note { .. } => "note",
+            ClientFrame::EditNote { .. } => "edit_note",
+            ClientFrame::PinNote { .. } => "pin_note",
+            ClientFrame::Typing { .. } => "typing",
+            ClientFrame::Assign { .. } => "assign",
+            ClientFrame::SetStatus { .. } => "set_status",
+            ClientFrame::Tag { .. } => "tag",
+            ClientFrame::SetFields { .. } => "set_fields",
+            ClientFrame::WatchAgents => "watch_agents",
+            ClientFrame::UnwatchAgents => "unwatch_agents",
+            ClientFrame::ReadNotifications { .. } => "read_notifications",
+            ClientFrame::Ping => "ping",
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -165,6 +189,118 @@ pub const CLIENT_FRAME_TYPES: &[&str] = &[
     "unwatch_agents",
     "ping",
 ];
+
+/// Why a text frame is not a [`ClientFrame`]. Its `Display` is the message the server
+/// answers with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Not JSON, or not a JSON object (an array is refused too, although serde could
+    /// read a struct from one); serde's message or a note of what was found.
+    NotAnObject(String),
+    /// `ref` is present but neither a string nor a number.
+    RefType,
+    /// No `type` (or `type` is `null`).
+    MissingType,
+    /// `type` is present but not a string.
+    TypeNotString,
+    /// `type` is a string but not one of [`CLIENT_FRAME_TYPES`]; the full value.
+    UnknownType(String),
+    /// A known `type` whose fields do not fit; serde's message.
+    InvalidFields { kind: String, message: String },
+}
+
+/// Longest part of an unknown `type` quoted back in an error, in characters.
+const MAX_QUOTED_TYPE: usize = 64;
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::NotAnObject(e) => write!(f, "a frame must be one JSON object: {e}"),
+            DecodeError::RefType => f.write_str("`ref` must be a string or a number"),
+            DecodeError::MissingType => f.write_str("missing `type`"),
+            DecodeError::TypeNotString => f.write_str("`type` must be a string"),
+            DecodeError::UnknownType(kind) => {
+                write!(f, "unknown type `{}`", truncate(kind, MAX_QUOTED_TYPE))
+            }
+            DecodeError::InvalidFields { kind, message } => {
+                write!(f, "invalid `{kind}` frame: {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// A decoded text frame: the `ref` to answer under (if it was a string or a number) and
+/// the command, or why there is none.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decoded {
+    pub reference: Option<Ref>,
+    pub frame: Result<ClientFrame, DecodeError>,
+    ping: bool,
+}
+
+impl Decoded {
+    /// Whether the frame's `type` is `"ping"` (whatever else is wrong with it): pings are
+    /// answered even when a socket is over its rate.
+    pub fn is_ping(&self) -> bool {
+        self.ping
+    }
+}
+
+/// Decodes one text frame. Never panics; checks in this order: one JSON object, `ref`
+/// type, `type` present, `type` a string, `type` known, then the command's fields.
+pub fn decode(text: &str) -> Decoded {
+    if !text.trim_start().starts_with('{')
+        && serde_json::from_str::<serde_json::Value>(text).is_ok()
+    {
+        return Decoded {
+            reference: None,
+            frame: Err(DecodeError::NotAnObject(
+                "expected an object, found another JSON value".into(),
+            )),
+            ping: false,
+        };
+    }
+    let head: FrameHead = match serde_json::from_str(text) {
+        Ok(head) => head,
+        Err(e) => {
+            return Decoded {
+                reference: None,
+                frame: Err(DecodeError::NotAnObject(e.to_string())),
+                ping: false,
+            }
+        }
+    };
+    let reference = head.reference();
+    let ping = head.kind() == Some("ping");
+    let frame = match head.kind() {
+        _ if head.reference.is_some() && reference.is_none() => Err(DecodeError::RefType),
+        None if head.kind.is_some() => Err(DecodeError::TypeNotString),
+        None => Err(DecodeError::MissingType),
+        Some(kind) if !CLIENT_FRAME_TYPES.contains(&kind) => {
+            Err(DecodeError::UnknownType(kind.to_owned()))
+        }
+        Some(kind) => {
+            serde_json::from_str::<ClientFrame>(text).map_err(|e| DecodeError::InvalidFields {
+                kind: kind.to_owned(),
+                message: e.to_string(),
+            })
+        }
+    };
+    Decoded {
+        reference,
+        frame,
+        ping,
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -195,5 +331,64 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn decode_answers_each_kind_of_bad_frame() {
+        let err = |text: &str| decode(text).frame.expect_err("should not decode");
+        assert!(matches!(err("1"), DecodeError::NotAnObject(_)));
+        // serde could read a struct from an array; the protocol says objects only.
+        assert!(matches!(err("[1]"), DecodeError::NotAnObject(_)));
+        assert!(matches!(err(r#"["ping"]"#), DecodeError::NotAnObject(_)));
+        assert!(matches!(err("not json"), DecodeError::NotAnObject(_)));
+        assert!(err("")
+            .to_string()
+            .starts_with("a frame must be one JSON object: "));
+        assert_eq!(err(r#"{"type":"ping","ref":[]}"#), DecodeError::RefType);
+        assert_eq!(err(r#"{"ref":1}"#), DecodeError::MissingType);
+        assert_eq!(err(r#"{"type":null}"#), DecodeError::MissingType);
+        assert_eq!(err(r#"{"type":7}"#), DecodeError::TypeNotString);
+        assert_eq!(
+            err(r#"{"type":"shout"}"#),
+            DecodeError::UnknownType("shout".into())
+        );
+        let long = format!(r#"{{"type":"{}"}}"#, "é".repeat(100));
+        assert_eq!(
+            err(&long).to_string(),
+            format!("unknown type `{}`", "é".repeat(64))
+        );
+        match err(r#"{"type":"send","conversation_id":42}"#) {
+            DecodeError::InvalidFields { kind, message } => {
+                assert_eq!(kind, "send");
+                assert!(!message.is_empty());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decode_keeps_the_ref_and_flags_pings() {
+        let decoded = decode(r#"{"type":"ping","ref":"p1"}"#);
+        assert_eq!(decoded.reference, Some(Ref::String("p1".into())));
+        assert_eq!(decoded.frame, Ok(ClientFrame::Ping));
+        assert!(decoded.is_ping());
+        let decoded = decode(r#"{"type":"ping","ref":{}}"#);
+        assert_eq!(decoded.frame, Err(DecodeError::RefType));
+        assert!(decoded.is_ping());
+        let decoded = decode(r#"{"type":"send","ref":3,"conversation_id":1}"#);
+        assert_eq!(decoded.reference, Some(Ref::Number(3.into())));
+        assert!(!decoded.is_ping());
+        assert!(!decode("{").is_ping());
+    }
+
+    #[test]
+    fn decoded_frames_report_their_wire_type() {
+        let frame = decode(r#"{"type":"watch_agents"}"#).frame.expect("decodes");
+        assert_eq!(frame.kind(), "watch_agents");
+        let frame = decode(r#"{"type":"read_notifications","up_to":3}"#)
+            .frame
+            .expect("decodes");
+        assert_eq!(frame.kind(), "read_notifications");
+        assert!(CLIENT_FRAME_TYPES.contains(&frame.kind()));
     }
 }

@@ -16,7 +16,7 @@ pub mod http;
 pub mod ids;
 pub mod server;
 
-pub use client::{ClientFrame, FrameHead, Ref};
+pub use client::{decode, ClientFrame, DecodeError, Decoded, FrameHead, Ref};
 pub use event::{
     Actor, EventData, EventView, FieldTarget, NoteAudience, NoteType, Status, Visibility,
 };

@@ -32,13 +32,12 @@ pub fn parse(text: &str) -> Vec<String> {
             .find(|&(_, c)| !is_name_char(c))
             .map_or(rest.len(), |(i, _)| i);
         let name = rest[..end].trim_end_matches(['.', '-']);
-        if !name.is_empty() && name.chars().count() <= MAX_NAME {
-            let name = name.to_lowercase();
-            if !names.contains(&name) {
-                names.push(name);
-                if names.len() == MAX_MENTIONS {
-                    break;
-                }
+        // Counted after lower-casing, which can lengthen a name (`İ` is `i` + U+0307).
+        let name = name.to_lowercase();
+        if !name.is_empty() && name.chars().count() <= MAX_NAME && !names.contains(&name) {
+            names.push(name);
+            if names.len() == MAX_MENTIONS {
+                break;
             }
         }
         // Skip the name so an `@` inside it does not start another mention.
@@ -74,5 +73,14 @@ mod tests {
         assert_eq!(parse("@émile @Émile @émile"), vec!["émile"]);
         assert!(parse("@").is_empty());
         assert!(parse("@@@").is_empty());
+    }
+
+    #[test]
+    fn lower_casing_cannot_lengthen_a_name_past_the_limit() {
+        // Found while writing the `mentions` fuzz target: `İ` lower-cases to two chars.
+        assert_eq!(parse("@İ"), vec!["i\u{307}"]);
+        assert_eq!(parse(&format!("@{}", "İ".repeat(32))).len(), 1);
+        assert!(parse(&format!("@{}", "İ".repeat(33))).is_empty());
+        assert!(parse(&format!("@{}", "a".repeat(65))).is_empty());
     }
 }

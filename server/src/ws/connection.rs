@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
-use backchannel_protocol::client::CLIENT_FRAME_TYPES;
 use backchannel_protocol::server::{AppendResult, ReadResult, SessionUser, SubscribeResult};
-use backchannel_protocol::{ClientFrame, ConversationId, FrameHead, Ref};
+use backchannel_protocol::{decode, ClientFrame, ConversationId, DecodeError, FrameHead, Ref};
 use futures::stream::SplitStream;
 use futures::StreamExt;
 use serde::Serialize;
@@ -230,39 +229,21 @@ impl Session {
     }
 
     async fn handle_text(&mut self, text: &str) {
-        let head: FrameHead = match serde_json::from_str(text) {
-            Ok(head) => head,
-            Err(e) => {
-                let error =
-                    ServiceError::bad_request(format!("a frame must be one JSON object: {e}"));
-                return self.answer(None, Err(error)).await;
-            }
-        };
-        let reference = head.reference();
-        if head.kind() != Some("ping") {
+        let decoded = decode(text);
+        let reference = decoded.reference.clone();
+        // A frame that is not even an object is answered at once (without a `ref`);
+        // anything else but a ping counts against the rate first.
+        let has_head = !matches!(decoded.frame, Err(DecodeError::NotAnObject(_)));
+        if has_head && !decoded.is_ping() {
             if let Err(limited) = self.over_rate() {
                 return self.answer(reference.as_ref(), Err(limited)).await;
             }
         }
-        let result = match head.kind() {
-            _ if head.reference.is_some() && reference.is_none() => Err(ServiceError::bad_request(
-                "`ref` must be a string or a number",
-            )),
-            None if head.kind.is_some() => {
-                Err(ServiceError::bad_request("`type` must be a string"))
-            }
-            None => Err(ServiceError::bad_request("missing `type`")),
-            Some(kind) if !CLIENT_FRAME_TYPES.contains(&kind) => Err(ServiceError::bad_request(
-                format!("unknown type `{}`", truncate(kind, 64)),
-            )),
-            Some(kind) => match serde_json::from_str::<ClientFrame>(text) {
-                // Boxed: the largest command's state would otherwise be inlined into
-                // every idle socket's task for its whole life.
-                Ok(frame) => Box::pin(self.dispatch(frame)).await,
-                Err(e) => Err(ServiceError::bad_request(format!(
-                    "invalid `{kind}` frame: {e}"
-                ))),
-            },
+        let result = match decoded.frame {
+            // Boxed: the largest command's state would otherwise be inlined into every
+            // idle socket's task for its whole life.
+            Ok(frame) => Box::pin(self.dispatch(frame)).await,
+            Err(e) => Err(ServiceError::bad_request(e.to_string())),
         };
         self.answer(reference.as_ref(), result).await;
     }
@@ -460,12 +441,5 @@ impl Session {
         for conversation in self.subscriptions.drain() {
             self.service.unsubscribe(self.conn, conversation);
         }
-    }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }
