@@ -221,12 +221,22 @@ fn typing_frame(typing: &Typing) -> SharedFrame {
 pub struct ControlFrame(SharedFrame);
 
 impl ControlFrame {
-    pub fn new<R: serde::Serialize>(frame: &ServerFrame<'_, R>) -> ControlFrame {
-        debug_assert!(!matches!(
-            frame,
-            ServerFrame::Event { .. } | ServerFrame::Typing { .. }
-        ));
-        ControlFrame(SharedFrame::encode(frame))
+    /// Refuses every frame that is not an answer to the socket's own command: events,
+    /// typing, presence, notifications and the agents' floor each have their own typed
+    /// frame and reach a socket only through a typed outbox.
+    pub fn new<R: serde::Serialize>(frame: &ServerFrame<'_, R>) -> Option<ControlFrame> {
+        match frame {
+            ServerFrame::Welcome { .. }
+            | ServerFrame::Ok { .. }
+            | ServerFrame::Error { .. }
+            | ServerFrame::Pong => Some(ControlFrame(SharedFrame::encode(frame))),
+            ServerFrame::Event { .. }
+            | ServerFrame::Typing { .. }
+            | ServerFrame::Notification { .. }
+            | ServerFrame::Presence { .. }
+            | ServerFrame::Agents { .. }
+            | ServerFrame::AgentPresence { .. } => None,
+        }
     }
 
     pub(crate) fn shared(&self) -> &SharedFrame {
@@ -287,6 +297,30 @@ mod tests {
             },
         );
         assert_eq!(PublicEvent::try_from(message).expect("public").seq(), 2);
+    }
+
+    #[test]
+    fn control_frames_are_answers_only() {
+        let note = event(
+            EventData::Note {
+                body: "secret".into(),
+                note_type: NoteType::General,
+                audience: NoteAudience::Agents,
+                mentions: vec![],
+            },
+            Seqs {
+                supervisor: 2,
+                agent: Some(2),
+                public: None,
+            },
+        );
+        let as_event: ServerFrame<'_, ()> = ServerFrame::Event {
+            conversation_id: note.conversation_id,
+            seq: 2,
+            event: &note.view,
+        };
+        assert!(ControlFrame::new(&as_event).is_none());
+        assert!(ControlFrame::new::<()>(&ServerFrame::Pong).is_some());
     }
 
     #[test]

@@ -167,10 +167,19 @@ impl Outbox {
         }
     }
 
-    /// Queues an answer to this socket's own command.
-    pub async fn control(&self, frame: ControlFrame) -> bool {
-        self.push_wait(Message::Text(frame.shared().bytes().clone()))
-            .await
+    /// Queues an answer to this socket's own command (`None`, a frame that is not an
+    /// answer, is never sent: see [`ControlFrame::new`]).
+    pub async fn control(&self, frame: Option<ControlFrame>) -> bool {
+        match frame {
+            Some(frame) => {
+                self.push_wait(Message::Text(frame.shared().bytes().clone()))
+                    .await
+            }
+            None => {
+                tracing::error!("refused to send a non-answer frame as an answer");
+                false
+            }
+        }
     }
 
     /// Queues a WebSocket ping (heartbeat).
