@@ -516,3 +516,68 @@ async fn replay_over_1000_events_is_truncated_and_the_rest_pages_over_http() {
     let page = server.history_page(&alice, &conv, 0, 1000).await.json();
     assert_eq!(seqs(page["events"].as_array().unwrap()), range(1, 1000));
 }
+
+/// A replay that blocks on a slow reader can outlive its room: when every member leaves
+/// meanwhile, the room closes and the join goes on in a new one. It must go on from where
+/// the replay got to, not replay again from `since` (found by the 1,000 stalled sockets
+/// test, where it sent a resuming customer its missed events twice).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_outliving_its_room_is_not_repeated() {
+    let server = TestServer::start_with(|config| {
+        config.limits.send_queue_frames = 16;
+    })
+    .await;
+    let conv = server.open_as_customer(&customer("carol")).await;
+    let mut writer = server.client(&agent("writer")).await;
+    let body = "x".repeat(15_000);
+    let notes = 60;
+    for i in 0..notes {
+        writer.note(&conv, &format!("n{i}"), &body).await;
+    }
+    let head = 1 + notes;
+
+    // The room's only member.
+    let mut member = server.client(&agent("member")).await;
+    member.subscribe(&conv, None).await;
+
+    // A reader with a tiny window asks for the whole replay and does not read yet, so
+    // the replay stops on its full queue.
+    let mut reader = connect(
+        server.addr,
+        ConnectOptions {
+            recv_buffer: Some(8 * 1024),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("connect");
+    reader.hello(&agent("reader")).await;
+    reader
+        .send_json(&json!({"type": "subscribe", "conversation_id": conv, "since": 0, "ref": "s"}))
+        .await;
+    tokio::time::sleep(QUIET).await;
+
+    // The member leaves: the room is empty (the reader is not a member until its replay
+    // is done) and closes.
+    member.close().await;
+    tokio::time::sleep(QUIET).await;
+
+    // Now the reader reads: every event once, then the ok.
+    let mut got = Vec::new();
+    loop {
+        let frame = reader.next_frame(STEP).await;
+        match ty(&frame) {
+            "event" => got.push(frame["seq"].as_u64().expect("seq")),
+            "ok" if frame["ref"] == "s" => {
+                assert_eq!(frame["head"], head);
+                break;
+            }
+            other => panic!("unexpected {other} frame: {frame}"),
+        }
+    }
+    assert_eq!(got, range(1, head));
+
+    // And it is live.
+    writer.note(&conv, "after", "live").await;
+    assert_eq!(reader.next_event().await["seq"], head + 1);
+}

@@ -144,6 +144,7 @@ impl Hub {
         if let Some(room) = self.rooms.get(&conversation).map(|r| r.clone()) {
             room.remove_member(self, conn);
         }
+        let mut start = room::JoinStart::Since(since);
         loop {
             let room = self
                 .rooms
@@ -151,12 +152,13 @@ impl Hub {
                 .or_insert_with(|| Arc::new(Room::new(conversation)))
                 .clone();
             match room
-                .join(self, conn, user.clone(), seat.clone(), since)
+                .join(self, conn, user.clone(), seat.clone(), start)
                 .await
             {
                 Ok(result) => return Ok(result),
-                // The room emptied and closed meanwhile: take the new one.
-                Err(room::JoinError::RoomClosed) => continue,
+                // The room emptied and closed meanwhile: go on in the new one from where
+                // the replay got to.
+                Err(room::JoinError::RoomClosed(progress)) => start = progress,
                 Err(room::JoinError::Hub(e)) => {
                     self.forget_if_empty(conversation);
                     return Err(e);

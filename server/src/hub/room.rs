@@ -249,8 +249,19 @@ impl RoomState {
 }
 
 pub(super) enum JoinError {
-    RoomClosed,
+    /// The room emptied and closed while this socket was being replayed to: join the
+    /// hub's new room with [`JoinStart::Continue`], so that nothing is replayed twice.
+    RoomClosed(JoinStart),
     Hub(HubError),
+}
+
+/// Where a join's replay starts.
+pub(super) enum JoinStart {
+    /// A `subscribe` with this `since`.
+    Since(Option<u64>),
+    /// A join cut short by its room closing: the socket has been given everything up to
+    /// `last`, and `result` already says how the replay began.
+    Continue { last: u64, result: SubscribeResult },
 }
 
 impl From<HubError> for JoinError {
@@ -312,35 +323,41 @@ impl Room {
         conn: ConnId,
         user: Actor,
         seat: Seat,
-        since: Option<u64>,
+        start: JoinStart,
     ) -> Result<SubscribeResult, JoinError> {
         self.ensure_ready(hub).await?;
         let audience = seat.audience();
-        let record = hub
-            .store()
-            .conversation(self.id)
-            .await?
-            .ok_or(HubError::NotFound)?;
-        let stream_head = record.heads.get(audience);
-        let mut result = SubscribeResult {
-            conversation_id: self.id,
-            ..Default::default()
+        let (mut last, mut result) = match start {
+            JoinStart::Continue { last, result } => (last, result),
+            JoinStart::Since(since) => {
+                let record = hub
+                    .store()
+                    .conversation(self.id)
+                    .await?
+                    .ok_or(HubError::NotFound)?;
+                let stream_head = record.heads.get(audience);
+                let mut result = SubscribeResult {
+                    conversation_id: self.id,
+                    ..Default::default()
+                };
+                let mut last = since.unwrap_or(0);
+                if last > stream_head {
+                    result.reset = true;
+                    last = 0;
+                }
+                if stream_head - last > MAX_REPLAY {
+                    last = stream_head - MAX_REPLAY;
+                    result.truncated = true;
+                    result.replay_from = Some(last + 1);
+                }
+                (last, result)
+            }
         };
-        let mut last = since.unwrap_or(0);
-        if last > stream_head {
-            result.reset = true;
-            last = 0;
-        }
-        if stream_head - last > MAX_REPLAY {
-            last = stream_head - MAX_REPLAY;
-            result.truncated = true;
-            result.replay_from = Some(last + 1);
-        }
         loop {
             {
                 let mut state = self.state.lock();
                 if state.closed {
-                    return Err(JoinError::RoomClosed);
+                    return Err(JoinError::RoomClosed(JoinStart::Continue { last, result }));
                 }
                 let delivered = state.heads.map(|h| h.get(audience)).unwrap_or(0);
                 if delivered <= last {
