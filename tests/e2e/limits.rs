@@ -3,7 +3,8 @@
 //! with `since`, while a reader that keeps up is unaffected; over `max_connections` an
 //! upgrade gets HTTP 503 and a freed slot can be reused; a socket silent for two
 //! heartbeat intervals is closed with 4002 while one that answers pings stays; a socket
-//! may hold at most `max_subscriptions` subscriptions.
+//! may hold at most `max_subscriptions` subscriptions; a live frame arriving during a long
+//! replay still finds room in the queue.
 
 use std::time::Duration;
 
@@ -275,4 +276,64 @@ async fn a_user_over_the_user_rate_is_refused_over_http_with_429() {
             .status,
         200
     );
+}
+
+/// A long replay fills the socket's queue only up to a reserve, so a live frame for
+/// another subscription of the same socket, arriving meanwhile, still finds room: a
+/// client that reads is never closed as slow because of its own replay.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_frame_during_a_long_replay_does_not_close_the_socket() {
+    let server = TestServer::start_with(|config| {
+        config.limits.send_queue_frames = 16;
+    })
+    .await;
+    let live = server.open_as_customer(&customer("carol")).await;
+    let replayed = server.open_as_customer(&customer("dave")).await;
+    let mut writer = server.client(&agent("writer")).await;
+    let body = "x".repeat(15_000);
+    let notes = 60;
+    for i in 0..notes {
+        writer.note(&replayed, &format!("n{i}"), &body).await;
+    }
+
+    let mut reader = connect(
+        server.addr,
+        ConnectOptions {
+            recv_buffer: Some(8 * 1024),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("connect");
+    reader.hello(&agent("reader")).await;
+    reader.subscribe(&live, None).await;
+    // The whole replay, not read yet: it stops when the queue is full but for the reserve.
+    reader
+        .send_json(
+            &json!({"type": "subscribe", "conversation_id": replayed, "since": 0, "ref": "s"}),
+        )
+        .await;
+    tokio::time::sleep(QUIET).await;
+    // Two live notes in the other conversation meanwhile.
+    writer.note(&live, "live-1", "one").await;
+    writer.note(&live, "live-2", "two").await;
+
+    // The reader reads: the replay, the ok, and both live notes; it was not closed.
+    let mut replay = Vec::new();
+    let mut live_seqs = Vec::new();
+    let mut answered = false;
+    while !answered || live_seqs.len() < 2 {
+        let frame = reader.next_frame(STEP).await;
+        match ty(&frame) {
+            "event" if frame["conversation_id"] == replayed.as_str() => {
+                replay.push(frame["seq"].as_u64().expect("seq"))
+            }
+            "event" => live_seqs.push(frame["seq"].as_u64().expect("seq")),
+            "ok" if frame["ref"] == "s" => answered = true,
+            other => panic!("unexpected {other} frame: {frame}"),
+        }
+    }
+    assert_eq!(replay, range(1, 1 + notes));
+    assert_eq!(live_seqs, vec![2, 3]);
+    reader.sync().await;
 }

@@ -4,7 +4,9 @@
 //! never wait: if the queue is full, the reader has stopped reading, and the socket is
 //! closed with 4008 rather than letting memory grow (the client resumes with `since`).
 //! The socket's own task pushes replies and replays with the `*_wait` variants, which
-//! wait for room instead. The writer task drains everything queued, `feed`s it, and
+//! wait for room instead, and leave a quarter of the queue free while they do: a live
+//! frame arriving in the middle of a long replay must find room, or a client that reads
+//! perfectly well would be closed as slow. The writer task drains everything queued, `feed`s it, and
 //! flushes once, so a burst costs one write.
 //!
 //! The raw queue is private to this module: what reaches a customer's socket is decided
@@ -27,6 +29,10 @@ use crate::visibility::{ControlFrame, CustomerFrame, SharedFrame, StaffAudience,
 
 /// Most frames fed before one flush.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
+/// Most bytes fed before one flush (the frame that crosses it is the last). What is fed
+/// is copied into the WebSocket's write buffer, and a socket that stopped reading never
+/// empties it: this, not the frame count, bounds that buffer.
+const MAX_BYTES_PER_FLUSH: usize = 16 * 1024;
 /// How long the close frame may take to leave once the socket is being closed.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -83,6 +89,10 @@ impl CloseReason {
 
 struct Shared {
     closing: CancellationToken,
+    /// Signalled by the writer after every flush, for the `*_wait` pushes.
+    drained: tokio::sync::Notify,
+    /// Slots the `*_wait` pushes leave free for live frames.
+    reserve: usize,
     /// The first close reason wins; 0 while open.
     reason: AtomicU16,
     metrics: Arc<Metrics>,
@@ -103,9 +113,12 @@ pub struct OutboxReceiver {
 
 impl Outbox {
     pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (Outbox, OutboxReceiver) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let capacity = capacity.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
         let shared = Arc::new(Shared {
             closing: CancellationToken::new(),
+            drained: tokio::sync::Notify::new(),
+            reserve: capacity / 4,
             reason: AtomicU16::new(0),
             metrics,
         });
@@ -156,10 +169,23 @@ impl Outbox {
         }
     }
 
-    /// Queues, waiting for room; false once the socket is closing.
+    /// Queues once more than the reserve is free, waiting for the writer to drain the
+    /// queue that far; false once the socket is closing.
     async fn push_wait(&self, message: Message) -> bool {
-        if self.is_closing() {
-            return false;
+        loop {
+            if self.is_closing() {
+                return false;
+            }
+            // Created before the check, so a flush between the check and the wait is
+            // not missed (Notify wakes every `Notified` that exists when it is signalled).
+            let drained = self.shared.drained.notified();
+            if self.queue.capacity() > self.shared.reserve {
+                break;
+            }
+            tokio::select! {
+                _ = drained => {}
+                _ = self.shared.closing.cancelled() => return false,
+            }
         }
         tokio::select! {
             sent = self.queue.send(message) => sent.is_ok(),
@@ -259,6 +285,7 @@ pub async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut receiver: O
         };
         match written {
             Ok(count) => {
+                receiver.shared.drained.notify_waiters();
                 metrics.frames_out.inc_by(count as u64);
             }
             Err(_) => return,
@@ -304,11 +331,13 @@ async fn feed_and_flush(
     queue: &mut mpsc::Receiver<Message>,
     first: Message,
 ) -> Result<usize, axum::Error> {
+    let mut bytes = payload_len(&first);
     sink.feed(first).await?;
     let mut count = 1;
-    while count < MAX_FRAMES_PER_FLUSH {
+    while count < MAX_FRAMES_PER_FLUSH && bytes < MAX_BYTES_PER_FLUSH {
         match queue.try_recv() {
             Ok(message) => {
+                bytes += payload_len(&message);
                 sink.feed(message).await?;
                 count += 1;
             }
@@ -317,4 +346,12 @@ async fn feed_and_flush(
     }
     sink.flush().await?;
     Ok(count)
+}
+
+fn payload_len(message: &Message) -> usize {
+    match message {
+        Message::Text(text) => text.as_str().len(),
+        Message::Binary(bytes) => bytes.len(),
+        _ => 0,
+    }
 }
