@@ -154,10 +154,18 @@ pub async fn run(
             stop.cancel();
         })
     };
-    let listener = listener.tap_io(|tcp| {
+    let send_buffer = config.limits.socket_send_buffer;
+    let listener = listener.tap_io(move |tcp| {
         // Frames are small and latency matters more than packet count.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!("cannot set TCP_NODELAY: {e}");
+        }
+        // A fixed send buffer bounds the kernel memory a client that stops reading can
+        // pin; past it, the socket's outbox fills and it is closed with 4008.
+        if let Some(bytes) = send_buffer {
+            if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(bytes) {
+                tracing::warn!("cannot set SO_SNDBUF: {e}");
+            }
         }
     });
     tracing::info!(node = %config.node_id, "serving");

@@ -34,6 +34,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Frames queued for one socket; a socket whose queue is full is closed with 4008.
     pub send_queue_frames: usize,
+    /// SO_SNDBUF of each accepted socket, in bytes (the kernel doubles it for its own
+    /// bookkeeping); `None` leaves it to the kernel's autotuning, which lets a socket that
+    /// stops reading hold up to `tcp_wmem`'s maximum (4 MiB by default) of kernel memory.
+    pub socket_send_buffer: Option<usize>,
     /// Largest client frame, in bytes; a larger one closes the socket with 1009.
     pub max_frame_bytes: usize,
     /// How long a new socket has to send `hello`.
@@ -59,6 +63,7 @@ impl Default for Limits {
         Self {
             max_connections: 10_000,
             send_queue_frames: 2_048,
+            socket_send_buffer: Some(64 * 1024),
             max_frame_bytes: backchannel_protocol::MAX_FRAME_BYTES,
             hello_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(25),

@@ -93,6 +93,10 @@ struct ServeArgs {
     /// Frames queued per socket before it is closed with 4008.
     #[arg(long, env = "BACKCHANNEL_SEND_QUEUE")]
     send_queue: Option<usize>,
+    /// SO_SNDBUF per socket in bytes, bounding the kernel memory a reader that stops
+    /// reading can pin (default 65536; 0 leaves it to the kernel's autotuning).
+    #[arg(long, env = "BACKCHANNEL_SOCKET_SEND_BUFFER")]
+    socket_send_buffer: Option<usize>,
     #[arg(long, env = "BACKCHANNEL_HEARTBEAT_MS")]
     heartbeat_ms: Option<u64>,
     #[arg(long, env = "BACKCHANNEL_HELLO_TIMEOUT_MS")]
@@ -175,6 +179,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         limits: Limits {
             max_connections: args.max_connections.unwrap_or(defaults.max_connections),
             send_queue_frames: args.send_queue.unwrap_or(defaults.send_queue_frames),
+            socket_send_buffer: match args.socket_send_buffer {
+                None => defaults.socket_send_buffer,
+                Some(0) => None,
+                Some(bytes) => Some(bytes),
+            },
             heartbeat_interval: args
                 .heartbeat_ms
                 .map(Duration::from_millis)

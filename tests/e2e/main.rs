@@ -13,6 +13,7 @@ mod http;
 mod leaks;
 mod limits;
 mod property;
+mod slow_consumers;
 mod streams;
 
 mod cluster;
