@@ -244,7 +244,7 @@ impl Harness {
     async fn write(&self, request: WriteRequest) -> Result<WriteOutcome, WriteRefusal> {
         let mut outcomes = self
             .store
-            .write_batch(std::slice::from_ref(&request))
+            .write_batch(vec![request])
             .await
             .expect("the batch commits");
         assert_eq!(outcomes.len(), 1);
@@ -541,7 +541,11 @@ async fn seqs_are_gap_free_per_audience(h: &Harness) {
         },
         WriteRequest::append(last_message),
     ];
-    let outcomes = h.store.write_batch(&batch).await.expect("batch commits");
+    let outcomes = h
+        .store
+        .write_batch(batch.clone())
+        .await
+        .expect("batch commits");
     type Triple = (u64, Option<u64>, Option<u64>);
     let seqs: Vec<Vec<Triple>> = outcomes
         .iter()
@@ -676,7 +680,10 @@ async fn idempotent_client_id_returns_stored_event(h: &Harness) {
     );
     let outcomes = h
         .store
-        .write_batch(&[WriteRequest::append(a.clone()), WriteRequest::append(b)])
+        .write_batch(vec![
+            WriteRequest::append(a.clone()),
+            WriteRequest::append(b),
+        ])
         .await
         .expect("batch commits");
     let a_out = outcomes[0].as_ref().expect("accepted");
@@ -755,7 +762,11 @@ async fn refusals_do_not_fail_the_batch(h: &Harness) {
         },
         WriteRequest::append(h.event(conv, &alice, None, note("after the refusals"))),
     ];
-    let outcomes = h.store.write_batch(&batch).await.expect("batch commits");
+    let outcomes = h
+        .store
+        .write_batch(batch.clone())
+        .await
+        .expect("batch commits");
     assert_eq!(outcomes.len(), 6);
     assert_eq!(
         outcomes[0].as_ref().err(),
@@ -817,7 +828,7 @@ async fn failed_batch_leaves_nothing(h: &Harness) {
     };
     let result = h
         .store
-        .write_batch(&[
+        .write_batch(vec![
             fresh,
             WriteRequest::append(good.clone()),
             WriteRequest::append(h.event(conv, &alice, None, tags(&["vip"], &[]))),
@@ -834,7 +845,7 @@ async fn failed_batch_leaves_nothing(h: &Harness) {
     }
     let result = h
         .store
-        .write_batch(&[WriteRequest::append(good.clone()), duplicate_open])
+        .write_batch(vec![WriteRequest::append(good.clone()), duplicate_open])
         .await;
     assert!(result.is_err(), "the batch fails");
 
@@ -1522,6 +1533,37 @@ async fn search_notes_with_filters(h: &Harness) {
     assert_eq!(found(h, search(&["shipping"])).await, set([]));
 }
 
+/// A note and its edit committed in one batch are searchable by the edited text only, and
+/// notes of the same batch are all found: the search index is written in the order of the
+/// batch's events, whenever the engine writes it.
+async fn search_index_follows_edits_within_one_batch(h: &Harness) {
+    let c = h.open("support", Some("cust-1")).await;
+    let alice = agent("alice");
+    let first = h.event(c, &alice, None, note("original wording about invoices"));
+    let first_id = first.id;
+    let edit = h.event(
+        c,
+        &alice,
+        None,
+        edited(first_id, "corrected wording about receipts"),
+    );
+    let second = h.event(c, &alice, None, note("another note about invoices"));
+    let second_id = second.id;
+    let outcomes = h
+        .store
+        .write_batch(vec![
+            WriteRequest::append(first),
+            WriteRequest::append(edit),
+            WriteRequest::append(second),
+        ])
+        .await
+        .expect("batch commits");
+    assert!(outcomes.iter().all(|o| o.is_ok()), "{outcomes:?}");
+    assert_eq!(found(h, search(&["receipts"])).await, set([first_id]));
+    assert_eq!(found(h, search(&["original"])).await, BTreeSet::new());
+    assert_eq!(found(h, search(&["invoices"])).await, set([second_id]));
+}
+
 /// Whatever a user types, search treats it as words: nothing is query syntax, and
 /// nothing makes the engine fail.
 async fn search_input_is_never_query_syntax(h: &Harness) {
@@ -2205,7 +2247,10 @@ async fn concurrent_appends_from_two_nodes(h: &Harness) {
     let run = |node: Arc<dyn Store>, batches: Vec<Vec<WriteRequest>>| async move {
         let mut fresh = (0, 0);
         for batch in batches {
-            let outcomes = node.write_batch(&batch).await.expect("batch commits");
+            let outcomes = node
+                .write_batch(batch.clone())
+                .await
+                .expect("batch commits");
             for (request, outcome) in batch.iter().zip(&outcomes) {
                 let outcome = outcome.as_ref().expect("accepted");
                 let WriteRequest::Append { events, .. } = request else {
@@ -2294,7 +2339,11 @@ async fn nul_characters_do_not_fail_the_batch(h: &Harness) {
         )),
         WriteRequest::append(h.event(conv, &alice, None, message("after"))),
     ];
-    let outcomes = h.store.write_batch(&batch).await.expect("batch commits");
+    let outcomes = h
+        .store
+        .write_batch(batch.clone())
+        .await
+        .expect("batch commits");
     assert!(outcomes.iter().all(|o| o.is_ok()), "{outcomes:?}");
     let stored = h
         .store
@@ -2391,6 +2440,7 @@ store_tests! {
     notifications_for_mentions_and_assignment,
     search_notes_with_filters,
     search_input_is_never_query_syntax,
+    search_index_follows_edits_within_one_batch,
     audit_chain_verifies_and_detects_tampering,
     conversation_list_filters,
     conversation_list_filters_by_tag_and_field,

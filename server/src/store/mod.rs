@@ -15,6 +15,7 @@ mod conformance;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
+mod sqlite_append;
 pub mod writer;
 
 use std::sync::Arc;
@@ -352,6 +353,12 @@ impl DirectoryEntry {
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// From SQLite's append thread, which calls SQLite directly (`sqlite_append.rs`).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The store was closed while a write was waiting.
+    #[error("the store has been closed")]
+    Stopped,
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is malformed: {0}")]
@@ -370,7 +377,7 @@ pub trait Store: Send + Sync + 'static {
     /// conversation) is refused alone; an error of the engine fails the whole batch.
     async fn write_batch(
         &self,
-        batch: &[WriteRequest],
+        batch: Vec<WriteRequest>,
     ) -> Result<Vec<Result<WriteOutcome, WriteRefusal>>, StoreError>;
 
     /// Events of `audience`'s stream with `seq > after`, oldest first, at most `limit`.

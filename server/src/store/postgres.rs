@@ -615,15 +615,15 @@ impl PgStore {
 impl Store for PgStore {
     async fn write_batch(
         &self,
-        batch: &[WriteRequest],
+        batch: Vec<WriteRequest>,
     ) -> Result<Vec<Result<WriteOutcome, WriteRefusal>>, StoreError> {
         // On any error the transaction is dropped uncommitted, which rolls it back: a
         // failed batch leaves nothing behind.
         let mut tx = self.pool.begin().await?;
-        Self::lock_conversations(&mut tx, batch).await?;
+        Self::lock_conversations(&mut tx, &batch).await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for request in batch {
-            outcomes.push(Self::apply(&mut tx, request).await?);
+            outcomes.push(Self::apply(&mut tx, &request).await?);
         }
         tx.commit().await?;
         Ok(outcomes)

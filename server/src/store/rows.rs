@@ -58,6 +58,28 @@ macro_rules! columns_for {
 columns_for!(SqliteRow);
 columns_for!(PgRow);
 
+/// SQLite's append thread reads rows through rusqlite (`sqlite_append.rs`).
+impl Columns for rusqlite::Row<'_> {
+    fn text(&self, column: &str) -> Result<String, StoreError> {
+        Ok(self.get(column)?)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64, StoreError> {
+        Ok(self.get(column)?)
+    }
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.get(column)?)
+    }
+    fn bytes(&self, column: &str) -> Result<Vec<u8>, StoreError> {
+        Ok(self.get(column)?)
+    }
+    fn boolean(&self, column: &str) -> Result<bool, StoreError> {
+        Ok(self.get(column)?)
+    }
+}
+
 /// The column holding each audience's `seq`.
 pub(crate) fn seq_column(audience: Audience) -> &'static str {
     match audience {

@@ -1,10 +1,12 @@
 //! The embedded store: SQLite in the data directory, WAL mode, `synchronous=FULL`.
 //!
-//! One connection writes (SQLite has one writer anyway, and a single connection means the
-//! writer never waits on a lock another writer holds); a small pool reads, concurrently
-//! with the writer thanks to WAL. `synchronous=FULL` makes a commit survive a power loss,
-//! not only a killed process: an `ok` with a `seq` promises exactly that. The writer task
-//! group-commits, so one fsync serves every append waiting at that moment.
+//! Appends go through one connection on its own thread (`sqlite_append.rs`: SQLite has
+//! one writer anyway, and calling it directly there is what makes appends fast); a small
+//! sqlx pool reads, concurrently with the writer thanks to WAL, and a one-connection sqlx
+//! pool runs the migrations and the rare writes outside the log. `synchronous=FULL` makes
+//! a commit survive a power loss, not only a killed process: an `ok` with a `seq` promises
+//! exactly that. The writer task group-commits, so one fsync serves every append waiting
+//! at that moment.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,25 +16,24 @@ use async_trait::async_trait;
 use std::collections::BTreeMap;
 
 use backchannel_protocol::http::{FieldDefinition, TagDefinition, Team};
-use backchannel_protocol::server::{Notification, NotificationKind};
+use backchannel_protocol::server::Notification;
 use backchannel_protocol::{
-    Audience, ConversationId, EventData, EventId, EventView, FieldTarget, InboxId, TeamId, UserId,
+    Audience, ConversationId, EventId, FieldTarget, InboxId, TeamId, UserId,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, SqliteConnection};
+use sqlx::{QueryBuilder, Row};
 
-use super::chain::{self, CanonicalEvent};
 use super::rows::{
     audit_row_from_row, conversation_from_row, directory_from_row, enum_text, event_from_row,
     field_from_row, get_u64, note_from_row, notification_from_row, parse_uuid, seq_column,
     tag_from_row, team_from_row,
 };
+use super::sqlite_append::AppendThread;
 use super::{
-    to_micros, AuditRow, ConversationFilter, ConversationRecord, DirectoryEntry, Event, Heads,
-    MarkRead, NewConversation, NewEvent, NoteRecord, NoteSearch, Precheck, ReplyGuard, Seqs, Store,
-    StoreError, UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
+    to_micros, AuditRow, ConversationFilter, ConversationRecord, DirectoryEntry, Event, MarkRead,
+    NoteRecord, NoteSearch, Store, StoreError, WriteOutcome, WriteRefusal, WriteRequest,
 };
 
 /// The database file inside the data directory.
@@ -48,6 +49,9 @@ const NOTE_COLUMNS: &str = "n.id, n.conversation_id, n.contact_id, n.author_id, 
      n.author_name, n.note_type, n.audience, n.body, n.created_at, n.pinned";
 
 pub struct SqliteStore {
+    /// The append path: its own thread and connection (`sqlite_append.rs`).
+    append: AppendThread,
+    /// Migrations and the rare writes outside the log (directory, definitions, read marks).
     writer: SqlitePool,
     readers: SqlitePool,
 }
@@ -74,472 +78,17 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let append = AppendThread::start(&data_dir.join(DATABASE_FILE))?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        Ok(Arc::new(SqliteStore { writer, readers }))
-    }
-
-    async fn apply(
-        conn: &mut SqliteConnection,
-        request: &WriteRequest,
-    ) -> Result<Result<WriteOutcome, WriteRefusal>, StoreError> {
-        match request {
-            WriteRequest::Append { events, guard } => Self::append(conn, events, *guard).await,
-            WriteRequest::Open(conversation) => Self::open_conversation(conn, conversation).await,
-        }
-    }
-
-    async fn open_conversation(
-        conn: &mut SqliteConnection,
-        new: &NewConversation,
-    ) -> Result<Result<WriteOutcome, WriteRefusal>, StoreError> {
-        let inbox = sqlx::query("SELECT 1 FROM inboxes WHERE id = ?")
-            .bind(new.inbox_id.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-        if inbox.is_none() {
-            return Ok(Err(WriteRefusal::InboxNotFound));
-        }
-        let at = to_micros(new.opened.at);
-        sqlx::query(
-            "INSERT INTO conversations (id, inbox_id, contact_id, subject, last_hash, \
-             created_at, last_activity_at, last_public_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(new.id.to_string())
-        .bind(new.inbox_id.as_str())
-        .bind(new.contact_id.as_ref().map(|c| c.as_str()))
-        .bind(new.subject.as_deref())
-        .bind(&chain::GENESIS[..])
-        .bind(at)
-        .bind(at)
-        .bind(at)
-        .execute(&mut *conn)
-        .await?;
-        Self::append(conn, std::slice::from_ref(&new.opened), None).await
-    }
-
-    /// Appends events of one conversation: allocates their seqs from the conversation's
-    /// counters, chains their hashes, and updates the projections they imply.
-    async fn append(
-        conn: &mut SqliteConnection,
-        events: &[NewEvent],
-        guard: Option<ReplyGuard>,
-    ) -> Result<Result<WriteOutcome, WriteRefusal>, StoreError> {
-        let Some(first) = events.first() else {
-            return Ok(Ok(WriteOutcome {
-                events: Vec::new(),
-                notifications: Vec::new(),
-                duplicate: false,
-            }));
-        };
-        let conversation = first.conversation_id;
-        if let Some(client_id) = &first.client_id {
-            let existing = sqlx::query(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE actor_id = ? AND client_id = ?"
-            ))
-            .bind(first.actor.id.as_str())
-            .bind(client_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some(row) = existing {
-                return Ok(Ok(WriteOutcome {
-                    events: vec![Arc::new(event_from_row(&row)?)],
-                    notifications: Vec::new(),
-                    duplicate: true,
-                }));
-            }
-        }
-        let Some(row) = sqlx::query(
-            "SELECT public_seq, agent_seq, supervisor_seq, last_hash, contact_id \
-             FROM conversations WHERE id = ?",
-        )
-        .bind(conversation.to_string())
-        .fetch_optional(&mut *conn)
-        .await?
-        else {
-            return Ok(Err(WriteRefusal::ConversationNotFound));
-        };
-        if let Some(guard) = guard {
-            let unseen = Self::unseen(conn, conversation, guard, &first.actor.id).await?;
-            if !unseen.is_empty() {
-                return Ok(Err(WriteRefusal::Unseen(unseen)));
-            }
-        }
-        for new in events.iter() {
-            if let Some(refusal) = Self::precheck(conn, conversation, new).await? {
-                return Ok(Err(refusal));
-            }
-        }
-        let mut heads = Heads {
-            public: get_u64(&row, "public_seq")?,
-            agent: get_u64(&row, "agent_seq")?,
-            supervisor: get_u64(&row, "supervisor_seq")?,
-        };
-        let contact_id: Option<String> = row.try_get("contact_id")?;
-        let previous: Vec<u8> = row.try_get("last_hash")?;
-        let mut previous: [u8; 32] = previous
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("last_hash is not 32 bytes".into()))?;
-        let mut stored = Vec::with_capacity(events.len());
-        let mut notifications = Vec::new();
-        let mut last_at = to_micros(first.at);
-        let mut last_public_at = None;
-        for new in events {
-            if new.conversation_id != conversation {
-                return Err(StoreError::Corrupt(
-                    "one append request spans two conversations".into(),
-                ));
-            }
-            let event = Self::insert_event(conn, new, heads, previous).await?;
-            heads = heads.after(&event.seqs);
-            previous = event.hash;
-            last_at = to_micros(new.at);
-            if event.seqs.public.is_some() {
-                last_public_at = Some(last_at);
-            }
-            Self::project(conn, &event, contact_id.as_deref(), &mut notifications).await?;
-            stored.push(Arc::new(event));
-        }
-        sqlx::query(
-            "UPDATE conversations SET public_seq = ?, agent_seq = ?, supervisor_seq = ?, \
-             last_hash = ?, last_activity_at = ?, \
-             last_public_at = COALESCE(?, last_public_at) WHERE id = ?",
-        )
-        .bind(heads.public as i64)
-        .bind(heads.agent as i64)
-        .bind(heads.supervisor as i64)
-        .bind(&previous[..])
-        .bind(last_at)
-        .bind(last_public_at)
-        .bind(conversation.to_string())
-        .execute(&mut *conn)
-        .await?;
-        Ok(Ok(WriteOutcome {
-            events: stored,
-            notifications,
-            duplicate: false,
+        Ok(Arc::new(SqliteStore {
+            append,
+            writer,
+            readers,
         }))
-    }
-
-    /// The state-dependent rules of [`Precheck`], read inside the append transaction.
-    async fn precheck(
-        conn: &mut SqliteConnection,
-        conversation: ConversationId,
-        new: &NewEvent,
-    ) -> Result<Option<WriteRefusal>, StoreError> {
-        let id = conversation.to_string();
-        Ok(match Precheck::of(new) {
-            None => None,
-            Some(Precheck::TagLimit { added, removed }) => {
-                let rows =
-                    sqlx::query("SELECT tag FROM conversation_tags WHERE conversation_id = ?")
-                        .bind(&id)
-                        .fetch_all(&mut *conn)
-                        .await?;
-                let current = rows
-                    .iter()
-                    .map(|r| r.try_get::<String, _>("tag"))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Precheck::tags(added, removed, current)
-            }
-            Some(Precheck::RequiredFields) => {
-                let rows = sqlx::query(
-                    "SELECT key FROM field_definitions WHERE required = 1 \
-                     AND applies_to = 'conversation' AND key NOT IN \
-                     (SELECT key FROM field_values WHERE target = 'conversation' \
-                     AND target_id = ?) ORDER BY key",
-                )
-                .bind(&id)
-                .fetch_all(&mut *conn)
-                .await?;
-                let missing = rows
-                    .iter()
-                    .map(|r| r.try_get::<String, _>("key"))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Precheck::required(missing)
-            }
-        })
-    }
-
-    /// Messages and notes by others after `guard.seen` in the sender's stream.
-    async fn unseen(
-        conn: &mut SqliteConnection,
-        conversation: ConversationId,
-        guard: ReplyGuard,
-        sender: &UserId,
-    ) -> Result<Vec<Event>, StoreError> {
-        let column = seq_column(guard.audience);
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = ? \
-             AND {column} IS NOT NULL AND {column} > ? AND actor_id != ? \
-             AND kind IN ('message', 'note') ORDER BY {column} LIMIT 50"
-        ))
-        .bind(conversation.to_string())
-        .bind(guard.seen as i64)
-        .bind(sender.as_str())
-        .fetch_all(&mut *conn)
-        .await?;
-        rows.iter().map(event_from_row).collect()
-    }
-
-    async fn insert_event(
-        conn: &mut SqliteConnection,
-        new: &NewEvent,
-        heads: Heads,
-        previous: [u8; 32],
-    ) -> Result<Event, StoreError> {
-        let visibility = new.data.visibility();
-        let seqs = Seqs {
-            supervisor: heads.supervisor + 1,
-            agent: visibility
-                .visible_to(Audience::Agents)
-                .then_some(heads.agent + 1),
-            public: visibility
-                .visible_to(Audience::Customer)
-                .then_some(heads.public + 1),
-        };
-        let payload = serde_json::to_string(&new.data)
-            .map_err(|e| StoreError::Corrupt(format!("cannot encode payload: {e}")))?;
-        let at = to_micros(new.at);
-        let hash = chain::link(
-            &previous,
-            &CanonicalEvent {
-                id: new.id.0.as_bytes(),
-                conversation_id: new.conversation_id.0.as_bytes(),
-                supervisor_seq: seqs.supervisor,
-                agent_seq: seqs.agent,
-                public_seq: seqs.public,
-                kind: new.data.kind(),
-                visibility: visibility.as_str(),
-                actor_id: new.actor.id.as_str(),
-                actor_role: new.actor.role.as_str(),
-                actor_name: new.actor.name.as_deref(),
-                client_id: new.client_id.as_deref(),
-                payload: &payload,
-                created_at_micros: at,
-            },
-        );
-        sqlx::query(&format!(
-            "INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(new.id.to_string())
-        .bind(new.conversation_id.to_string())
-        .bind(seqs.supervisor as i64)
-        .bind(seqs.agent.map(|s| s as i64))
-        .bind(seqs.public.map(|s| s as i64))
-        .bind(new.data.kind())
-        .bind(visibility.as_str())
-        .bind(new.actor.id.as_str())
-        .bind(new.actor.role.as_str())
-        .bind(new.actor.name.as_deref())
-        .bind(new.client_id.as_deref())
-        .bind(&payload)
-        .bind(at)
-        .bind(&hash[..])
-        .execute(&mut *conn)
-        .await?;
-        Ok(Event {
-            conversation_id: new.conversation_id,
-            seqs,
-            view: EventView {
-                id: new.id,
-                at: new.at,
-                actor: new.actor.clone(),
-                data: new.data.clone(),
-            },
-            client_id: new.client_id.clone(),
-            hash,
-        })
-    }
-
-    /// Keeps the tables derived from the log (notes, search, tags, fields, assignment,
-    /// status) and the notifications an event implies, in the append transaction.
-    async fn project(
-        conn: &mut SqliteConnection,
-        event: &Event,
-        contact_id: Option<&str>,
-        notifications: &mut Vec<UserNotification>,
-    ) -> Result<(), StoreError> {
-        let conversation = event.conversation_id.to_string();
-        let actor = &event.view.actor;
-        match &event.view.data {
-            EventData::Note {
-                body,
-                note_type,
-                audience,
-                mentions,
-            } => {
-                let inserted = sqlx::query(
-                    "INSERT INTO notes (id, conversation_id, contact_id, author_id, author_role, \
-                     author_name, note_type, audience, body, created_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(event.view.id.to_string())
-                .bind(&conversation)
-                .bind(contact_id)
-                .bind(actor.id.as_str())
-                .bind(actor.role.as_str())
-                .bind(actor.name.as_deref())
-                .bind(enum_text(note_type)?)
-                .bind(enum_text(audience)?)
-                .bind(body)
-                .bind(to_micros(event.view.at))
-                .execute(&mut *conn)
-                .await?;
-                sqlx::query("INSERT INTO note_search (rowid, body) VALUES (?, ?)")
-                    .bind(inserted.last_insert_rowid())
-                    .bind(body)
-                    .execute(&mut *conn)
-                    .await?;
-                let mut seen = std::collections::HashSet::new();
-                for user in mentions {
-                    if *user != actor.id && seen.insert(user) {
-                        let n = Self::notify(conn, user, NotificationKind::Mention, event).await?;
-                        notifications.push(n);
-                    }
-                }
-            }
-            EventData::NoteEdited { note_id, body, .. } => {
-                let row = sqlx::query("UPDATE notes SET body = ? WHERE id = ? RETURNING rowid")
-                    .bind(body)
-                    .bind(note_id.to_string())
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                if let Some(row) = row {
-                    let rowid: i64 = row.try_get(0)?;
-                    sqlx::query("UPDATE note_search SET body = ? WHERE rowid = ?")
-                        .bind(body)
-                        .bind(rowid)
-                        .execute(&mut *conn)
-                        .await?;
-                }
-            }
-            EventData::NotePinned {
-                note_id, pinned, ..
-            } => {
-                sqlx::query("UPDATE notes SET pinned = ? WHERE id = ?")
-                    .bind(*pinned)
-                    .bind(note_id.to_string())
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            EventData::Assigned {
-                assignee_id,
-                team_id,
-            } => {
-                sqlx::query("UPDATE conversations SET assignee_id = ?, team_id = ? WHERE id = ?")
-                    .bind(assignee_id.as_ref().map(|a| a.as_str()))
-                    .bind(team_id.as_ref().map(|t| t.as_str()))
-                    .bind(&conversation)
-                    .execute(&mut *conn)
-                    .await?;
-                if let Some(assignee) = assignee_id {
-                    if *assignee != actor.id {
-                        let n =
-                            Self::notify(conn, assignee, NotificationKind::Assigned, event).await?;
-                        notifications.push(n);
-                    }
-                }
-            }
-            EventData::StatusChanged { status } => {
-                sqlx::query("UPDATE conversations SET status = ? WHERE id = ?")
-                    .bind(status.as_str())
-                    .bind(&conversation)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            EventData::TagsChanged { added, removed } => {
-                for tag in added {
-                    sqlx::query(
-                        "INSERT OR IGNORE INTO conversation_tags (conversation_id, tag) VALUES (?, ?)",
-                    )
-                    .bind(&conversation)
-                    .bind(tag)
-                    .execute(&mut *conn)
-                    .await?;
-                }
-                for tag in removed {
-                    sqlx::query(
-                        "DELETE FROM conversation_tags WHERE conversation_id = ? AND tag = ?",
-                    )
-                    .bind(&conversation)
-                    .bind(tag)
-                    .execute(&mut *conn)
-                    .await?;
-                }
-            }
-            EventData::FieldsChanged {
-                target,
-                target_id,
-                changes,
-            } => {
-                for (key, value) in changes {
-                    if value.is_null() {
-                        sqlx::query(
-                            "DELETE FROM field_values WHERE target = ? AND target_id = ? AND key = ?",
-                        )
-                        .bind(target.as_str())
-                        .bind(target_id)
-                        .bind(key)
-                        .execute(&mut *conn)
-                        .await?;
-                    } else {
-                        sqlx::query(
-                            "INSERT INTO field_values (target, target_id, key, value) \
-                             VALUES (?, ?, ?, ?) ON CONFLICT (target, target_id, key) \
-                             DO UPDATE SET value = excluded.value",
-                        )
-                        .bind(target.as_str())
-                        .bind(target_id)
-                        .bind(key)
-                        .bind(value.to_string())
-                        .execute(&mut *conn)
-                        .await?;
-                    }
-                }
-            }
-            EventData::ConversationOpened { .. } | EventData::Message { .. } => {}
-        }
-        Ok(())
-    }
-
-    async fn notify(
-        conn: &mut SqliteConnection,
-        user: &UserId,
-        kind: NotificationKind,
-        event: &Event,
-    ) -> Result<UserNotification, StoreError> {
-        let actor = &event.view.actor;
-        let row = sqlx::query(
-            "INSERT INTO notifications (user_id, kind, conversation_id, event_id, from_id, \
-             from_role, from_name, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(user.as_str())
-        .bind(kind.as_str())
-        .bind(event.conversation_id.to_string())
-        .bind(event.view.id.to_string())
-        .bind(actor.id.as_str())
-        .bind(actor.role.as_str())
-        .bind(actor.name.as_deref())
-        .bind(to_micros(event.view.at))
-        .fetch_one(&mut *conn)
-        .await?;
-        let id: i64 = row.try_get(0)?;
-        Ok(UserNotification {
-            user_id: user.clone(),
-            notification: Notification {
-                id: id as u64,
-                kind,
-                conversation_id: event.conversation_id,
-                event_id: event.view.id,
-                from: actor.clone(),
-                at: event.view.at,
-                read: false,
-            },
-        })
     }
 }
 
@@ -547,27 +96,9 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn write_batch(
         &self,
-        batch: &[WriteRequest],
+        batch: Vec<WriteRequest>,
     ) -> Result<Vec<Result<WriteOutcome, WriteRefusal>>, StoreError> {
-        let mut conn = self.writer.acquire().await?;
-        // IMMEDIATE takes the write lock up front, so the transaction cannot fail later on
-        // a lock upgrade.
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for request in batch {
-            match Self::apply(&mut conn, request).await {
-                Ok(outcome) => outcomes.push(outcome),
-                Err(e) => {
-                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                    return Err(e);
-                }
-            }
-        }
-        if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            return Err(e.into());
-        }
-        Ok(outcomes)
+        self.append.write(batch).await
     }
 
     async fn events_after(
@@ -1122,6 +653,7 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        self.append.close().await;
         self.readers.close().await;
         self.writer.close().await;
     }

@@ -122,8 +122,9 @@ async fn run(
         let (requests, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|j| (j.request, j.reply)).unzip();
         let started = Instant::now();
-        let result = store.write_batch(&requests).await;
-        metrics.observe_commit(started.elapsed(), requests.len());
+        let count = requests.len();
+        let result = store.write_batch(requests).await;
+        metrics.observe_commit(started.elapsed(), count);
         match result {
             Ok(outcomes) => {
                 let mut fresh = Vec::new();
@@ -142,7 +143,7 @@ async fn run(
                 }
             }
             Err(e) => {
-                tracing::error!(batch = requests.len(), "append batch failed: {e}");
+                tracing::error!(batch = count, "append batch failed: {e}");
                 let message = e.to_string();
                 for reply in replies {
                     let _ = reply.send(Err(WriteError::Store(message.clone())));

@@ -1,0 +1,644 @@
+//! SQLite's append path: one OS thread owns the connection every group commit goes through.
+//!
+//! sqlx runs each SQLite statement on a worker thread and hands the result back through a
+//! channel, so every awaited statement costs two thread hand-offs and two task wake-ups.
+//! An append is about six statements, and those hand-offs, not SQLite, held appends to
+//! about 4,000 a second (docs/benchmarks.md). Here a dedicated thread calls SQLite
+//! directly with cached prepared statements, so a whole batch costs one hand-off in and
+//! one out. The rules are PostgreSQL's (seqs from the conversation's counters, the hash
+//! chain, the projections, the [`Precheck`]s, refusals before any write), and the same
+//! conformance tests (`store/conformance.rs`) hold both to them.
+//!
+//! Other writes (the directory, definitions, read marks) stay on sqlx: they are rare, and
+//! SQLite's busy timeout serializes them with this connection.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use backchannel_protocol::server::{Notification, NotificationKind};
+use backchannel_protocol::{Audience, EventData, EventView, UserId};
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use super::chain::{self, CanonicalEvent};
+use super::rows::{enum_text, event_from_row, seq_column};
+use super::{
+    to_micros, Event, Heads, NewConversation, NewEvent, Precheck, ReplyGuard, Seqs, StoreError,
+    UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
+};
+
+/// What one batch comes to: an outcome per request, or an engine error for all of them.
+pub(super) type BatchResult = Result<Vec<Result<WriteOutcome, WriteRefusal>>, StoreError>;
+type Refusable<T> = Result<Result<T, WriteRefusal>, StoreError>;
+
+/// Page cache of the append connection, in KiB (SQLite's default is 2 MiB).
+const APPEND_CACHE_KIB: i64 = 64 * 1024;
+/// How much of the database file the append connection reads through a memory map.
+const APPEND_MMAP_BYTES: i64 = 1 << 30;
+/// How often the WAL is copied back into the database file while appends flow. A page
+/// written many times in that interval (an index's tail, a busy conversation's row) is
+/// copied once; SQLite's own policy (every 1,000 pages, inside the commit) copied the hot
+/// pages over and over and held up the commit's callers while doing it.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+/// The size the WAL file is truncated to after a checkpoint.
+const WAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
+/// Prepared statements kept per connection (every statement below, with room to spare).
+const STATEMENT_CACHE: usize = 64;
+
+const EVENT_COLUMNS: &str = "id, conversation_id, supervisor_seq, agent_seq, public_seq, \
+     kind, visibility, actor_id, actor_role, actor_name, client_id, payload, created_at, hash";
+
+struct Job {
+    batch: Vec<WriteRequest>,
+    reply: oneshot::Sender<BatchResult>,
+}
+
+/// The handle to the append thread. Dropping the last sender (in [`AppendThread::close`])
+/// ends the thread after the batch in hand.
+pub(super) struct AppendThread {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl AppendThread {
+    /// Opens the write connection to `path` (the schema must already be migrated) and
+    /// starts the thread.
+    pub(super) fn start(path: &Path) -> Result<AppendThread, StoreError> {
+        let connection = Connection::open(path)?;
+        connection.busy_timeout(Duration::from_secs(5))?;
+        // WAL is a property of the file (set when it was created); synchronous and
+        // foreign keys are per connection.
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        // Appends touch the tail of every index of the log; profiling showed the thread
+        // spending most of its time copying pages in with pread. A larger page cache
+        // keeps the hot pages, and memory-mapped reads skip the copy for the rest.
+        connection.pragma_update(None, "cache_size", -APPEND_CACHE_KIB)?;
+        connection.pragma_update(None, "mmap_size", APPEND_MMAP_BYTES)?;
+        // Checkpoints are run by the loop below, after the batch's callers have their
+        // answers, not inside the commit that crossed SQLite's threshold.
+        connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // Once checkpointed, the WAL is rewritten from its start; past this size its file
+        // is truncated back, so a burst does not leave a large file behind.
+        connection.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)?;
+        connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let (jobs, receiver) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-append".into())
+            .spawn(move || {
+                let mut connection = connection;
+                let mut last_checkpoint = Instant::now();
+                while let Ok(job) = receiver.recv() {
+                    let result = write_batch(&mut connection, &job.batch);
+                    // A caller that went away no longer needs the answer.
+                    let _ = job.reply.send(result);
+                    if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+                        checkpoint(&connection);
+                        last_checkpoint = Instant::now();
+                    }
+                }
+                checkpoint(&connection);
+            })
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the append thread: {e}")))?;
+        Ok(AppendThread {
+            jobs: Mutex::new(Some(jobs)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Writes `batch` in one transaction on the append thread.
+    pub(super) async fn write(&self, batch: Vec<WriteRequest>) -> BatchResult {
+        let (reply, answer) = oneshot::channel();
+        let sent = match self.jobs.lock().as_ref() {
+            Some(jobs) => jobs.send(Job { batch, reply }).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(StoreError::Stopped);
+        }
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Stops taking batches and waits for the thread to finish the one in hand.
+    pub(super) async fn close(&self) {
+        self.jobs.lock().take();
+        let thread = self.thread.lock().take();
+        if let Some(thread) = thread {
+            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!("the SQLite append thread ended abnormally");
+            }
+        }
+    }
+}
+
+/// Copies what the WAL holds back into the database file, without waiting for readers
+/// (a frame a reader still needs is copied next time). The WAL is durable already: a
+/// failed checkpoint loses nothing, it is only logged.
+fn checkpoint(connection: &Connection) {
+    let done = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, i64>(2)?,
+        ))
+    });
+    if let Err(e) = done {
+        tracing::warn!("WAL checkpoint failed: {e}");
+    }
+}
+
+/// One group commit. `IMMEDIATE` takes the write lock up front, so the transaction cannot
+/// fail later on a lock upgrade; any engine error rolls everything back (on drop).
+fn write_batch(connection: &mut Connection, batch: &[WriteRequest]) -> BatchResult {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut search = Vec::new();
+    for request in batch {
+        outcomes.push(match request {
+            WriteRequest::Append { events, guard } => {
+                append(&transaction, events, *guard, &mut search)?
+            }
+            WriteRequest::Open(conversation) => {
+                open_conversation(&transaction, conversation, &mut search)?
+            }
+        });
+    }
+    write_search(&transaction, &search)?;
+    transaction.commit()?;
+    Ok(outcomes)
+}
+
+fn open_conversation(
+    db: &Connection,
+    new: &NewConversation,
+    search: &mut Vec<SearchWrite>,
+) -> Refusable<WriteOutcome> {
+    let inbox = db
+        .prepare_cached("SELECT 1 FROM inboxes WHERE id = ?")?
+        .query_row([new.inbox_id.as_str()], |_| Ok(()))
+        .optional()?;
+    if inbox.is_none() {
+        return Ok(Err(WriteRefusal::InboxNotFound));
+    }
+    let at = to_micros(new.opened.at);
+    db.prepare_cached(
+        "INSERT INTO conversations (id, inbox_id, contact_id, subject, last_hash, \
+         created_at, last_activity_at, last_public_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        new.id.to_string(),
+        new.inbox_id.as_str(),
+        new.contact_id.as_ref().map(|c| c.as_str()),
+        new.subject.as_deref(),
+        &chain::GENESIS[..],
+        at,
+        at,
+        at,
+    ])?;
+    append(db, std::slice::from_ref(&new.opened), None, search)
+}
+
+/// Appends events of one conversation: allocates their seqs from the conversation's
+/// counters, chains their hashes, and updates the projections they imply. Every refusal
+/// comes before the first write.
+fn append(
+    db: &Connection,
+    events: &[NewEvent],
+    guard: Option<ReplyGuard>,
+    search: &mut Vec<SearchWrite>,
+) -> Refusable<WriteOutcome> {
+    let Some(first) = events.first() else {
+        return Ok(Ok(WriteOutcome {
+            events: Vec::new(),
+            notifications: Vec::new(),
+            duplicate: false,
+        }));
+    };
+    let conversation = first.conversation_id;
+    let conversation_text = conversation.to_string();
+    if let Some(client_id) = &first.client_id {
+        let mut statement = db.prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE actor_id = ? AND client_id = ?"
+        ))?;
+        let mut rows = statement.query(params![first.actor.id.as_str(), client_id])?;
+        if let Some(row) = rows.next()? {
+            return Ok(Ok(WriteOutcome {
+                events: vec![Arc::new(event_from_row(row)?)],
+                notifications: Vec::new(),
+                duplicate: true,
+            }));
+        }
+    }
+    struct Head {
+        seqs: [i64; 3],
+        last_hash: Vec<u8>,
+        contact_id: Option<String>,
+    }
+    let head = db
+        .prepare_cached(
+            "SELECT public_seq, agent_seq, supervisor_seq, last_hash, contact_id \
+             FROM conversations WHERE id = ?",
+        )?
+        .query_row([&conversation_text], |row| {
+            Ok(Head {
+                seqs: [row.get(0)?, row.get(1)?, row.get(2)?],
+                last_hash: row.get(3)?,
+                contact_id: row.get(4)?,
+            })
+        })
+        .optional()?;
+    let Some(head) = head else {
+        return Ok(Err(WriteRefusal::ConversationNotFound));
+    };
+    if let Some(guard) = guard {
+        let unseen = unseen(db, &conversation_text, guard, &first.actor.id)?;
+        if !unseen.is_empty() {
+            return Ok(Err(WriteRefusal::Unseen(unseen)));
+        }
+    }
+    for new in events {
+        if let Some(refusal) = precheck(db, &conversation_text, new)? {
+            return Ok(Err(refusal));
+        }
+    }
+    let [public, agent, supervisor] = head
+        .seqs
+        .map(|seq| u64::try_from(seq).map_err(|_| StoreError::Corrupt("negative seq".into())));
+    let mut heads = Heads {
+        public: public?,
+        agent: agent?,
+        supervisor: supervisor?,
+    };
+    let mut previous: [u8; 32] = head
+        .last_hash
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("last_hash is not 32 bytes".into()))?;
+    let mut stored = Vec::with_capacity(events.len());
+    let mut notifications = Vec::new();
+    let mut last_at = to_micros(first.at);
+    let mut last_public_at = None;
+    for new in events {
+        if new.conversation_id != conversation {
+            return Err(StoreError::Corrupt(
+                "one append request spans two conversations".into(),
+            ));
+        }
+        let event = insert_event(db, new, heads, previous)?;
+        heads = heads.after(&event.seqs);
+        previous = event.hash;
+        last_at = to_micros(new.at);
+        if event.seqs.public.is_some() {
+            last_public_at = Some(last_at);
+        }
+        project(
+            db,
+            &event,
+            head.contact_id.as_deref(),
+            &mut notifications,
+            search,
+        )?;
+        stored.push(Arc::new(event));
+    }
+    db.prepare_cached(
+        "UPDATE conversations SET public_seq = ?, agent_seq = ?, supervisor_seq = ?, \
+         last_hash = ?, last_activity_at = ?, \
+         last_public_at = COALESCE(?, last_public_at) WHERE id = ?",
+    )?
+    .execute(params![
+        heads.public as i64,
+        heads.agent as i64,
+        heads.supervisor as i64,
+        &previous[..],
+        last_at,
+        last_public_at,
+        conversation_text,
+    ])?;
+    Ok(Ok(WriteOutcome {
+        events: stored,
+        notifications,
+        duplicate: false,
+    }))
+}
+
+/// The state-dependent rules of [`Precheck`], read inside the append transaction.
+fn precheck(
+    db: &Connection,
+    conversation: &str,
+    new: &NewEvent,
+) -> Result<Option<WriteRefusal>, StoreError> {
+    let strings = |sql: &str| -> Result<Vec<String>, StoreError> {
+        let mut statement = db.prepare_cached(sql)?;
+        let rows = statement.query_map([conversation], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    };
+    Ok(match Precheck::of(new) {
+        None => None,
+        Some(Precheck::TagLimit { added, removed }) => Precheck::tags(
+            added,
+            removed,
+            strings("SELECT tag FROM conversation_tags WHERE conversation_id = ?")?,
+        ),
+        Some(Precheck::RequiredFields) => Precheck::required(strings(
+            "SELECT key FROM field_definitions WHERE required = 1 \
+             AND applies_to = 'conversation' AND key NOT IN \
+             (SELECT key FROM field_values WHERE target = 'conversation' \
+             AND target_id = ?) ORDER BY key",
+        )?),
+    })
+}
+
+/// Messages and notes by others after `guard.seen` in the sender's stream.
+fn unseen(
+    db: &Connection,
+    conversation: &str,
+    guard: ReplyGuard,
+    sender: &UserId,
+) -> Result<Vec<Event>, StoreError> {
+    let column = seq_column(guard.audience);
+    let mut statement = db.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = ? \
+         AND {column} IS NOT NULL AND {column} > ? AND actor_id != ? \
+         AND kind IN ('message', 'note') ORDER BY {column} LIMIT 50"
+    ))?;
+    let mut rows = statement.query(params![conversation, guard.seen as i64, sender.as_str()])?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next()? {
+        events.push(event_from_row(row)?);
+    }
+    Ok(events)
+}
+
+fn insert_event(
+    db: &Connection,
+    new: &NewEvent,
+    heads: Heads,
+    previous: [u8; 32],
+) -> Result<Event, StoreError> {
+    let visibility = new.data.visibility();
+    let seqs = Seqs {
+        supervisor: heads.supervisor + 1,
+        agent: visibility
+            .visible_to(Audience::Agents)
+            .then_some(heads.agent + 1),
+        public: visibility
+            .visible_to(Audience::Customer)
+            .then_some(heads.public + 1),
+    };
+    let payload = serde_json::to_string(&new.data)
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode payload: {e}")))?;
+    let at = to_micros(new.at);
+    let hash = chain::link(
+        &previous,
+        &CanonicalEvent {
+            id: new.id.0.as_bytes(),
+            conversation_id: new.conversation_id.0.as_bytes(),
+            supervisor_seq: seqs.supervisor,
+            agent_seq: seqs.agent,
+            public_seq: seqs.public,
+            kind: new.data.kind(),
+            visibility: visibility.as_str(),
+            actor_id: new.actor.id.as_str(),
+            actor_role: new.actor.role.as_str(),
+            actor_name: new.actor.name.as_deref(),
+            client_id: new.client_id.as_deref(),
+            payload: &payload,
+            created_at_micros: at,
+        },
+    );
+    db.prepare_cached(&format!(
+        "INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ))?
+    .execute(params![
+        new.id.to_string(),
+        new.conversation_id.to_string(),
+        seqs.supervisor as i64,
+        seqs.agent.map(|s| s as i64),
+        seqs.public.map(|s| s as i64),
+        new.data.kind(),
+        visibility.as_str(),
+        new.actor.id.as_str(),
+        new.actor.role.as_str(),
+        new.actor.name.as_deref(),
+        new.client_id.as_deref(),
+        payload,
+        at,
+        &hash[..],
+    ])?;
+    Ok(Event {
+        conversation_id: new.conversation_id,
+        seqs,
+        view: EventView {
+            id: new.id,
+            at: new.at,
+            actor: new.actor.clone(),
+            data: new.data.clone(),
+        },
+        client_id: new.client_id.clone(),
+        hash,
+    })
+}
+
+/// A change to the full-text index, made at the end of the batch's transaction, in order.
+/// FTS5 writes what it has pending to disk as a new segment whenever a statement opens a
+/// savepoint, so indexing each note as it came wrote (and later merged) a segment per
+/// note; written together, a batch's notes make one.
+enum SearchWrite {
+    Insert { rowid: i64, body: String },
+    Update { rowid: i64, body: String },
+}
+
+fn write_search(db: &Connection, writes: &[SearchWrite]) -> Result<(), StoreError> {
+    for write in writes {
+        match write {
+            SearchWrite::Insert { rowid, body } => {
+                db.prepare_cached("INSERT INTO note_search (rowid, body) VALUES (?, ?)")?
+                    .execute(params![rowid, body])?;
+            }
+            SearchWrite::Update { rowid, body } => {
+                db.prepare_cached("UPDATE note_search SET body = ? WHERE rowid = ?")?
+                    .execute(params![body, rowid])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the tables derived from the log (notes, search, tags, fields, assignment,
+/// status) and the notifications an event implies, in the append transaction.
+fn project(
+    db: &Connection,
+    event: &Event,
+    contact_id: Option<&str>,
+    notifications: &mut Vec<UserNotification>,
+    search: &mut Vec<SearchWrite>,
+) -> Result<(), StoreError> {
+    let conversation = event.conversation_id.to_string();
+    let actor = &event.view.actor;
+    match &event.view.data {
+        EventData::Note {
+            body,
+            note_type,
+            audience,
+            mentions,
+        } => {
+            let rowid: i64 = db
+                .prepare_cached(
+                    "INSERT INTO notes (id, conversation_id, contact_id, author_id, \
+                     author_role, author_name, note_type, audience, body, created_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING rowid",
+                )?
+                .query_row(
+                    params![
+                        event.view.id.to_string(),
+                        conversation,
+                        contact_id,
+                        actor.id.as_str(),
+                        actor.role.as_str(),
+                        actor.name.as_deref(),
+                        enum_text(note_type)?,
+                        enum_text(audience)?,
+                        body,
+                        to_micros(event.view.at),
+                    ],
+                    |row| row.get(0),
+                )?;
+            search.push(SearchWrite::Insert {
+                rowid,
+                body: body.clone(),
+            });
+            let mut seen = HashSet::new();
+            for user in mentions {
+                if *user != actor.id && seen.insert(user) {
+                    notifications.push(notify(db, user, NotificationKind::Mention, event)?);
+                }
+            }
+        }
+        EventData::NoteEdited { note_id, body, .. } => {
+            let rowid: Option<i64> = db
+                .prepare_cached("UPDATE notes SET body = ? WHERE id = ? RETURNING rowid")?
+                .query_row(params![body, note_id.to_string()], |row| row.get(0))
+                .optional()?;
+            if let Some(rowid) = rowid {
+                search.push(SearchWrite::Update {
+                    rowid,
+                    body: body.clone(),
+                });
+            }
+        }
+        EventData::NotePinned {
+            note_id, pinned, ..
+        } => {
+            db.prepare_cached("UPDATE notes SET pinned = ? WHERE id = ?")?
+                .execute(params![*pinned, note_id.to_string()])?;
+        }
+        EventData::Assigned {
+            assignee_id,
+            team_id,
+        } => {
+            db.prepare_cached(
+                "UPDATE conversations SET assignee_id = ?, team_id = ? WHERE id = ?",
+            )?
+            .execute(params![
+                assignee_id.as_ref().map(|a| a.as_str()),
+                team_id.as_ref().map(|t| t.as_str()),
+                conversation,
+            ])?;
+            if let Some(assignee) = assignee_id {
+                if *assignee != actor.id {
+                    notifications.push(notify(db, assignee, NotificationKind::Assigned, event)?);
+                }
+            }
+        }
+        EventData::StatusChanged { status } => {
+            db.prepare_cached("UPDATE conversations SET status = ? WHERE id = ?")?
+                .execute(params![status.as_str(), conversation])?;
+        }
+        EventData::TagsChanged { added, removed } => {
+            for tag in added {
+                db.prepare_cached(
+                    "INSERT OR IGNORE INTO conversation_tags (conversation_id, tag) VALUES (?, ?)",
+                )?
+                .execute(params![conversation, tag])?;
+            }
+            for tag in removed {
+                db.prepare_cached(
+                    "DELETE FROM conversation_tags WHERE conversation_id = ? AND tag = ?",
+                )?
+                .execute(params![conversation, tag])?;
+            }
+        }
+        EventData::FieldsChanged {
+            target,
+            target_id,
+            changes,
+        } => {
+            for (key, value) in changes {
+                if value.is_null() {
+                    db.prepare_cached(
+                        "DELETE FROM field_values WHERE target = ? AND target_id = ? AND key = ?",
+                    )?
+                    .execute(params![target.as_str(), target_id, key])?;
+                } else {
+                    db.prepare_cached(
+                        "INSERT INTO field_values (target, target_id, key, value) \
+                         VALUES (?, ?, ?, ?) ON CONFLICT (target, target_id, key) \
+                         DO UPDATE SET value = excluded.value",
+                    )?
+                    .execute(params![
+                        target.as_str(),
+                        target_id,
+                        key,
+                        value.to_string()
+                    ])?;
+                }
+            }
+        }
+        EventData::ConversationOpened { .. } | EventData::Message { .. } => {}
+    }
+    Ok(())
+}
+
+fn notify(
+    db: &Connection,
+    user: &UserId,
+    kind: NotificationKind,
+    event: &Event,
+) -> Result<UserNotification, StoreError> {
+    let actor = &event.view.actor;
+    let id: i64 = db
+        .prepare_cached(
+            "INSERT INTO notifications (user_id, kind, conversation_id, event_id, from_id, \
+             from_role, from_name, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )?
+        .query_row(
+            params![
+                user.as_str(),
+                kind.as_str(),
+                event.conversation_id.to_string(),
+                event.view.id.to_string(),
+                actor.id.as_str(),
+                actor.role.as_str(),
+                actor.name.as_deref(),
+                to_micros(event.view.at),
+            ],
+            |row| row.get(0),
+        )?;
+    Ok(UserNotification {
+        user_id: user.clone(),
+        notification: Notification {
+            id: id as u64,
+            kind,
+            conversation_id: event.conversation_id,
+            event_id: event.view.id,
+            from: actor.clone(),
+            at: event.view.at,
+            read: false,
+        },
+    })
+}
