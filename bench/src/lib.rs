@@ -6,7 +6,7 @@
 //! the connections share one recorder without locks ([`stats`]). [`client`] is one
 //! simulated client, [`procs`] starts the servers and sets up conversations, [`sys`]
 //! pins processes and reads `/proc`, and [`scenario`] holds the paced step, the
-//! saturation search and the five scenarios.
+//! saturation search and the six scenarios.
 
 pub mod client;
 pub mod procs;

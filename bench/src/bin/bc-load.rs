@@ -6,6 +6,7 @@
 //!     bc-load durable    # acknowledged notes per second, SQLite and PostgreSQL
 //!     bc-load cluster    # two nodes over Redis: cross-node delivery latency
 //!     bc-load resume     # thousands of clients reconnecting at once with `since`
+//!     bc-load stalled    # 1,000 sockets stop reading: everybody else's latency meanwhile
 //!
 //! By default it spawns `backchannel` (beside this binary) with a fresh data directory
 //! and a known secret, pinned to core 0, and pins itself to core 1. See
@@ -13,7 +14,7 @@
 
 use std::process::ExitCode;
 
-use backchannel_bench::scenario::{self, cluster, durable, fanout, idle, resume, Common};
+use backchannel_bench::scenario::{self, cluster, durable, fanout, idle, resume, stalled, Common};
 use backchannel_bench::sys;
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,9 @@ enum Command {
     Cluster(cluster::ClusterArgs),
     /// Clients reconnecting at once with `since`: time until all caught up.
     Resume(resume::ResumeArgs),
+    /// Sockets that stop reading and are closed with 4008: the others' latency
+    /// meanwhile, against a baseline step without them.
+    Stalled(stalled::StalledArgs),
 }
 
 impl Command {
@@ -47,6 +51,7 @@ impl Command {
             Command::Durable(a) => &a.common,
             Command::Cluster(a) => &a.common,
             Command::Resume(a) => &a.common,
+            Command::Stalled(a) => &a.common,
         }
     }
 }
@@ -84,6 +89,7 @@ fn main() -> ExitCode {
             Command::Durable(args) => durable::run(args).await,
             Command::Cluster(args) => cluster::run(args).await,
             Command::Resume(args) => resume::run(args).await,
+            Command::Stalled(args) => stalled::run(args).await,
         }
     });
     match result {

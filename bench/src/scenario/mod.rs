@@ -14,6 +14,7 @@ pub mod durable;
 pub mod fanout;
 pub mod idle;
 pub mod resume;
+pub mod stalled;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
