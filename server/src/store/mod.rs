@@ -13,6 +13,7 @@ pub mod chain;
 #[cfg(test)]
 mod conformance;
 pub mod postgres;
+mod postgres_append;
 mod rows;
 pub mod sqlite;
 mod sqlite_append;

@@ -6,7 +6,8 @@
 //! still group-commits its batch in one transaction, but the transaction first locks every
 //! conversation row the batch touches (`SELECT ... FOR UPDATE`, in id order so two nodes
 //! never wait on each other in a cycle), so appends to one conversation serialize across
-//! nodes and seq allocation from the row's counters stays gap-free. A commit returns after
+//! nodes and seq allocation from the row's counters stays gap-free (the batch itself is
+//! written in a handful of statements: `postgres_append.rs`). A commit returns after
 //! PostgreSQL has flushed it (`synchronous_commit` on, its default): that is what an `ok`
 //! with a `seq` promises. Note search uses a generated `tsvector` column ('simple'
 //! configuration) with a GIN index; each search word is a phrase query, never syntax.
@@ -23,30 +24,29 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backchannel_protocol::http::{FieldDefinition, TagDefinition, Team};
-use backchannel_protocol::server::{Notification, NotificationKind};
+use backchannel_protocol::server::Notification;
 use backchannel_protocol::{
-    Audience, ConversationId, EventData, EventId, EventView, FieldTarget, InboxId, TeamId, UserId,
+    Audience, ConversationId, EventId, FieldTarget, InboxId, TeamId, UserId,
 };
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
+use sqlx::{Postgres, QueryBuilder, Row};
 
-use super::chain::{self, CanonicalEvent};
+use super::postgres_append;
 use super::rows::{
     audit_row_from_row, conversation_from_row, directory_from_row, enum_text, event_from_row,
     field_from_row, get_u64, note_from_row, notification_from_row, parse_uuid, seq_column,
     tag_from_row, team_from_row,
 };
 use super::{
-    to_micros, AuditRow, ConversationFilter, ConversationRecord, DirectoryEntry, Event, Heads,
-    MarkRead, NewConversation, NewEvent, NoteRecord, NoteSearch, Precheck, ReplyGuard, Seqs, Store,
-    StoreError, UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
+    to_micros, AuditRow, ConversationFilter, ConversationRecord, DirectoryEntry, Event, MarkRead,
+    NewEvent, NoteRecord, NoteSearch, Store, StoreError, WriteOutcome, WriteRefusal, WriteRequest,
 };
 
 /// Connections per node.
 const POOL_SIZE: u32 = 10;
 
 /// Event columns as read back (uuids as text, as the rest of the store expects them).
-const EVENT_COLUMNS: &str = "id::text AS id, conversation_id::text AS conversation_id, \
+pub(super) const EVENT_COLUMNS: &str = "id::text AS id, conversation_id::text AS conversation_id, \
      supervisor_seq, agent_seq, public_seq, kind, visibility, actor_id, actor_role, \
      actor_name, client_id, payload, created_at, hash";
 
@@ -77,538 +77,6 @@ impl PgStore {
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(Arc::new(PgStore { pool }))
     }
-
-    /// Locks the row of every existing conversation the batch appends to, in id order, so
-    /// that appends to one conversation serialize across nodes without deadlocks.
-    async fn lock_conversations(
-        conn: &mut PgConnection,
-        batch: &[WriteRequest],
-    ) -> Result<(), StoreError> {
-        let mut ids: Vec<String> = batch
-            .iter()
-            .flat_map(|request| match request {
-                WriteRequest::Append { events, .. } => events.as_slice(),
-                WriteRequest::Open(_) => &[],
-            })
-            .map(|event| event.conversation_id.to_string())
-            .collect();
-        if ids.is_empty() {
-            return Ok(());
-        }
-        ids.sort();
-        ids.dedup();
-        // Rows are locked in the order the sort returns them.
-        sqlx::query(
-            "SELECT id FROM conversations WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
-        Ok(())
-    }
-
-    async fn apply(
-        conn: &mut PgConnection,
-        request: &WriteRequest,
-    ) -> Result<Result<WriteOutcome, WriteRefusal>, StoreError> {
-        match request {
-            WriteRequest::Append { events, guard } => Self::append(conn, events, *guard).await,
-            WriteRequest::Open(conversation) => Self::open_conversation(conn, conversation).await,
-        }
-    }
-
-    async fn open_conversation(
-        conn: &mut PgConnection,
-        new: &NewConversation,
-    ) -> Result<Result<WriteOutcome, WriteRefusal>, StoreError> {
-        let inbox = sqlx::query("SELECT 1 FROM inboxes WHERE id = $1")
-            .bind(pg_text(new.inbox_id.as_str()))
-            .fetch_optional(&mut *conn)
-            .await?;
-        if inbox.is_none() {
-            return Ok(Err(WriteRefusal::InboxNotFound));
-        }
-        let at = to_micros(new.opened.at);
-        sqlx::query(
-            "INSERT INTO conversations (id, inbox_id, contact_id, subject, last_hash, \
-             created_at, last_activity_at, last_public_at) \
-             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(new.id.to_string())
-        .bind(pg_text(new.inbox_id.as_str()))
-        .bind(new.contact_id.as_ref().map(|c| pg_text(c.as_str())))
-        .bind(new.subject.as_deref().map(pg_text))
-        .bind(&chain::GENESIS[..])
-        .bind(at)
-        .bind(at)
-        .bind(at)
-        .execute(&mut *conn)
-        .await?;
-        let outcome = Self::append(conn, std::slice::from_ref(&new.opened), None).await?;
-        if matches!(&outcome, Ok(outcome) if outcome.duplicate) {
-            // The opening event's client_id was stored before: this conversation is not
-            // opened again, and no row without events is left behind.
-            sqlx::query("DELETE FROM conversations WHERE id = $1::uuid")
-                .bind(new.id.to_string())
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(outcome)
-    }
-
-    /// The event stored earlier under `(actor, client_id)`, if any.
-    async fn stored(
-        conn: &mut PgConnection,
-        actor: &UserId,
-        client_id: &str,
-    ) -> Result<Option<Event>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE actor_id = $1 AND client_id = $2"
-        ))
-        .bind(pg_text(actor.as_str()))
-        .bind(pg_text(client_id))
-        .fetch_optional(&mut *conn)
-        .await?;
-        row.as_ref().map(event_from_row).transpose()
-    }
-
-    fn duplicate(event: Event) -> Result<WriteOutcome, WriteRefusal> {
-        Ok(WriteOutcome {
-            events: vec![Arc::new(event)],
-            notifications: Vec::new(),
-            duplicate: true,
-        })
-    }
-
-    /// Appends events of one conversation: allocates their seqs from the conversation's
-    /// counters, chains their hashes, and updates the projections they imply.
-    async fn append(
-        conn: &mut PgConnection,
-        events: &[NewEvent],
-        guard: Option<ReplyGuard>,
-    ) -> Result<Result<WriteOutcome, WriteRefusal>, StoreError> {
-        let events: Vec<Cow<'_, NewEvent>> = events.iter().map(pg_event).collect();
-        let Some(first) = events.first() else {
-            return Ok(Ok(WriteOutcome {
-                events: Vec::new(),
-                notifications: Vec::new(),
-                duplicate: false,
-            }));
-        };
-        let conversation = first.conversation_id;
-        if let Some(client_id) = &first.client_id {
-            if let Some(event) = Self::stored(conn, &first.actor.id, client_id).await? {
-                return Ok(Self::duplicate(event));
-            }
-        }
-        // Already locked by `lock_conversations` (or inserted by this transaction);
-        // FOR UPDATE keeps this read correct on its own.
-        let Some(row) = sqlx::query(
-            "SELECT public_seq, agent_seq, supervisor_seq, last_hash, contact_id \
-             FROM conversations WHERE id = $1::uuid FOR UPDATE",
-        )
-        .bind(conversation.to_string())
-        .fetch_optional(&mut *conn)
-        .await?
-        else {
-            return Ok(Err(WriteRefusal::ConversationNotFound));
-        };
-        if let Some(guard) = guard {
-            let unseen = Self::unseen(conn, conversation, guard, &first.actor.id).await?;
-            if !unseen.is_empty() {
-                return Ok(Err(WriteRefusal::Unseen(unseen)));
-            }
-        }
-        for new in events.iter() {
-            if let Some(refusal) = Self::precheck(conn, conversation, new).await? {
-                return Ok(Err(refusal));
-            }
-        }
-        let mut heads = Heads {
-            public: get_u64(&row, "public_seq")?,
-            agent: get_u64(&row, "agent_seq")?,
-            supervisor: get_u64(&row, "supervisor_seq")?,
-        };
-        let contact_id: Option<String> = row.try_get("contact_id")?;
-        let previous: Vec<u8> = row.try_get("last_hash")?;
-        let mut previous: [u8; 32] = previous
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("last_hash is not 32 bytes".into()))?;
-        let mut stored = Vec::with_capacity(events.len());
-        let mut notifications = Vec::new();
-        let mut last_at = to_micros(first.at);
-        let mut last_public_at = None;
-        for (index, new) in events.iter().map(|e| e.as_ref()).enumerate() {
-            if new.conversation_id != conversation {
-                return Err(StoreError::Corrupt(
-                    "one append request spans two conversations".into(),
-                ));
-            }
-            let Some(event) = Self::insert_event(conn, new, heads, previous).await? else {
-                // Another node stored this (actor, client_id) after our check and before
-                // our insert. Nothing of this request was written yet if it is the first
-                // event, so the request is a retry like any other.
-                if index == 0 {
-                    if let Some(client_id) = &new.client_id {
-                        if let Some(event) = Self::stored(conn, &new.actor.id, client_id).await? {
-                            return Ok(Self::duplicate(event));
-                        }
-                    }
-                }
-                return Err(StoreError::Corrupt(
-                    "a client_id was reused inside one append request".into(),
-                ));
-            };
-            heads = heads.after(&event.seqs);
-            previous = event.hash;
-            last_at = to_micros(new.at);
-            if event.seqs.public.is_some() {
-                last_public_at = Some(last_at);
-            }
-            Self::project(conn, &event, contact_id.as_deref(), &mut notifications).await?;
-            stored.push(Arc::new(event));
-        }
-        sqlx::query(
-            "UPDATE conversations SET public_seq = $1, agent_seq = $2, supervisor_seq = $3, \
-             last_hash = $4, last_activity_at = $5, \
-             last_public_at = COALESCE($6, last_public_at) WHERE id = $7::uuid",
-        )
-        .bind(heads.public as i64)
-        .bind(heads.agent as i64)
-        .bind(heads.supervisor as i64)
-        .bind(&previous[..])
-        .bind(last_at)
-        .bind(last_public_at)
-        .bind(conversation.to_string())
-        .execute(&mut *conn)
-        .await?;
-        Ok(Ok(WriteOutcome {
-            events: stored,
-            notifications,
-            duplicate: false,
-        }))
-    }
-
-    /// The state-dependent rules of [`Precheck`], read inside the append transaction.
-    async fn precheck(
-        conn: &mut PgConnection,
-        conversation: ConversationId,
-        new: &NewEvent,
-    ) -> Result<Option<WriteRefusal>, StoreError> {
-        let id = conversation.to_string();
-        Ok(match Precheck::of(new) {
-            None => None,
-            Some(Precheck::TagLimit { added, removed }) => {
-                let rows = sqlx::query(
-                    "SELECT tag FROM conversation_tags WHERE conversation_id = $1::uuid",
-                )
-                .bind(&id)
-                .fetch_all(&mut *conn)
-                .await?;
-                let current = rows
-                    .iter()
-                    .map(|r| r.try_get::<String, _>("tag"))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Precheck::tags(added, removed, current)
-            }
-            Some(Precheck::RequiredFields) => {
-                let rows = sqlx::query(
-                    "SELECT key FROM field_definitions WHERE required \
-                     AND applies_to = 'conversation' AND key NOT IN \
-                     (SELECT key FROM field_values WHERE target = 'conversation' \
-                     AND target_id = $1) ORDER BY key",
-                )
-                .bind(&id)
-                .fetch_all(&mut *conn)
-                .await?;
-                let missing = rows
-                    .iter()
-                    .map(|r| r.try_get::<String, _>("key"))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Precheck::required(missing)
-            }
-        })
-    }
-
-    /// Messages and notes by others after `guard.seen` in the sender's stream.
-    async fn unseen(
-        conn: &mut PgConnection,
-        conversation: ConversationId,
-        guard: ReplyGuard,
-        sender: &UserId,
-    ) -> Result<Vec<Event>, StoreError> {
-        let column = seq_column(guard.audience);
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = $1::uuid \
-             AND {column} IS NOT NULL AND {column} > $2 AND actor_id <> $3 \
-             AND kind IN ('message', 'note') ORDER BY {column} LIMIT 50"
-        ))
-        .bind(conversation.to_string())
-        .bind(guard.seen as i64)
-        .bind(pg_text(sender.as_str()))
-        .fetch_all(&mut *conn)
-        .await?;
-        rows.iter().map(event_from_row).collect()
-    }
-
-    /// Inserts one event with the next seqs and link. `None` if its `(actor, client_id)`
-    /// is already taken (by a transaction that committed meanwhile).
-    async fn insert_event(
-        conn: &mut PgConnection,
-        new: &NewEvent,
-        heads: Heads,
-        previous: [u8; 32],
-    ) -> Result<Option<Event>, StoreError> {
-        let visibility = new.data.visibility();
-        let seqs = Seqs {
-            supervisor: heads.supervisor + 1,
-            agent: visibility
-                .visible_to(Audience::Agents)
-                .then_some(heads.agent + 1),
-            public: visibility
-                .visible_to(Audience::Customer)
-                .then_some(heads.public + 1),
-        };
-        let payload = serde_json::to_string(&new.data)
-            .map_err(|e| StoreError::Corrupt(format!("cannot encode payload: {e}")))?;
-        let at = to_micros(new.at);
-        let hash = chain::link(
-            &previous,
-            &CanonicalEvent {
-                id: new.id.0.as_bytes(),
-                conversation_id: new.conversation_id.0.as_bytes(),
-                supervisor_seq: seqs.supervisor,
-                agent_seq: seqs.agent,
-                public_seq: seqs.public,
-                kind: new.data.kind(),
-                visibility: visibility.as_str(),
-                actor_id: new.actor.id.as_str(),
-                actor_role: new.actor.role.as_str(),
-                actor_name: new.actor.name.as_deref(),
-                client_id: new.client_id.as_deref(),
-                payload: &payload,
-                created_at_micros: at,
-            },
-        );
-        let done = sqlx::query(
-            "INSERT INTO events (id, conversation_id, supervisor_seq, agent_seq, public_seq, \
-             kind, visibility, actor_id, actor_role, actor_name, client_id, payload, \
-             created_at, hash) \
-             VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-             ON CONFLICT (actor_id, client_id) WHERE client_id IS NOT NULL DO NOTHING",
-        )
-        .bind(new.id.to_string())
-        .bind(new.conversation_id.to_string())
-        .bind(seqs.supervisor as i64)
-        .bind(seqs.agent.map(|s| s as i64))
-        .bind(seqs.public.map(|s| s as i64))
-        .bind(new.data.kind())
-        .bind(visibility.as_str())
-        .bind(new.actor.id.as_str())
-        .bind(new.actor.role.as_str())
-        .bind(new.actor.name.as_deref())
-        .bind(new.client_id.as_deref())
-        .bind(&payload)
-        .bind(at)
-        .bind(&hash[..])
-        .execute(&mut *conn)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        Ok(Some(Event {
-            conversation_id: new.conversation_id,
-            seqs,
-            view: EventView {
-                id: new.id,
-                at: new.at,
-                actor: new.actor.clone(),
-                data: new.data.clone(),
-            },
-            client_id: new.client_id.clone(),
-            hash,
-        }))
-    }
-
-    /// Keeps the tables derived from the log (notes, search, tags, fields, assignment,
-    /// status) and the notifications an event implies, in the append transaction.
-    async fn project(
-        conn: &mut PgConnection,
-        event: &Event,
-        contact_id: Option<&str>,
-        notifications: &mut Vec<UserNotification>,
-    ) -> Result<(), StoreError> {
-        let conversation = event.conversation_id.to_string();
-        let actor = &event.view.actor;
-        match &event.view.data {
-            EventData::Note {
-                body,
-                note_type,
-                audience,
-                mentions,
-            } => {
-                // The search vector is a generated column: it follows `body`.
-                sqlx::query(
-                    "INSERT INTO notes (id, conversation_id, contact_id, author_id, author_role, \
-                     author_name, note_type, audience, body, created_at) \
-                     VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7, $8, $9, $10)",
-                )
-                .bind(event.view.id.to_string())
-                .bind(&conversation)
-                .bind(contact_id)
-                .bind(actor.id.as_str())
-                .bind(actor.role.as_str())
-                .bind(actor.name.as_deref())
-                .bind(enum_text(note_type)?)
-                .bind(enum_text(audience)?)
-                .bind(pg_text(body))
-                .bind(to_micros(event.view.at))
-                .execute(&mut *conn)
-                .await?;
-                let mut seen = std::collections::HashSet::new();
-                for user in mentions {
-                    if *user != actor.id && seen.insert(user) {
-                        let n = Self::notify(conn, user, NotificationKind::Mention, event).await?;
-                        notifications.push(n);
-                    }
-                }
-            }
-            EventData::NoteEdited { note_id, body, .. } => {
-                sqlx::query("UPDATE notes SET body = $1 WHERE id = $2::uuid")
-                    .bind(pg_text(body))
-                    .bind(note_id.to_string())
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            EventData::NotePinned {
-                note_id, pinned, ..
-            } => {
-                sqlx::query("UPDATE notes SET pinned = $1 WHERE id = $2::uuid")
-                    .bind(*pinned)
-                    .bind(note_id.to_string())
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            EventData::Assigned {
-                assignee_id,
-                team_id,
-            } => {
-                sqlx::query(
-                    "UPDATE conversations SET assignee_id = $1, team_id = $2 WHERE id = $3::uuid",
-                )
-                .bind(assignee_id.as_ref().map(|a| pg_text(a.as_str())))
-                .bind(team_id.as_ref().map(|t| pg_text(t.as_str())))
-                .bind(&conversation)
-                .execute(&mut *conn)
-                .await?;
-                if let Some(assignee) = assignee_id {
-                    if *assignee != actor.id {
-                        let n =
-                            Self::notify(conn, assignee, NotificationKind::Assigned, event).await?;
-                        notifications.push(n);
-                    }
-                }
-            }
-            EventData::StatusChanged { status } => {
-                sqlx::query("UPDATE conversations SET status = $1 WHERE id = $2::uuid")
-                    .bind(status.as_str())
-                    .bind(&conversation)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            EventData::TagsChanged { added, removed } => {
-                for tag in added {
-                    sqlx::query(
-                        "INSERT INTO conversation_tags (conversation_id, tag) \
-                         VALUES ($1::uuid, $2) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(&conversation)
-                    .bind(pg_text(tag))
-                    .execute(&mut *conn)
-                    .await?;
-                }
-                for tag in removed {
-                    sqlx::query(
-                        "DELETE FROM conversation_tags WHERE conversation_id = $1::uuid \
-                         AND tag = $2",
-                    )
-                    .bind(&conversation)
-                    .bind(pg_text(tag))
-                    .execute(&mut *conn)
-                    .await?;
-                }
-            }
-            EventData::FieldsChanged {
-                target,
-                target_id,
-                changes,
-            } => {
-                for (key, value) in changes {
-                    if value.is_null() {
-                        sqlx::query(
-                            "DELETE FROM field_values WHERE target = $1 AND target_id = $2 \
-                             AND key = $3",
-                        )
-                        .bind(target.as_str())
-                        .bind(pg_text(target_id))
-                        .bind(pg_text(key))
-                        .execute(&mut *conn)
-                        .await?;
-                    } else {
-                        sqlx::query(
-                            "INSERT INTO field_values (target, target_id, key, value) \
-                             VALUES ($1, $2, $3, $4) ON CONFLICT (target, target_id, key) \
-                             DO UPDATE SET value = excluded.value",
-                        )
-                        .bind(target.as_str())
-                        .bind(pg_text(target_id))
-                        .bind(pg_text(key))
-                        .bind(value.to_string())
-                        .execute(&mut *conn)
-                        .await?;
-                    }
-                }
-            }
-            EventData::ConversationOpened { .. } | EventData::Message { .. } => {}
-        }
-        Ok(())
-    }
-
-    async fn notify(
-        conn: &mut PgConnection,
-        user: &UserId,
-        kind: NotificationKind,
-        event: &Event,
-    ) -> Result<UserNotification, StoreError> {
-        let actor = &event.view.actor;
-        let row = sqlx::query(
-            "INSERT INTO notifications (user_id, kind, conversation_id, event_id, from_id, \
-             from_role, from_name, created_at) \
-             VALUES ($1, $2, $3::uuid, $4::uuid, $5, $6, $7, $8) RETURNING id",
-        )
-        .bind(pg_text(user.as_str()))
-        .bind(kind.as_str())
-        .bind(event.conversation_id.to_string())
-        .bind(event.view.id.to_string())
-        .bind(actor.id.as_str())
-        .bind(actor.role.as_str())
-        .bind(actor.name.as_deref())
-        .bind(to_micros(event.view.at))
-        .fetch_one(&mut *conn)
-        .await?;
-        Ok(UserNotification {
-            user_id: UserId(pg_text(user.as_str()).into_owned()),
-            notification: Notification {
-                id: get_u64(&row, "id")?,
-                kind,
-                conversation_id: event.conversation_id,
-                event_id: event.view.id,
-                from: actor.clone(),
-                at: event.view.at,
-                read: false,
-            },
-        })
-    }
 }
 
 #[async_trait]
@@ -617,16 +85,7 @@ impl Store for PgStore {
         &self,
         batch: Vec<WriteRequest>,
     ) -> Result<Vec<Result<WriteOutcome, WriteRefusal>>, StoreError> {
-        // On any error the transaction is dropped uncommitted, which rolls it back: a
-        // failed batch leaves nothing behind.
-        let mut tx = self.pool.begin().await?;
-        Self::lock_conversations(&mut tx, &batch).await?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for request in batch {
-            outcomes.push(Self::apply(&mut tx, &request).await?);
-        }
-        tx.commit().await?;
-        Ok(outcomes)
+        postgres_append::write_batch(&self.pool, &batch).await
     }
 
     async fn events_after(
@@ -1190,7 +649,7 @@ impl Store for PgStore {
 }
 
 /// `text` as PostgreSQL can store it: NUL, which it refuses in text, becomes U+FFFD.
-fn pg_text(text: &str) -> Cow<'_, str> {
+pub(super) fn pg_text(text: &str) -> Cow<'_, str> {
     if text.contains('\0') {
         Cow::Owned(text.replace('\0', "\u{FFFD}"))
     } else {
@@ -1201,7 +660,7 @@ fn pg_text(text: &str) -> Cow<'_, str> {
 /// `new` with its hashed text columns as PostgreSQL stores them (see [`pg_text`]), so the
 /// returned event, the stored row and the hash agree. The payload needs nothing: JSON
 /// escapes NUL.
-fn pg_event(new: &NewEvent) -> Cow<'_, NewEvent> {
+pub(super) fn pg_event(new: &NewEvent) -> Cow<'_, NewEvent> {
     let has_nul = |s: &str| s.contains('\0');
     if !has_nul(new.actor.id.as_str())
         && !new.actor.name.as_deref().is_some_and(has_nul)

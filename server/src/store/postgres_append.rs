@@ -1,0 +1,971 @@
+//! PostgreSQL's append path: a whole batch in a handful of statements.
+//!
+//! Every statement is a round trip to the database and a turn of its executor. Written one
+//! statement at a time, a note cost about six of them, and a node's appends were bounded
+//! by those waits at a few thousand a second. Here a batch is written as: one statement
+//! that locks every conversation it appends to (in id order, so two nodes never wait on
+//! each other in a cycle) and reads their heads; one that finds the events already stored
+//! under the batch's `client_id`s; then, in memory, the seqs, the hash chain and the rows;
+//! then one multi-row insert per table (`UNNEST` of one array per column) and one update
+//! of the conversations' heads.
+//!
+//! The hot events (messages and notes, with their mention notifications) are what gets
+//! batched. A reply guard and the rarer events (edits, pins, assignment, status, tags,
+//! fields) first write out what is pending and then run their own statements, so every
+//! statement sees the batch's earlier events, exactly as when each was written on its own.
+//! The rules are SQLite's (`sqlite_append.rs`), and the conformance tests hold both to them.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use backchannel_protocol::server::{Notification, NotificationKind};
+use backchannel_protocol::{Audience, ConversationId, EventData, EventView, UserId};
+use sqlx::postgres::PgPool;
+use sqlx::{PgConnection, Row};
+
+use super::chain::{self, CanonicalEvent};
+use super::postgres::{pg_event, pg_text, EVENT_COLUMNS};
+use super::rows::{enum_text, event_from_row, get_u64, parse_uuid, seq_column};
+use super::{
+    to_micros, Event, Heads, NewConversation, NewEvent, Precheck, ReplyGuard, Seqs, StoreError,
+    UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
+};
+
+/// What one batch comes to: an outcome per request, or an engine error for all of them.
+pub(super) type BatchResult = Result<Vec<Result<WriteOutcome, WriteRefusal>>, StoreError>;
+
+/// How many times a batch is written again after losing a `client_id` race.
+const RACE_RETRIES: usize = 3;
+
+/// Writes `batch` in one transaction. A `client_id` can be taken by another node between
+/// the lookup and the insert only for another conversation (appends to one conversation
+/// hold its row lock); the insert then skips that row, the transaction is rolled back,
+/// and the batch is written again, finding the stored event this time.
+pub(super) async fn write_batch(pool: &PgPool, batch: &[WriteRequest]) -> BatchResult {
+    for _ in 0..RACE_RETRIES {
+        // On any error the transaction is dropped uncommitted, which rolls it back: a
+        // failed batch leaves nothing behind.
+        let mut transaction = pool.begin().await?;
+        let mut writer = BatchWriter::default();
+        if writer.write(&mut transaction, batch).await? == Written::Complete {
+            transaction.commit().await?;
+            return Ok(writer.outcomes);
+        }
+    }
+    Err(StoreError::Corrupt(
+        "a client_id kept being taken by another node during the batch".into(),
+    ))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    Complete,
+    /// A row was skipped because its `client_id` was taken meanwhile: roll back, retry.
+    LostRace,
+}
+
+/// A conversation's head as the batch moves it.
+struct Head {
+    heads: Heads,
+    last_hash: [u8; 32],
+    contact_id: Option<String>,
+    /// Set once the batch appended to it: the head must be written back.
+    dirty: bool,
+    last_at: i64,
+    last_public_at: Option<i64>,
+}
+
+/// An event stored earlier under an `(actor, client_id)`, or written earlier in this batch.
+enum Claim {
+    Stored(Arc<Event>),
+    InBatch(Arc<Event>),
+}
+
+/// Rows waiting for the next [`BatchWriter::flush`].
+#[derive(Default)]
+struct Pending {
+    /// Each event with its encoded payload.
+    events: Vec<(Arc<Event>, String)>,
+    /// Each note event with its conversation's contact.
+    notes: Vec<(Arc<Event>, Option<String>)>,
+    /// Where each notification waiting for its id sits: (outcome, notification).
+    notifications: Vec<(usize, usize)>,
+}
+
+#[derive(Default)]
+struct BatchWriter {
+    heads: HashMap<ConversationId, Head>,
+    claims: HashMap<(String, String), Claim>,
+    pending: Pending,
+    /// One per request so far. A request's outcome is pushed before its events are
+    /// projected, so a flush in the middle of it can give its notifications their ids.
+    outcomes: Vec<Result<WriteOutcome, WriteRefusal>>,
+}
+
+impl BatchWriter {
+    async fn write(
+        &mut self,
+        conn: &mut PgConnection,
+        batch: &[WriteRequest],
+    ) -> Result<Written, StoreError> {
+        self.lock_and_read_heads(conn, batch).await?;
+        self.read_claims(conn, batch).await?;
+        for request in batch {
+            let written = match request {
+                WriteRequest::Append { events, guard } => {
+                    let events: Vec<Cow<'_, NewEvent>> = events.iter().map(pg_event).collect();
+                    self.append(conn, &events, *guard).await?
+                }
+                WriteRequest::Open(new) => self.open_conversation(conn, new).await?,
+            };
+            if written == Written::LostRace {
+                return Ok(Written::LostRace);
+            }
+        }
+        self.flush(conn).await
+    }
+
+    /// Locks the row of every existing conversation the batch appends to, in id order,
+    /// and reads its head.
+    async fn lock_and_read_heads(
+        &mut self,
+        conn: &mut PgConnection,
+        batch: &[WriteRequest],
+    ) -> Result<(), StoreError> {
+        let mut ids: Vec<String> = batch
+            .iter()
+            .flat_map(|request| match request {
+                WriteRequest::Append { events, .. } => events.as_slice(),
+                WriteRequest::Open(_) => &[],
+            })
+            .map(|event| event.conversation_id.to_string())
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        ids.sort();
+        ids.dedup();
+        // Rows are locked in the order the sort returns them.
+        let rows = sqlx::query(
+            "SELECT id::text AS id, public_seq, agent_seq, supervisor_seq, last_hash, \
+             contact_id FROM conversations WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in &rows {
+            let id = row.try_get::<String, _>("id")?;
+            let id = ConversationId(parse_uuid(&id, "conversation id")?);
+            let last_hash: Vec<u8> = row.try_get("last_hash")?;
+            self.heads.insert(
+                id,
+                Head {
+                    heads: Heads {
+                        public: get_u64(row, "public_seq")?,
+                        agent: get_u64(row, "agent_seq")?,
+                        supervisor: get_u64(row, "supervisor_seq")?,
+                    },
+                    last_hash: last_hash
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("last_hash is not 32 bytes".into()))?,
+                    contact_id: row.try_get("contact_id")?,
+                    dirty: false,
+                    last_at: 0,
+                    last_public_at: None,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads the events already stored under the batch's `(actor, client_id)`s. Read after
+    /// the locks, so a retry of an append to a locked conversation, committed by another
+    /// node meanwhile, is seen.
+    async fn read_claims(
+        &mut self,
+        conn: &mut PgConnection,
+        batch: &[WriteRequest],
+    ) -> Result<(), StoreError> {
+        let mut actors = Vec::new();
+        let mut client_ids = Vec::new();
+        for request in batch {
+            let events = match request {
+                WriteRequest::Append { events, .. } => events.as_slice(),
+                WriteRequest::Open(new) => std::slice::from_ref(&new.opened),
+            };
+            for event in events {
+                if let Some(client_id) = &event.client_id {
+                    actors.push(pg_text(event.actor.id.as_str()).into_owned());
+                    client_ids.push(pg_text(client_id).into_owned());
+                }
+            }
+        }
+        if actors.is_empty() {
+            return Ok(());
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE (actor_id, client_id) IN \
+             (SELECT * FROM UNNEST($1::text[], $2::text[]))"
+        ))
+        .bind(&actors)
+        .bind(&client_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in &rows {
+            let event = event_from_row(row)?;
+            if let Some(client_id) = event.client_id.clone() {
+                let key = (event.view.actor.id.as_str().to_owned(), client_id);
+                self.claims.insert(key, Claim::Stored(Arc::new(event)));
+            }
+        }
+        Ok(())
+    }
+
+    async fn open_conversation(
+        &mut self,
+        conn: &mut PgConnection,
+        new: &NewConversation,
+    ) -> Result<Written, StoreError> {
+        let opened = pg_event(&new.opened);
+        // A retried open is answered with the stored event and opens nothing.
+        if let Some(duplicate) = self.duplicate_of(&opened) {
+            self.outcomes.push(Ok(duplicate));
+            return Ok(Written::Complete);
+        }
+        let inbox = sqlx::query("SELECT 1 FROM inboxes WHERE id = $1")
+            .bind(pg_text(new.inbox_id.as_str()))
+            .fetch_optional(&mut *conn)
+            .await?;
+        if inbox.is_none() {
+            self.outcomes.push(Err(WriteRefusal::InboxNotFound));
+            return Ok(Written::Complete);
+        }
+        let at = to_micros(new.opened.at);
+        let contact_id = new
+            .contact_id
+            .as_ref()
+            .map(|c| pg_text(c.as_str()).into_owned());
+        sqlx::query(
+            "INSERT INTO conversations (id, inbox_id, contact_id, subject, last_hash, \
+             created_at, last_activity_at, last_public_at) \
+             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(new.id.to_string())
+        .bind(pg_text(new.inbox_id.as_str()))
+        .bind(contact_id.as_deref())
+        .bind(new.subject.as_deref().map(pg_text))
+        .bind(&chain::GENESIS[..])
+        .bind(at)
+        .bind(at)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+        self.heads.insert(
+            new.id,
+            Head {
+                heads: Heads::default(),
+                last_hash: chain::GENESIS,
+                contact_id,
+                dirty: false,
+                last_at: at,
+                last_public_at: None,
+            },
+        );
+        self.append(conn, &[opened], None).await
+    }
+
+    /// The answer to a request whose first event's `client_id` was used before.
+    fn duplicate_of(&self, first: &NewEvent) -> Option<WriteOutcome> {
+        let client_id = first.client_id.as_ref()?;
+        let key = (first.actor.id.as_str().to_owned(), client_id.clone());
+        let event = match self.claims.get(&key)? {
+            Claim::Stored(event) | Claim::InBatch(event) => event.clone(),
+        };
+        Some(WriteOutcome {
+            events: vec![event],
+            notifications: Vec::new(),
+            duplicate: true,
+        })
+    }
+
+    /// Appends events of one conversation: allocates their seqs from the conversation's
+    /// head, chains their hashes, and queues or runs the projections they imply. Every
+    /// refusal comes before anything of the request is written. Pushes the request's
+    /// outcome.
+    async fn append(
+        &mut self,
+        conn: &mut PgConnection,
+        events: &[Cow<'_, NewEvent>],
+        guard: Option<ReplyGuard>,
+    ) -> Result<Written, StoreError> {
+        let Some(first) = events.first() else {
+            self.outcomes.push(Ok(WriteOutcome {
+                events: Vec::new(),
+                notifications: Vec::new(),
+                duplicate: false,
+            }));
+            return Ok(Written::Complete);
+        };
+        if let Some(duplicate) = self.duplicate_of(first) {
+            self.outcomes.push(Ok(duplicate));
+            return Ok(Written::Complete);
+        }
+        let conversation = first.conversation_id;
+        if !self.heads.contains_key(&conversation) {
+            self.outcomes.push(Err(WriteRefusal::ConversationNotFound));
+            return Ok(Written::Complete);
+        }
+        if let Some(guard) = guard {
+            // The guard reads the log: the batch's earlier events must be in it.
+            if self.flush(conn).await? == Written::LostRace {
+                return Ok(Written::LostRace);
+            }
+            let unseen = unseen(conn, conversation, guard, &first.actor.id).await?;
+            if !unseen.is_empty() {
+                self.outcomes.push(Err(WriteRefusal::Unseen(unseen)));
+                return Ok(Written::Complete);
+            }
+        }
+        for new in events {
+            if let Some(refusal) = precheck(conn, conversation, new).await? {
+                self.outcomes.push(Err(refusal));
+                return Ok(Written::Complete);
+            }
+        }
+        let outcome = self.outcomes.len();
+        self.outcomes.push(Ok(WriteOutcome {
+            events: Vec::with_capacity(events.len()),
+            notifications: Vec::new(),
+            duplicate: false,
+        }));
+        for new in events.iter().map(|e| e.as_ref()) {
+            if new.conversation_id != conversation {
+                return Err(StoreError::Corrupt(
+                    "one append request spans two conversations".into(),
+                ));
+            }
+            let Some(head) = self.heads.get_mut(&conversation) else {
+                return Err(StoreError::Corrupt("a locked conversation vanished".into()));
+            };
+            let (event, payload) = next_event(new, head)?;
+            let contact_id = head.contact_id.clone();
+            let event = Arc::new(event);
+            if let Some(client_id) = &new.client_id {
+                let key = (new.actor.id.as_str().to_owned(), client_id.clone());
+                if self.claims.contains_key(&key) {
+                    return Err(StoreError::Corrupt(
+                        "a client_id was reused inside one append request".into(),
+                    ));
+                }
+                self.claims.insert(key, Claim::InBatch(event.clone()));
+            }
+            self.pending.events.push((event.clone(), payload));
+            self.outcome_mut(outcome)?.events.push(event.clone());
+            if self.project(conn, &event, contact_id, outcome).await? == Written::LostRace {
+                return Ok(Written::LostRace);
+            }
+        }
+        Ok(Written::Complete)
+    }
+
+    fn outcome_mut(&mut self, index: usize) -> Result<&mut WriteOutcome, StoreError> {
+        match self.outcomes.get_mut(index) {
+            Some(Ok(outcome)) => Ok(outcome),
+            _ => Err(StoreError::Corrupt(
+                "an accepted request's outcome vanished".into(),
+            )),
+        }
+    }
+
+    /// Queues (notes, mentions) or runs (everything rarer) the projections of one event.
+    async fn project(
+        &mut self,
+        conn: &mut PgConnection,
+        event: &Arc<Event>,
+        contact_id: Option<String>,
+        outcome: usize,
+    ) -> Result<Written, StoreError> {
+        let actor = &event.view.actor;
+        match &event.view.data {
+            EventData::Note { mentions, .. } => {
+                self.pending.notes.push((event.clone(), contact_id));
+                let mut seen = HashSet::new();
+                for user in mentions {
+                    if *user != actor.id && seen.insert(user) {
+                        let entry = self.outcome_mut(outcome)?;
+                        let index = entry.notifications.len();
+                        entry.notifications.push(notification(
+                            user,
+                            NotificationKind::Mention,
+                            event,
+                        ));
+                        self.pending.notifications.push((outcome, index));
+                    }
+                }
+                Ok(Written::Complete)
+            }
+            EventData::ConversationOpened { .. } | EventData::Message { .. } => {
+                Ok(Written::Complete)
+            }
+            _ => {
+                // Rare: write out what is pending (an edit may follow its note in this
+                // batch), then run the event's own statements.
+                if self.flush(conn).await? == Written::LostRace {
+                    return Ok(Written::LostRace);
+                }
+                let notifications = project_rare(conn, event).await?;
+                self.outcome_mut(outcome)?
+                    .notifications
+                    .extend(notifications);
+                Ok(Written::Complete)
+            }
+        }
+    }
+
+    /// Writes every pending row: events, notes, notifications (ids drawn from their
+    /// sequence first, in order), then the heads of the conversations appended to.
+    async fn flush(&mut self, conn: &mut PgConnection) -> Result<Written, StoreError> {
+        let pending = std::mem::take(&mut self.pending);
+        if !pending.events.is_empty() && !insert_events(conn, &pending.events).await? {
+            return Ok(Written::LostRace);
+        }
+        if !pending.notes.is_empty() {
+            insert_notes(conn, &pending.notes).await?;
+        }
+        if !pending.notifications.is_empty() {
+            self.insert_notifications(conn, &pending.notifications)
+                .await?;
+        }
+        self.write_heads(conn).await?;
+        Ok(Written::Complete)
+    }
+
+    async fn insert_notifications(
+        &mut self,
+        conn: &mut PgConnection,
+        positions: &[(usize, usize)],
+    ) -> Result<(), StoreError> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT nextval(pg_get_serial_sequence('notifications', 'id')) \
+             FROM generate_series(1, $1) ORDER BY 1",
+        )
+        .bind(positions.len() as i32)
+        .fetch_all(&mut *conn)
+        .await?;
+        if ids.len() != positions.len() {
+            return Err(StoreError::Corrupt(
+                "notification ids were not drawn".into(),
+            ));
+        }
+        let mut columns = NotificationColumns::default();
+        for (&(outcome, index), id) in positions.iter().zip(ids) {
+            let Some(entry) = self.outcome_mut(outcome)?.notifications.get_mut(index) else {
+                return Err(StoreError::Corrupt(
+                    "a pending notification vanished".into(),
+                ));
+            };
+            entry.notification.id = id as u64;
+            columns.push(id, entry);
+        }
+        columns.insert(conn).await
+    }
+
+    /// Writes back the head of every conversation appended to since the last time.
+    async fn write_heads(&mut self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        let mut ids = Vec::new();
+        let mut public = Vec::new();
+        let mut agent = Vec::new();
+        let mut supervisor = Vec::new();
+        let mut hashes = Vec::new();
+        let mut last_at = Vec::new();
+        let mut last_public_at = Vec::new();
+        for (id, head) in self.heads.iter_mut().filter(|(_, head)| head.dirty) {
+            ids.push(id.to_string());
+            public.push(head.heads.public as i64);
+            agent.push(head.heads.agent as i64);
+            supervisor.push(head.heads.supervisor as i64);
+            hashes.push(head.last_hash.to_vec());
+            last_at.push(head.last_at);
+            last_public_at.push(head.last_public_at.take());
+            head.dirty = false;
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE conversations AS c SET public_seq = u.public_seq, agent_seq = u.agent_seq, \
+             supervisor_seq = u.supervisor_seq, last_hash = u.last_hash, \
+             last_activity_at = u.last_activity_at, \
+             last_public_at = COALESCE(u.last_public_at, c.last_public_at) \
+             FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[], \
+             $6::int8[], $7::int8[]) \
+             AS u(id, public_seq, agent_seq, supervisor_seq, last_hash, last_activity_at, \
+             last_public_at) WHERE c.id = u.id",
+        )
+        .bind(&ids)
+        .bind(&public)
+        .bind(&agent)
+        .bind(&supervisor)
+        .bind(&hashes)
+        .bind(&last_at)
+        .bind(&last_public_at)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The next event of `head`'s conversation: its seqs and its link in the hash chain;
+/// moves the head past it. Returns the event and its encoded payload.
+fn next_event(new: &NewEvent, head: &mut Head) -> Result<(Event, String), StoreError> {
+    let visibility = new.data.visibility();
+    let heads = head.heads;
+    let seqs = Seqs {
+        supervisor: heads.supervisor + 1,
+        agent: visibility
+            .visible_to(Audience::Agents)
+            .then_some(heads.agent + 1),
+        public: visibility
+            .visible_to(Audience::Customer)
+            .then_some(heads.public + 1),
+    };
+    let payload = serde_json::to_string(&new.data)
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode payload: {e}")))?;
+    let at = to_micros(new.at);
+    let hash = chain::link(
+        &head.last_hash,
+        &CanonicalEvent {
+            id: new.id.0.as_bytes(),
+            conversation_id: new.conversation_id.0.as_bytes(),
+            supervisor_seq: seqs.supervisor,
+            agent_seq: seqs.agent,
+            public_seq: seqs.public,
+            kind: new.data.kind(),
+            visibility: visibility.as_str(),
+            actor_id: new.actor.id.as_str(),
+            actor_role: new.actor.role.as_str(),
+            actor_name: new.actor.name.as_deref(),
+            client_id: new.client_id.as_deref(),
+            payload: &payload,
+            created_at_micros: at,
+        },
+    );
+    head.heads = heads.after(&seqs);
+    head.last_hash = hash;
+    head.dirty = true;
+    head.last_at = at;
+    if seqs.public.is_some() {
+        head.last_public_at = Some(at);
+    }
+    let event = Event {
+        conversation_id: new.conversation_id,
+        seqs,
+        view: EventView {
+            id: new.id,
+            at: new.at,
+            actor: new.actor.clone(),
+            data: new.data.clone(),
+        },
+        client_id: new.client_id.clone(),
+        hash,
+    };
+    Ok((event, payload))
+}
+
+/// Inserts the events; false if one was skipped because its `(actor, client_id)` was
+/// stored meanwhile by another transaction.
+async fn insert_events(
+    conn: &mut PgConnection,
+    events: &[(Arc<Event>, String)],
+) -> Result<bool, StoreError> {
+    let mut ids = Vec::with_capacity(events.len());
+    let mut conversations = Vec::with_capacity(events.len());
+    let mut supervisor = Vec::with_capacity(events.len());
+    let mut agent = Vec::with_capacity(events.len());
+    let mut public = Vec::with_capacity(events.len());
+    let mut kinds = Vec::with_capacity(events.len());
+    let mut visibilities = Vec::with_capacity(events.len());
+    let mut actor_ids = Vec::with_capacity(events.len());
+    let mut actor_roles = Vec::with_capacity(events.len());
+    let mut actor_names = Vec::with_capacity(events.len());
+    let mut client_ids = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    let mut created = Vec::with_capacity(events.len());
+    let mut hashes = Vec::with_capacity(events.len());
+    for (event, payload) in events {
+        ids.push(event.view.id.to_string());
+        conversations.push(event.conversation_id.to_string());
+        supervisor.push(event.seqs.supervisor as i64);
+        agent.push(event.seqs.agent.map(|s| s as i64));
+        public.push(event.seqs.public.map(|s| s as i64));
+        kinds.push(event.view.data.kind());
+        visibilities.push(event.view.data.visibility().as_str());
+        actor_ids.push(event.view.actor.id.as_str());
+        actor_roles.push(event.view.actor.role.as_str());
+        actor_names.push(event.view.actor.name.as_deref());
+        client_ids.push(event.client_id.as_deref());
+        payloads.push(payload.as_str());
+        created.push(to_micros(event.view.at));
+        hashes.push(&event.hash[..]);
+    }
+    let done = sqlx::query(
+        "INSERT INTO events (id, conversation_id, supervisor_seq, agent_seq, public_seq, \
+         kind, visibility, actor_id, actor_role, actor_name, client_id, payload, \
+         created_at, hash) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::int8[], $5::int8[], \
+         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
+         $12::text[], $13::int8[], $14::bytea[]) \
+         ON CONFLICT (actor_id, client_id) WHERE client_id IS NOT NULL DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&conversations)
+    .bind(&supervisor)
+    .bind(&agent)
+    .bind(&public)
+    .bind(&kinds)
+    .bind(&visibilities)
+    .bind(&actor_ids)
+    .bind(&actor_roles)
+    .bind(&actor_names)
+    .bind(&client_ids)
+    .bind(&payloads)
+    .bind(&created)
+    .bind(&hashes)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == events.len() as u64)
+}
+
+/// Inserts the notes (their search vector is a generated column).
+async fn insert_notes(
+    conn: &mut PgConnection,
+    notes: &[(Arc<Event>, Option<String>)],
+) -> Result<(), StoreError> {
+    let mut ids = Vec::with_capacity(notes.len());
+    let mut conversations = Vec::with_capacity(notes.len());
+    let mut contacts = Vec::with_capacity(notes.len());
+    let mut author_ids = Vec::with_capacity(notes.len());
+    let mut author_roles = Vec::with_capacity(notes.len());
+    let mut author_names = Vec::with_capacity(notes.len());
+    let mut types = Vec::with_capacity(notes.len());
+    let mut audiences = Vec::with_capacity(notes.len());
+    let mut bodies = Vec::with_capacity(notes.len());
+    let mut created = Vec::with_capacity(notes.len());
+    for (event, contact_id) in notes {
+        let EventData::Note {
+            body,
+            note_type,
+            audience,
+            ..
+        } = &event.view.data
+        else {
+            return Err(StoreError::Corrupt("a pending note is not a note".into()));
+        };
+        ids.push(event.view.id.to_string());
+        conversations.push(event.conversation_id.to_string());
+        contacts.push(contact_id.as_deref());
+        author_ids.push(event.view.actor.id.as_str());
+        author_roles.push(event.view.actor.role.as_str());
+        author_names.push(event.view.actor.name.as_deref());
+        types.push(enum_text(note_type)?);
+        audiences.push(enum_text(audience)?);
+        bodies.push(pg_text(body));
+        created.push(to_micros(event.view.at));
+    }
+    sqlx::query(
+        "INSERT INTO notes (id, conversation_id, contact_id, author_id, author_role, \
+         author_name, note_type, audience, body, created_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
+         $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[])",
+    )
+    .bind(&ids)
+    .bind(&conversations)
+    .bind(&contacts)
+    .bind(&author_ids)
+    .bind(&author_roles)
+    .bind(&author_names)
+    .bind(&types)
+    .bind(&audiences)
+    .bind(&bodies)
+    .bind(&created)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Notification rows, one array per column.
+#[derive(Default)]
+struct NotificationColumns {
+    ids: Vec<i64>,
+    users: Vec<String>,
+    kinds: Vec<&'static str>,
+    conversations: Vec<String>,
+    events: Vec<String>,
+    from_ids: Vec<String>,
+    from_roles: Vec<&'static str>,
+    from_names: Vec<Option<String>>,
+    created: Vec<i64>,
+}
+
+impl NotificationColumns {
+    fn push(&mut self, id: i64, entry: &UserNotification) {
+        let n = &entry.notification;
+        self.ids.push(id);
+        self.users.push(entry.user_id.as_str().to_owned());
+        self.kinds.push(n.kind.as_str());
+        self.conversations.push(n.conversation_id.to_string());
+        self.events.push(n.event_id.to_string());
+        self.from_ids.push(n.from.id.as_str().to_owned());
+        self.from_roles.push(n.from.role.as_str());
+        self.from_names.push(n.from.name.clone());
+        self.created.push(to_micros(n.at));
+    }
+
+    async fn insert(self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO notifications (id, user_id, kind, conversation_id, event_id, from_id, \
+             from_role, from_name, created_at) \
+             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], \
+             $6::text[], $7::text[], $8::text[], $9::int8[])",
+        )
+        .bind(&self.ids)
+        .bind(&self.users)
+        .bind(&self.kinds)
+        .bind(&self.conversations)
+        .bind(&self.events)
+        .bind(&self.from_ids)
+        .bind(&self.from_roles)
+        .bind(&self.from_names)
+        .bind(&self.created)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// A notification of `event` for `user`, its id drawn when it is written.
+fn notification(user: &UserId, kind: NotificationKind, event: &Event) -> UserNotification {
+    UserNotification {
+        user_id: UserId(pg_text(user.as_str()).into_owned()),
+        notification: Notification {
+            id: 0,
+            kind,
+            conversation_id: event.conversation_id,
+            event_id: event.view.id,
+            from: event.view.actor.clone(),
+            at: event.view.at,
+            read: false,
+        },
+    }
+}
+
+/// The state-dependent rules of [`Precheck`], read inside the append transaction.
+async fn precheck(
+    conn: &mut PgConnection,
+    conversation: ConversationId,
+    new: &NewEvent,
+) -> Result<Option<WriteRefusal>, StoreError> {
+    let id = conversation.to_string();
+    Ok(match Precheck::of(new) {
+        None => None,
+        Some(Precheck::TagLimit { added, removed }) => {
+            let rows =
+                sqlx::query("SELECT tag FROM conversation_tags WHERE conversation_id = $1::uuid")
+                    .bind(&id)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            let current = rows
+                .iter()
+                .map(|r| r.try_get::<String, _>("tag"))
+                .collect::<Result<Vec<_>, _>>()?;
+            Precheck::tags(added, removed, current)
+        }
+        Some(Precheck::RequiredFields) => {
+            let rows = sqlx::query(
+                "SELECT key FROM field_definitions WHERE required \
+                 AND applies_to = 'conversation' AND key NOT IN \
+                 (SELECT key FROM field_values WHERE target = 'conversation' \
+                 AND target_id = $1) ORDER BY key",
+            )
+            .bind(&id)
+            .fetch_all(&mut *conn)
+            .await?;
+            let missing = rows
+                .iter()
+                .map(|r| r.try_get::<String, _>("key"))
+                .collect::<Result<Vec<_>, _>>()?;
+            Precheck::required(missing)
+        }
+    })
+}
+
+/// Messages and notes by others after `guard.seen` in the sender's stream.
+async fn unseen(
+    conn: &mut PgConnection,
+    conversation: ConversationId,
+    guard: ReplyGuard,
+    sender: &UserId,
+) -> Result<Vec<Event>, StoreError> {
+    let column = seq_column(guard.audience);
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = $1::uuid \
+         AND {column} IS NOT NULL AND {column} > $2 AND actor_id <> $3 \
+         AND kind IN ('message', 'note') ORDER BY {column} LIMIT 50"
+    ))
+    .bind(conversation.to_string())
+    .bind(guard.seen as i64)
+    .bind(pg_text(sender.as_str()))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// Runs the projections of a rare event (edits, pins, assignment, status, tags, fields),
+/// returning the notifications it caused (with their ids).
+async fn project_rare(
+    conn: &mut PgConnection,
+    event: &Event,
+) -> Result<Vec<UserNotification>, StoreError> {
+    let mut notifications = Vec::new();
+    let conversation = event.conversation_id.to_string();
+    let actor = &event.view.actor;
+    match &event.view.data {
+        EventData::NoteEdited { note_id, body, .. } => {
+            sqlx::query("UPDATE notes SET body = $1 WHERE id = $2::uuid")
+                .bind(pg_text(body))
+                .bind(note_id.to_string())
+                .execute(&mut *conn)
+                .await?;
+        }
+        EventData::NotePinned {
+            note_id, pinned, ..
+        } => {
+            sqlx::query("UPDATE notes SET pinned = $1 WHERE id = $2::uuid")
+                .bind(*pinned)
+                .bind(note_id.to_string())
+                .execute(&mut *conn)
+                .await?;
+        }
+        EventData::Assigned {
+            assignee_id,
+            team_id,
+        } => {
+            sqlx::query(
+                "UPDATE conversations SET assignee_id = $1, team_id = $2 WHERE id = $3::uuid",
+            )
+            .bind(assignee_id.as_ref().map(|a| pg_text(a.as_str())))
+            .bind(team_id.as_ref().map(|t| pg_text(t.as_str())))
+            .bind(&conversation)
+            .execute(&mut *conn)
+            .await?;
+            if let Some(assignee) = assignee_id {
+                if *assignee != actor.id {
+                    let n = notify(conn, assignee, NotificationKind::Assigned, event).await?;
+                    notifications.push(n);
+                }
+            }
+        }
+        EventData::StatusChanged { status } => {
+            sqlx::query("UPDATE conversations SET status = $1 WHERE id = $2::uuid")
+                .bind(status.as_str())
+                .bind(&conversation)
+                .execute(&mut *conn)
+                .await?;
+        }
+        EventData::TagsChanged { added, removed } => {
+            for tag in added {
+                sqlx::query(
+                    "INSERT INTO conversation_tags (conversation_id, tag) \
+                     VALUES ($1::uuid, $2) ON CONFLICT DO NOTHING",
+                )
+                .bind(&conversation)
+                .bind(pg_text(tag))
+                .execute(&mut *conn)
+                .await?;
+            }
+            for tag in removed {
+                sqlx::query(
+                    "DELETE FROM conversation_tags WHERE conversation_id = $1::uuid \
+                     AND tag = $2",
+                )
+                .bind(&conversation)
+                .bind(pg_text(tag))
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        EventData::FieldsChanged {
+            target,
+            target_id,
+            changes,
+        } => {
+            for (key, value) in changes {
+                if value.is_null() {
+                    sqlx::query(
+                        "DELETE FROM field_values WHERE target = $1 AND target_id = $2 \
+                         AND key = $3",
+                    )
+                    .bind(target.as_str())
+                    .bind(pg_text(target_id))
+                    .bind(pg_text(key))
+                    .execute(&mut *conn)
+                    .await?;
+                } else {
+                    sqlx::query(
+                        "INSERT INTO field_values (target, target_id, key, value) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (target, target_id, key) \
+                         DO UPDATE SET value = excluded.value",
+                    )
+                    .bind(target.as_str())
+                    .bind(pg_text(target_id))
+                    .bind(pg_text(key))
+                    .bind(value.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+                }
+            }
+        }
+        // Queued by `BatchWriter::project`, never run here.
+        EventData::Note { .. }
+        | EventData::ConversationOpened { .. }
+        | EventData::Message { .. } => {}
+    }
+    Ok(notifications)
+}
+
+async fn notify(
+    conn: &mut PgConnection,
+    user: &UserId,
+    kind: NotificationKind,
+    event: &Event,
+) -> Result<UserNotification, StoreError> {
+    let actor = &event.view.actor;
+    let row = sqlx::query(
+        "INSERT INTO notifications (user_id, kind, conversation_id, event_id, from_id, \
+         from_role, from_name, created_at) \
+         VALUES ($1, $2, $3::uuid, $4::uuid, $5, $6, $7, $8) RETURNING id",
+    )
+    .bind(pg_text(user.as_str()))
+    .bind(kind.as_str())
+    .bind(event.conversation_id.to_string())
+    .bind(event.view.id.to_string())
+    .bind(actor.id.as_str())
+    .bind(actor.role.as_str())
+    .bind(actor.name.as_deref())
+    .bind(to_micros(event.view.at))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(UserNotification {
+        user_id: UserId(pg_text(user.as_str()).into_owned()),
+        notification: Notification {
+            id: get_u64(&row, "id")?,
+            kind,
+            conversation_id: event.conversation_id,
+            event_id: event.view.id,
+            from: actor.clone(),
+            at: event.view.at,
+            read: false,
+        },
+    })
+}
