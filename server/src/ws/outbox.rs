@@ -12,6 +12,7 @@
 //! The raw queue is private to this module: what reaches a customer's socket is decided
 //! by which typed outbox the socket was given (see [`crate::visibility`]).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,13 +21,15 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use backchannel_protocol::close_code;
 use futures::stream::SplitSink;
 use futures::SinkExt;
-use tokio::sync::mpsc;
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
 use crate::metrics::Metrics;
 use crate::visibility::{ControlFrame, CustomerFrame, SharedFrame, StaffAudience, StaffFrame};
 
+/// Queue slots kept allocated once a burst has drained.
+const KEPT_QUEUE_SLOTS: usize = 8;
 /// Most frames fed before one flush.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
 /// Most bytes fed before one flush (the frame that crosses it is the last). What is fed
@@ -88,6 +91,14 @@ impl CloseReason {
 }
 
 struct Shared {
+    /// The frames waiting for the writer. A `VecDeque` rather than a channel because it
+    /// allocates only once something is queued, and gives its memory back when drained:
+    /// most connections are idle most of the time (a channel cost ~2 KiB each, always).
+    queue: Mutex<VecDeque<Message>>,
+    /// Most frames queued at once.
+    capacity: usize,
+    /// Signalled when a frame is queued, for the writer.
+    queued: tokio::sync::Notify,
     closing: CancellationToken,
     /// Signalled by the writer after every flush, for the `*_wait` pushes.
     drained: tokio::sync::Notify,
@@ -101,21 +112,45 @@ struct Shared {
 /// A socket's send queue. Cloning it shares the queue.
 #[derive(Clone)]
 pub struct Outbox {
-    queue: mpsc::Sender<Message>,
     shared: Arc<Shared>,
 }
 
 /// The writer's end, handed to [`write_loop`].
 pub struct OutboxReceiver {
-    queue: mpsc::Receiver<Message>,
     shared: Arc<Shared>,
+}
+
+impl Shared {
+    fn close(&self, reason: CloseReason) {
+        if self
+            .reason
+            .compare_exchange(0, reason.as_u16(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            && reason == CloseReason::SlowConsumer
+        {
+            self.metrics.slow_consumers_closed.inc();
+        }
+        self.closing.cancel();
+    }
+
+    fn pop(&self) -> Option<Message> {
+        let mut queue = self.queue.lock();
+        let message = queue.pop_front();
+        if queue.is_empty() && queue.capacity() > KEPT_QUEUE_SLOTS {
+            // A burst is over: give its memory back.
+            queue.shrink_to(KEPT_QUEUE_SLOTS);
+        }
+        message
+    }
 }
 
 impl Outbox {
     pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (Outbox, OutboxReceiver) {
         let capacity = capacity.max(1);
-        let (tx, rx) = mpsc::channel(capacity);
         let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            capacity,
+            queued: tokio::sync::Notify::new(),
             closing: CancellationToken::new(),
             drained: tokio::sync::Notify::new(),
             reserve: capacity / 4,
@@ -124,25 +159,15 @@ impl Outbox {
         });
         (
             Outbox {
-                queue: tx,
                 shared: shared.clone(),
             },
-            OutboxReceiver { queue: rx, shared },
+            OutboxReceiver { shared },
         )
     }
 
     /// Asks the writer to close the socket. The first reason given wins.
     pub fn close(&self, reason: CloseReason) {
-        if self
-            .shared
-            .reason
-            .compare_exchange(0, reason.as_u16(), Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-            && reason == CloseReason::SlowConsumer
-        {
-            self.shared.metrics.slow_consumers_closed.inc();
-        }
-        self.shared.closing.cancel();
+        self.shared.close(reason);
     }
 
     pub fn is_closing(&self) -> bool {
@@ -159,14 +184,17 @@ impl Outbox {
         if self.is_closing() {
             return false;
         }
-        match self.queue.try_send(Message::Text(frame.bytes().clone())) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        {
+            let mut queue = self.shared.queue.lock();
+            if queue.len() >= self.shared.capacity {
+                drop(queue);
                 self.close(CloseReason::SlowConsumer);
-                false
+                return false;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            queue.push_back(Message::Text(frame.bytes().clone()));
         }
+        self.shared.queued.notify_one();
+        true
     }
 
     /// Queues once more than the reserve is free, waiting for the writer to drain the
@@ -179,18 +207,22 @@ impl Outbox {
             // Created before the check, so a flush between the check and the wait is
             // not missed (Notify wakes every `Notified` that exists when it is signalled).
             let drained = self.shared.drained.notified();
-            if self.queue.capacity() > self.shared.reserve {
-                break;
+            {
+                let mut queue = self.shared.queue.lock();
+                if self.shared.capacity - queue.len().min(self.shared.capacity)
+                    > self.shared.reserve
+                {
+                    queue.push_back(message);
+                    break;
+                }
             }
             tokio::select! {
                 _ = drained => {}
                 _ = self.shared.closing.cancelled() => return false,
             }
         }
-        tokio::select! {
-            sent = self.queue.send(message) => sent.is_ok(),
-            _ = self.shared.closing.cancelled() => false,
-        }
+        self.shared.queued.notify_one();
+        true
     }
 
     /// Queues an answer to this socket's own command (`None`, a frame that is not an
@@ -266,38 +298,54 @@ impl StaffOutbox {
 }
 
 /// Writes queued frames to the socket until it is closed, then sends the close frame.
-pub async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut receiver: OutboxReceiver) {
-    let closing = receiver.shared.closing.clone();
-    let metrics = receiver.shared.metrics.clone();
+pub async fn write_loop(mut sink: SplitSink<WebSocket, Message>, receiver: OutboxReceiver) {
+    let shared = receiver.shared;
+    let metrics = shared.metrics.clone();
     loop {
-        let first = tokio::select! {
-            biased;
-            _ = closing.cancelled() => break,
-            message = receiver.queue.recv() => message,
+        let first = loop {
+            // Registered before looking, so a frame queued in between is not missed
+            // (`notify_one` also leaves a permit when nobody waits).
+            let queued = shared.queued.notified();
+            if shared.closing.is_cancelled() {
+                break None;
+            }
+            if let Some(message) = shared.pop() {
+                break Some(message);
+            }
+            tokio::select! {
+                biased;
+                _ = shared.closing.cancelled() => break None,
+                _ = queued => {}
+            }
         };
         let Some(first) = first else { break };
         // Feeding and flushing can block on a reader that stopped reading: stay
         // responsive to a close request meanwhile.
         let written = tokio::select! {
             biased;
-            _ = abort_requested(&receiver.shared) => break,
-            written = feed_and_flush(&mut sink, &mut receiver.queue, first) => written,
+            _ = abort_requested(&shared) => break,
+            written = feed_and_flush(&mut sink, &shared, first) => written,
         };
         match written {
             Ok(count) => {
-                receiver.shared.drained.notify_waiters();
+                shared.drained.notify_waiters();
                 metrics.frames_out.inc_by(count as u64);
             }
-            Err(_) => return,
+            Err(_) => {
+                // The connection is gone: nothing more may be queued for it.
+                shared.close(CloseReason::ClientGone);
+                shared.queue.lock().clear();
+                return;
+            }
         }
     }
-    let reason = CloseReason::from_u16(receiver.shared.reason.load(Ordering::Acquire))
+    let reason = CloseReason::from_u16(shared.reason.load(Ordering::Acquire))
         .unwrap_or(CloseReason::ClientGone);
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         if reason == CloseReason::GoingAway {
-            // Graceful shutdown: what was acknowledged or delivered before still goes out.
-            receiver.queue.close();
-            while let Some(message) = receiver.queue.recv().await {
+            // Graceful shutdown: what was acknowledged or delivered before still goes out
+            // (nothing new is queued once the socket is closing).
+            while let Some(message) = shared.pop() {
                 if sink.feed(message).await.is_err() {
                     return;
                 }
@@ -314,6 +362,8 @@ pub async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut receiver: O
         let _ = sink.close().await;
     })
     .await;
+    // Frames still queued (a slow consumer's) are dropped with the socket.
+    shared.queue.lock().clear();
 }
 
 /// Resolves when the socket must stop writing at once: on any close but a graceful
@@ -328,20 +378,20 @@ async fn abort_requested(shared: &Shared) {
 
 async fn feed_and_flush(
     sink: &mut SplitSink<WebSocket, Message>,
-    queue: &mut mpsc::Receiver<Message>,
+    shared: &Shared,
     first: Message,
 ) -> Result<usize, axum::Error> {
     let mut bytes = payload_len(&first);
     sink.feed(first).await?;
     let mut count = 1;
     while count < MAX_FRAMES_PER_FLUSH && bytes < MAX_BYTES_PER_FLUSH {
-        match queue.try_recv() {
-            Ok(message) => {
+        match shared.pop() {
+            Some(message) => {
                 bytes += payload_len(&message);
                 sink.feed(message).await?;
                 count += 1;
             }
-            Err(_) => break,
+            None => break,
         }
     }
     sink.flush().await?;
