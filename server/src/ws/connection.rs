@@ -44,7 +44,10 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, _permit: SocketPermi
     let (sink, mut stream) = socket.split();
     let (outbox, receiver) = Outbox::new(state.limits.send_queue_frames, state.metrics.clone());
     let writer = tokio::spawn(outbox::write_loop(sink, receiver));
-    if let Some(identity) = hello(&mut stream, &outbox, &state).await {
+    // `hello` and the session are boxed, and a command's handling inside the session: an
+    // async fn's state is as large as the largest thing it awaits, and this one lives as
+    // long as the socket. Boxed, an idle socket's task holds only the read loop.
+    if let Some(identity) = Box::pin(hello(&mut stream, &outbox, &state)).await {
         let mut session = Session {
             conn: ConnId::next(),
             identity,
@@ -61,7 +64,7 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, _permit: SocketPermi
                 .open_session(&session.identity, session.conn, staff)
                 .await;
         }
-        session.run(&mut stream, &state).await;
+        Box::pin(session.run(&mut stream, &state)).await;
         session.leave_all();
         session
             .service
@@ -213,7 +216,7 @@ impl Session {
                     last_seen = Instant::now();
                     state.metrics.frames_in.inc();
                     match message {
-                        Message::Text(text) => self.handle_text(&text).await,
+                        Message::Text(text) => Box::pin(self.handle_text(&text)).await,
                         Message::Binary(_) => {
                             let error = ServiceError::bad_request(
                                 "binary frames are not accepted; send JSON text frames",
@@ -239,10 +242,10 @@ impl Session {
                 return self.answer(reference.as_ref(), Err(limited)).await;
             }
         }
+        // (This future is boxed by `run`: the largest command's state is not inlined
+        // into every idle socket's task for its whole life.)
         let result = match decoded.frame {
-            // Boxed: the largest command's state would otherwise be inlined into every
-            // idle socket's task for its whole life.
-            Ok(frame) => Box::pin(self.dispatch(frame)).await,
+            Ok(frame) => self.dispatch(frame).await,
             Err(e) => Err(ServiceError::bad_request(e.to_string())),
         };
         self.answer(reference.as_ref(), result).await;

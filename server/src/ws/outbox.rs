@@ -28,8 +28,9 @@ use crate::auth::Identity;
 use crate::metrics::Metrics;
 use crate::visibility::{ControlFrame, CustomerFrame, SharedFrame, StaffAudience, StaffFrame};
 
-/// Queue slots kept allocated once a burst has drained.
-const KEPT_QUEUE_SLOTS: usize = 8;
+/// Queue slots kept allocated once a burst has drained: none, an idle socket holds no
+/// queue memory at all (a burst allocates again, once).
+const KEPT_QUEUE_SLOTS: usize = 0;
 /// Most frames fed before one flush.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
 /// Most bytes fed before one flush (the frame that crosses it is the last). What is fed
