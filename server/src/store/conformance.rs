@@ -2451,3 +2451,84 @@ store_tests! {
     search_terms_with_nul_do_not_error,
     state_rules_are_checked_in_the_append_transaction,
 }
+
+/// PostgreSQL only (SQLite has one writer: its transactions cannot interleave). Another
+/// node stores `(actor, client_id)` for another conversation after this batch looked the
+/// pair up and before it inserted: the insert skips the row, the batch is rolled back and
+/// written again, and the request is answered as the retry it is, with the other node's
+/// event, leaving nothing of its own behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_client_id_taken_by_another_node_mid_batch() {
+    let h = Harness::postgres().await;
+    let result = AssertUnwindSafe(async {
+        let Backend::Postgres { server, database } = &h.backend else {
+            unreachable!("a PostgreSQL harness")
+        };
+        let ours = h.open("support", Some("cust-1")).await;
+        let theirs = h.open("support", Some("cust-2")).await;
+        let alice = agent("alice");
+        let before = h
+            .store
+            .conversation(ours)
+            .await
+            .expect("read")
+            .expect("exists");
+
+        // The other node's transaction: stored, not yet committed.
+        let mut other = sqlx::PgConnection::connect(&format!("{server}/{database}"))
+            .await
+            .expect("connect to the test database");
+        sqlx::query("BEGIN")
+            .execute(&mut other)
+            .await
+            .expect("begin");
+        let theirs_id = EventId::new();
+        sqlx::query(
+            "INSERT INTO events (id, conversation_id, supervisor_seq, agent_seq, public_seq, \
+             kind, visibility, actor_id, actor_role, actor_name, client_id, payload, \
+             created_at, hash) VALUES ($1::uuid, $2::uuid, 1000, 1000, 1000, 'message', \
+             'public', 'alice', 'agent', NULL, 'retried-id', $3, 0, $4)",
+        )
+        .bind(theirs_id.to_string())
+        .bind(theirs.to_string())
+        .bind(serde_json::to_string(&message("sent through the other node")).expect("json"))
+        .bind(&[7u8; 32][..])
+        .execute(&mut other)
+        .await
+        .expect("the other node's insert");
+
+        // Our batch looks the pair up (not there yet), then waits on the other's insert.
+        let store = h.store.clone();
+        let request = WriteRequest::append(h.event(
+            ours,
+            &alice,
+            Some("retried-id"),
+            message("sent through this node"),
+        ));
+        let ours_batch = tokio::spawn(async move { store.write_batch(vec![request]).await });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        sqlx::query("COMMIT")
+            .execute(&mut other)
+            .await
+            .expect("commit");
+        let _ = other.close().await;
+
+        let mut outcomes = ours_batch
+            .await
+            .expect("the batch task")
+            .expect("the batch commits");
+        let outcome = outcomes.remove(0).expect("accepted as a retry");
+        assert!(outcome.duplicate, "{outcome:?}");
+        assert_eq!(outcome.events[0].view.id, theirs_id);
+        let after = h
+            .store
+            .conversation(ours)
+            .await
+            .expect("read")
+            .expect("exists");
+        assert_eq!(after.heads, before.heads, "nothing of ours was written");
+    })
+    .catch_unwind()
+    .await;
+    h.finish(result).await;
+}
