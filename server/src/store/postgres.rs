@@ -34,7 +34,7 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use super::postgres_append;
 use super::rows::{
     audit_row_from_row, conversation_from_row, directory_from_row, enum_text, event_from_row,
-    field_from_row, get_u64, note_from_row, notification_from_row, parse_uuid, seq_column,
+    field_from_row, get_u64, note_from_row, notification_from_row, parse_uuid, stream_after,
     tag_from_row, team_from_row,
 };
 use super::{
@@ -95,10 +95,10 @@ impl Store for PgStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
-        let column = seq_column(audience);
+        let (after_seq, order) = stream_after(audience, "$2");
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = $1::uuid \
-             AND {column} IS NOT NULL AND {column} > $2 ORDER BY {column} LIMIT $3"
+             AND {after_seq} ORDER BY {order} LIMIT $3"
         ))
         .bind(conversation.to_string())
         .bind(after as i64)

@@ -26,7 +26,7 @@ use sqlx::{PgConnection, Row};
 
 use super::chain::{self, CanonicalEvent};
 use super::postgres::{pg_event, pg_text, EVENT_COLUMNS};
-use super::rows::{enum_text, event_from_row, get_u64, parse_uuid, seq_column};
+use super::rows::{enum_text, event_from_row, get_u64, parse_uuid, stream_after};
 use super::{
     to_micros, Event, Heads, NewConversation, NewEvent, Precheck, ReplyGuard, Seqs, StoreError,
     UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
@@ -807,11 +807,11 @@ async fn unseen(
     guard: ReplyGuard,
     sender: &UserId,
 ) -> Result<Vec<Event>, StoreError> {
-    let column = seq_column(guard.audience);
+    let (after_seq, order) = stream_after(guard.audience, "$2");
     let rows = sqlx::query(&format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = $1::uuid \
-         AND {column} IS NOT NULL AND {column} > $2 AND actor_id <> $3 \
-         AND kind IN ('message', 'note') ORDER BY {column} LIMIT 50"
+         AND {after_seq} AND actor_id <> $3 \
+         AND kind IN ('message', 'note') ORDER BY {order} LIMIT 50"
     ))
     .bind(conversation.to_string())
     .bind(guard.seen as i64)

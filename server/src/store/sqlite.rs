@@ -27,7 +27,7 @@ use sqlx::{QueryBuilder, Row};
 
 use super::rows::{
     audit_row_from_row, conversation_from_row, directory_from_row, enum_text, event_from_row,
-    field_from_row, get_u64, note_from_row, notification_from_row, parse_uuid, seq_column,
+    field_from_row, get_u64, note_from_row, notification_from_row, parse_uuid, stream_after,
     tag_from_row, team_from_row,
 };
 use super::sqlite_append::AppendThread;
@@ -108,10 +108,10 @@ impl Store for SqliteStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
-        let column = seq_column(audience);
+        let (after_seq, order) = stream_after(audience, "?2");
         let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = ? \
-             AND {column} IS NOT NULL AND {column} > ? ORDER BY {column} LIMIT ?"
+            "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = ?1 \
+             AND {after_seq} ORDER BY {order} LIMIT ?3"
         ))
         .bind(conversation.to_string())
         .bind(after as i64)

@@ -25,7 +25,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::chain::{self, CanonicalEvent};
-use super::rows::{enum_text, event_from_row, seq_column};
+use super::rows::{enum_text, event_from_row, stream_after};
 use super::{
     to_micros, Event, Heads, NewConversation, NewEvent, Precheck, ReplyGuard, Seqs, StoreError,
     UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
@@ -360,11 +360,11 @@ fn unseen(
     guard: ReplyGuard,
     sender: &UserId,
 ) -> Result<Vec<Event>, StoreError> {
-    let column = seq_column(guard.audience);
+    let (after_seq, order) = stream_after(guard.audience, "?2");
     let mut statement = db.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = ? \
-         AND {column} IS NOT NULL AND {column} > ? AND actor_id != ? \
-         AND kind IN ('message', 'note') ORDER BY {column} LIMIT 50"
+        "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = ?1 \
+         AND {after_seq} AND actor_id != ?3 \
+         AND kind IN ('message', 'note') ORDER BY {order} LIMIT 50"
     ))?;
     let mut rows = statement.query(params![conversation, guard.seen as i64, sender.as_str()])?;
     let mut events = Vec::new();
