@@ -4,7 +4,8 @@
 //! upgrade gets HTTP 503 and a freed slot can be reused; a socket silent for two
 //! heartbeat intervals is closed with 4002 while one that answers pings stays; a socket
 //! may hold at most `max_subscriptions` subscriptions; a live frame arriving during a long
-//! replay still finds room in the queue.
+//! replay still finds room in the queue; a burst of leaves costs the staff who stay a few
+//! `presence` frames, not one each.
 
 use std::time::Duration;
 
@@ -336,4 +337,63 @@ async fn a_live_frame_during_a_long_replay_does_not_close_the_socket() {
     assert_eq!(replay, range(1, 1 + notes));
     assert_eq!(live_seqs, vec![2, 3]);
     reader.sync().await;
+}
+
+/// The latest `presence` frame for `conversation` once it satisfies `pred`, reading
+/// frames meanwhile; panics after [`STEP`].
+async fn await_presence(client: &mut Client, conversation: &str, pred: impl Fn(&[String]) -> bool) {
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        let latest = client
+            .presence()
+            .iter()
+            .rev()
+            .find(|p| p["conversation_id"] == conversation)
+            .map(|p| {
+                p["viewers"]
+                    .as_array()
+                    .map(|v| {
+                        v.iter()
+                            .filter_map(|v| v["id"].as_str().map(str::to_owned))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            });
+        if latest.as_deref().is_some_and(&pred) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "presence never matched; latest: {latest:?}"
+        );
+        let _ = client.try_next_frame(Duration::from_millis(50)).await;
+    }
+}
+
+/// Twenty viewers leaving at once reach the staff who stay as a few `presence` frames
+/// (each lists every viewer), not one per leave, and the last one is right.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_leaves_reaches_staff_as_a_few_presence_frames() {
+    let server = TestServer::start().await;
+    let conv = server.open_as_customer(&customer("carol")).await;
+    let mut watcher = server.client(&agent("watcher")).await;
+    watcher.subscribe(&conv, None).await;
+    let mut leaving = Vec::new();
+    for i in 0..20 {
+        let mut client = server.client(&agent(&format!("leaving-{i}"))).await;
+        client.subscribe(&conv, None).await;
+        leaving.push(client);
+    }
+    await_presence(&mut watcher, &conv, |ids| ids.len() == 21).await;
+    let before = watcher.presence().len();
+
+    futures::future::join_all(leaving.into_iter().map(|client| client.close())).await;
+    await_presence(&mut watcher, &conv, |ids| ids == ["watcher".to_owned()]).await;
+    // Nothing more is on its way.
+    let _ = watcher.collect_for(QUIET * 2).await;
+    let frames = watcher.presence().len() - before;
+    assert!(
+        (1..=5).contains(&frames),
+        "{frames} presence frames for 20 leaves"
+    );
 }

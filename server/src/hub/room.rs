@@ -34,6 +34,11 @@ const HOLE_WAIT: Duration = Duration::from_millis(20);
 const MAX_PENDING: usize = 4096;
 /// Events read from the store per step of a replay.
 const REPLAY_PAGE: u32 = 500;
+/// After a presence frame, how long a room waits before sending the next one for a
+/// leave: a burst of leaves (a node's sockets closed at once, a thousand slow consumers
+/// cut off) then costs the room's staff one frame per interval, each listing every
+/// viewer, instead of one per leave. The presence ticker sends what is pending.
+const LEAVE_COALESCE: Duration = Duration::from_millis(200);
 /// How long a typing indicator lasts without a new `typing` frame.
 pub const TYPING_TTL: Duration = Duration::from_secs(5);
 
@@ -97,6 +102,10 @@ struct RoomState {
     /// The viewers last sent to staff, and last published to other nodes.
     shown: Vec<Viewer>,
     published: Vec<Viewer>,
+    /// When the last presence frame went to staff, and whether a leave since waits for
+    /// the ticker (see [`LEAVE_COALESCE`]).
+    presence_sent_at: Option<Instant>,
+    presence_pending: bool,
 }
 
 impl RoomState {
@@ -139,6 +148,7 @@ impl RoomState {
         now: Instant,
         republish: bool,
     ) -> bool {
+        self.presence_pending = false;
         let local = self.local_viewers(now);
         if local != self.published || (republish && !local.is_empty()) {
             hub.broker().publish_ephemeral(Ephemeral::Viewers {
@@ -169,6 +179,7 @@ impl RoomState {
         let frame = StaffFrame::presence(conversation, &all);
         self.staff.retain(|m| m.outbox.push(&frame));
         self.shown = all;
+        self.presence_sent_at = Some(now);
         true
     }
 
@@ -466,7 +477,15 @@ impl Room {
         state.customers.retain(|m| m.conn != conn);
         state.staff.retain(|m| m.conn != conn);
         state.typing.remove(&conn);
-        state.refresh_presence(self.id, hub, Instant::now(), false);
+        let now = Instant::now();
+        if state
+            .presence_sent_at
+            .is_some_and(|sent| now.duration_since(sent) < LEAVE_COALESCE)
+        {
+            state.presence_pending = true;
+        } else {
+            state.refresh_presence(self.id, hub, now, false);
+        }
     }
 
     /// Staff subscribed here on this node (what they are viewing, for the floor).
@@ -497,7 +516,11 @@ impl Room {
     /// node's viewers on the other nodes before they expire there.
     pub fn tick(&self, hub: &Hub, now: Instant, republish: bool) {
         let mut state = self.state.lock();
-        if !republish && state.typing.is_empty() && state.remote_viewers.is_empty() {
+        if !republish
+            && !state.presence_pending
+            && state.typing.is_empty()
+            && state.remote_viewers.is_empty()
+        {
             // Nothing can have expired: skip the work (this runs for every room, often).
             return;
         }
