@@ -110,6 +110,62 @@ pub struct NewEvent {
     pub data: EventData,
 }
 
+impl NewEvent {
+    /// What this event becomes when appended after `heads`, whose last event's link is
+    /// `previous`: the next seq in each stream that sees it, its payload as stored, and
+    /// its link in the audit chain. Both engines append through this, so they agree on
+    /// seqs and hashes by construction.
+    pub(crate) fn seal(
+        &self,
+        heads: Heads,
+        previous: &[u8; 32],
+    ) -> Result<(Event, String), StoreError> {
+        let visibility = self.data.visibility();
+        let seqs = Seqs {
+            supervisor: heads.supervisor + 1,
+            agent: visibility
+                .visible_to(Audience::Agents)
+                .then_some(heads.agent + 1),
+            public: visibility
+                .visible_to(Audience::Customer)
+                .then_some(heads.public + 1),
+        };
+        let payload = serde_json::to_string(&self.data)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode payload: {e}")))?;
+        let hash = chain::link(
+            previous,
+            &chain::CanonicalEvent {
+                id: self.id.0.as_bytes(),
+                conversation_id: self.conversation_id.0.as_bytes(),
+                supervisor_seq: seqs.supervisor,
+                agent_seq: seqs.agent,
+                public_seq: seqs.public,
+                kind: self.data.kind(),
+                visibility: visibility.as_str(),
+                actor_id: self.actor.id.as_str(),
+                actor_role: self.actor.role.as_str(),
+                actor_name: self.actor.name.as_deref(),
+                client_id: self.client_id.as_deref(),
+                payload: &payload,
+                created_at_micros: to_micros(self.at),
+            },
+        );
+        let event = Event {
+            conversation_id: self.conversation_id,
+            seqs,
+            view: EventView {
+                id: self.id,
+                at: self.at,
+                actor: self.actor.clone(),
+                data: self.data.clone(),
+            },
+            client_id: self.client_id.clone(),
+            hash,
+        };
+        Ok((event, payload))
+    }
+}
+
 /// A conversation about to be opened, with its `conversation_opened` event.
 #[derive(Clone, Debug)]
 pub struct NewConversation {

@@ -20,15 +20,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use backchannel_protocol::server::{Notification, NotificationKind};
-use backchannel_protocol::{Audience, ConversationId, EventData, EventView, UserId};
+use backchannel_protocol::{ConversationId, EventData, UserId};
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Row};
 
-use super::chain::{self, CanonicalEvent};
+use super::chain;
 use super::postgres::{pg_event, pg_text, EVENT_COLUMNS};
 use super::rows::{enum_text, event_from_row, get_u64, parse_uuid, stream_after};
 use super::{
-    to_micros, Event, Heads, NewConversation, NewEvent, Precheck, ReplyGuard, Seqs, StoreError,
+    to_micros, Event, Heads, NewConversation, NewEvent, Precheck, ReplyGuard, StoreError,
     UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
 };
 
@@ -519,57 +519,14 @@ impl BatchWriter {
 /// The next event of `head`'s conversation: its seqs and its link in the hash chain;
 /// moves the head past it. Returns the event and its encoded payload.
 fn next_event(new: &NewEvent, head: &mut Head) -> Result<(Event, String), StoreError> {
-    let visibility = new.data.visibility();
-    let heads = head.heads;
-    let seqs = Seqs {
-        supervisor: heads.supervisor + 1,
-        agent: visibility
-            .visible_to(Audience::Agents)
-            .then_some(heads.agent + 1),
-        public: visibility
-            .visible_to(Audience::Customer)
-            .then_some(heads.public + 1),
-    };
-    let payload = serde_json::to_string(&new.data)
-        .map_err(|e| StoreError::Corrupt(format!("cannot encode payload: {e}")))?;
-    let at = to_micros(new.at);
-    let hash = chain::link(
-        &head.last_hash,
-        &CanonicalEvent {
-            id: new.id.0.as_bytes(),
-            conversation_id: new.conversation_id.0.as_bytes(),
-            supervisor_seq: seqs.supervisor,
-            agent_seq: seqs.agent,
-            public_seq: seqs.public,
-            kind: new.data.kind(),
-            visibility: visibility.as_str(),
-            actor_id: new.actor.id.as_str(),
-            actor_role: new.actor.role.as_str(),
-            actor_name: new.actor.name.as_deref(),
-            client_id: new.client_id.as_deref(),
-            payload: &payload,
-            created_at_micros: at,
-        },
-    );
-    head.heads = heads.after(&seqs);
-    head.last_hash = hash;
+    let (event, payload) = new.seal(head.heads, &head.last_hash)?;
+    head.heads = head.heads.after(&event.seqs);
+    head.last_hash = event.hash;
     head.dirty = true;
-    head.last_at = at;
-    if seqs.public.is_some() {
-        head.last_public_at = Some(at);
+    head.last_at = to_micros(new.at);
+    if event.seqs.public.is_some() {
+        head.last_public_at = Some(head.last_at);
     }
-    let event = Event {
-        conversation_id: new.conversation_id,
-        seqs,
-        view: EventView {
-            id: new.id,
-            at: new.at,
-            actor: new.actor.clone(),
-            data: new.data.clone(),
-        },
-        client_id: new.client_id.clone(),
-        hash,
-    };
     Ok((event, payload))
 }
 

@@ -19,15 +19,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use backchannel_protocol::server::{Notification, NotificationKind};
-use backchannel_protocol::{Audience, EventData, EventView, UserId};
+use backchannel_protocol::{EventData, UserId};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::chain::{self, CanonicalEvent};
+use super::chain;
 use super::rows::{enum_text, event_from_row, stream_after};
 use super::{
-    to_micros, Event, Heads, NewConversation, NewEvent, Precheck, ReplyGuard, Seqs, StoreError,
+    to_micros, Event, Heads, NewConversation, NewEvent, Precheck, ReplyGuard, StoreError,
     UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
 };
 
@@ -380,37 +380,10 @@ fn insert_event(
     heads: Heads,
     previous: [u8; 32],
 ) -> Result<Event, StoreError> {
+    let (event, payload) = new.seal(heads, &previous)?;
+    let seqs = event.seqs;
     let visibility = new.data.visibility();
-    let seqs = Seqs {
-        supervisor: heads.supervisor + 1,
-        agent: visibility
-            .visible_to(Audience::Agents)
-            .then_some(heads.agent + 1),
-        public: visibility
-            .visible_to(Audience::Customer)
-            .then_some(heads.public + 1),
-    };
-    let payload = serde_json::to_string(&new.data)
-        .map_err(|e| StoreError::Corrupt(format!("cannot encode payload: {e}")))?;
     let at = to_micros(new.at);
-    let hash = chain::link(
-        &previous,
-        &CanonicalEvent {
-            id: new.id.0.as_bytes(),
-            conversation_id: new.conversation_id.0.as_bytes(),
-            supervisor_seq: seqs.supervisor,
-            agent_seq: seqs.agent,
-            public_seq: seqs.public,
-            kind: new.data.kind(),
-            visibility: visibility.as_str(),
-            actor_id: new.actor.id.as_str(),
-            actor_role: new.actor.role.as_str(),
-            actor_name: new.actor.name.as_deref(),
-            client_id: new.client_id.as_deref(),
-            payload: &payload,
-            created_at_micros: at,
-        },
-    );
     db.prepare_cached(&format!(
         "INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))?
@@ -428,20 +401,9 @@ fn insert_event(
         new.client_id.as_deref(),
         payload,
         at,
-        &hash[..],
+        &event.hash[..],
     ])?;
-    Ok(Event {
-        conversation_id: new.conversation_id,
-        seqs,
-        view: EventView {
-            id: new.id,
-            at: new.at,
-            actor: new.actor.clone(),
-            data: new.data.clone(),
-        },
-        client_id: new.client_id.clone(),
-        hash,
-    })
+    Ok(event)
 }
 
 /// A change to the full-text index, made at the end of the batch's transaction, in order.
