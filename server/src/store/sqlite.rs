@@ -39,7 +39,9 @@ use super::{
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "backchannel.sqlite3";
 
-const EVENT_COLUMNS: &str = "id, conversation_id, supervisor_seq, agent_seq, public_seq, \
+/// Event columns as stored and read back (`sqlite_append.rs` inserts them in this order).
+pub(super) const EVENT_COLUMNS: &str =
+    "id, conversation_id, supervisor_seq, agent_seq, public_seq, \
      kind, visibility, actor_id, actor_role, actor_name, client_id, payload, created_at, hash";
 
 const CONVERSATION_COLUMNS: &str = "id, inbox_id, contact_id, subject, status, assignee_id, \

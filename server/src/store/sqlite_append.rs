@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 
 use super::chain;
 use super::rows::{enum_text, event_from_row, stream_after};
+use super::sqlite::EVENT_COLUMNS;
 use super::{
     to_micros, Event, Heads, NewConversation, NewEvent, Precheck, ReplyGuard, StoreError,
     UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
@@ -48,9 +49,6 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
 /// Prepared statements kept per connection (every statement below, with room to spare).
 const STATEMENT_CACHE: usize = 64;
-
-const EVENT_COLUMNS: &str = "id, conversation_id, supervisor_seq, agent_seq, public_seq, \
-     kind, visibility, actor_id, actor_role, actor_name, client_id, payload, created_at, hash";
 
 struct Job {
     batch: Vec<WriteRequest>,

@@ -6,8 +6,8 @@
 //! The socket's own task pushes replies and replays with the `*_wait` variants, which
 //! wait for room instead, and leave a quarter of the queue free while they do: a live
 //! frame arriving in the middle of a long replay must find room, or a client that reads
-//! perfectly well would be closed as slow. The writer task drains everything queued, `feed`s it, and
-//! flushes once, so a burst costs one write.
+//! perfectly well would be closed as slow. The writer task `feed`s what is queued (up to
+//! 256 frames or 16 KiB) and flushes once, so a burst costs one write.
 //!
 //! The raw queue is private to this module: what reaches a customer's socket is decided
 //! by which typed outbox the socket was given (see [`crate::visibility`]).
@@ -182,11 +182,13 @@ impl Outbox {
 
     /// Queues without waiting; a full queue closes the socket with 4008.
     fn try_push(&self, frame: &SharedFrame) -> bool {
-        if self.is_closing() {
-            return false;
-        }
         {
             let mut queue = self.shared.queue.lock();
+            // Checked under the lock: the writer empties the queue under it once the
+            // socket is closing, and nothing may be queued after that.
+            if self.is_closing() {
+                return false;
+            }
             if queue.len() >= self.shared.capacity {
                 drop(queue);
                 self.close(CloseReason::SlowConsumer);
@@ -202,17 +204,15 @@ impl Outbox {
     /// queue that far; false once the socket is closing.
     async fn push_wait(&self, message: Message) -> bool {
         loop {
-            if self.is_closing() {
-                return false;
-            }
             // Created before the check, so a flush between the check and the wait is
             // not missed (Notify wakes every `Notified` that exists when it is signalled).
             let drained = self.shared.drained.notified();
             {
                 let mut queue = self.shared.queue.lock();
-                if self.shared.capacity - queue.len().min(self.shared.capacity)
-                    > self.shared.reserve
-                {
+                if self.is_closing() {
+                    return false;
+                }
+                if queue.len() + self.shared.reserve < self.shared.capacity {
                     queue.push_back(message);
                     break;
                 }
