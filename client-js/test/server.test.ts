@@ -320,12 +320,18 @@ describe('resume across server restarts', () => {
     await sub.ready();
 
     const total = 90;
+    // Sends from this index on wait until the SIGTERM is under way, so both restarts come
+    // while writes remain, however fast the server acknowledges them.
+    const gateAt = 70;
+    let openGate: () => void = () => {};
+    const gate = new Promise<void>((resolve) => (openGate = resolve));
     let acked = 0;
     let nextIndex = 0;
     const results: Array<{ duplicate?: boolean }> = [];
     const worker = async () => {
       while (nextIndex < total) {
         const i = nextIndex++;
+        if (i >= gateAt) await gate;
         results[i] = await writer.send(conversation, `message ${i}`, { clientId: `w-${i}`, timeoutMs: 20_000 });
         acked++;
       }
@@ -340,7 +346,9 @@ describe('resume across server restarts', () => {
     servers.push(server);
     await until(() => received.length >= 50, 'messages after the first restart', 10_000);
     const ackedAtTerm = acked;
-    const exitCode = await server.stop('SIGTERM');
+    const stopping = server.stop('SIGTERM');
+    openGate();
+    const exitCode = await stopping;
     server = await ServerProcess.start({ dataDir: server.dataDir, port: server.port });
     servers.push(server);
     await writing;
