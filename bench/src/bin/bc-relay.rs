@@ -22,6 +22,11 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+/// The server's allocator (see `backchannel`'s main.rs), so allocation is not a difference.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Frames queued per socket before it is dropped as too slow (as Backchannel's default).
 const SEND_QUEUE: usize = 2048;
 /// Most frames fed before one flush (as Backchannel).
