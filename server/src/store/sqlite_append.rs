@@ -12,14 +12,14 @@
 //! Other writes (the directory, definitions, read marks) stay on sqlx: they are rare, and
 //! SQLite's busy timeout serializes them with this connection.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use backchannel_protocol::server::{Notification, NotificationKind};
-use backchannel_protocol::{EventData, UserId};
+use backchannel_protocol::{ConversationId, EventData, UserId};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
@@ -49,6 +49,9 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
 /// Prepared statements kept per connection (every statement below, with room to spare).
 const STATEMENT_CACHE: usize = 64;
+/// Conversations whose head the append thread remembers; past this many the memory is
+/// emptied and refilled from the table (a few hundred bytes each).
+const HEAD_CACHE_CONVERSATIONS: usize = 16 * 1024;
 
 struct Job {
     batch: Vec<WriteRequest>,
@@ -90,9 +93,10 @@ impl AppendThread {
             .name("sqlite-append".into())
             .spawn(move || {
                 let mut connection = connection;
+                let mut heads = HeadCache::default();
                 let mut last_checkpoint = Instant::now();
                 while let Ok(job) = receiver.recv() {
-                    let result = write_batch(&mut connection, &job.batch);
+                    let result = write_batch(&mut connection, &mut heads, &job.batch);
                     // A caller that went away no longer needs the answer.
                     let _ = job.reply.send(result);
                     if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
@@ -151,29 +155,70 @@ fn checkpoint(connection: &Connection) {
     }
 }
 
+/// A conversation's counters and chain link, and its contact (which never changes).
+#[derive(Clone)]
+struct Head {
+    heads: Heads,
+    last_hash: [u8; 32],
+    contact_id: Option<String>,
+}
+
+/// The heads this thread committed last, so an append does not read its conversation's
+/// row before updating it (one statement of the seven a note costs). Only this thread
+/// writes a conversation's counters, hash and contact, so what it committed is what the
+/// table holds. A batch's changes are kept apart until its commit succeeds: a rolled-back
+/// batch leaves the committed heads as they were.
+#[derive(Default)]
+struct HeadCache {
+    committed: HashMap<ConversationId, Head>,
+    batch: HashMap<ConversationId, Head>,
+}
+
+impl HeadCache {
+    fn get(&self, conversation: &ConversationId) -> Option<&Head> {
+        self.batch
+            .get(conversation)
+            .or_else(|| self.committed.get(conversation))
+    }
+
+    fn committed(&mut self) {
+        if self.committed.len() + self.batch.len() > HEAD_CACHE_CONVERSATIONS {
+            self.committed.clear();
+        }
+        self.committed.extend(self.batch.drain());
+    }
+}
+
 /// One group commit. `IMMEDIATE` takes the write lock up front, so the transaction cannot
 /// fail later on a lock upgrade; any engine error rolls everything back (on drop).
-fn write_batch(connection: &mut Connection, batch: &[WriteRequest]) -> BatchResult {
+fn write_batch(
+    connection: &mut Connection,
+    heads: &mut HeadCache,
+    batch: &[WriteRequest],
+) -> BatchResult {
+    heads.batch.clear();
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut search = Vec::new();
     for request in batch {
         outcomes.push(match request {
             WriteRequest::Append { events, guard } => {
-                append(&transaction, events, *guard, &mut search)?
+                append(&transaction, heads, events, *guard, &mut search)?
             }
             WriteRequest::Open(conversation) => {
-                open_conversation(&transaction, conversation, &mut search)?
+                open_conversation(&transaction, heads, conversation, &mut search)?
             }
         });
     }
     write_search(&transaction, &search)?;
     transaction.commit()?;
+    heads.committed();
     Ok(outcomes)
 }
 
 fn open_conversation(
     db: &Connection,
+    heads: &mut HeadCache,
     new: &NewConversation,
     search: &mut Vec<SearchWrite>,
 ) -> Refusable<WriteOutcome> {
@@ -199,7 +244,7 @@ fn open_conversation(
         at,
         at,
     ])?;
-    append(db, std::slice::from_ref(&new.opened), None, search)
+    append(db, heads, std::slice::from_ref(&new.opened), None, search)
 }
 
 /// Appends events of one conversation: allocates their seqs from the conversation's
@@ -207,6 +252,7 @@ fn open_conversation(
 /// comes before the first write.
 fn append(
     db: &Connection,
+    cache: &mut HeadCache,
     events: &[NewEvent],
     guard: Option<ReplyGuard>,
     search: &mut Vec<SearchWrite>,
@@ -233,26 +279,12 @@ fn append(
             }));
         }
     }
-    struct Head {
-        seqs: [i64; 3],
-        last_hash: Vec<u8>,
-        contact_id: Option<String>,
-    }
-    let head = db
-        .prepare_cached(
-            "SELECT public_seq, agent_seq, supervisor_seq, last_hash, contact_id \
-             FROM conversations WHERE id = ?",
-        )?
-        .query_row([&conversation_text], |row| {
-            Ok(Head {
-                seqs: [row.get(0)?, row.get(1)?, row.get(2)?],
-                last_hash: row.get(3)?,
-                contact_id: row.get(4)?,
-            })
-        })
-        .optional()?;
-    let Some(head) = head else {
-        return Ok(Err(WriteRefusal::ConversationNotFound));
+    let head = match cache.get(&conversation) {
+        Some(head) => head.clone(),
+        None => match read_head(db, &conversation_text)? {
+            Some(head) => head,
+            None => return Ok(Err(WriteRefusal::ConversationNotFound)),
+        },
     };
     if let Some(guard) = guard {
         let unseen = unseen(db, &conversation_text, guard, &first.actor.id)?;
@@ -265,18 +297,8 @@ fn append(
             return Ok(Err(refusal));
         }
     }
-    let [public, agent, supervisor] = head
-        .seqs
-        .map(|seq| u64::try_from(seq).map_err(|_| StoreError::Corrupt("negative seq".into())));
-    let mut heads = Heads {
-        public: public?,
-        agent: agent?,
-        supervisor: supervisor?,
-    };
-    let mut previous: [u8; 32] = head
-        .last_hash
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("last_hash is not 32 bytes".into()))?;
+    let mut heads = head.heads;
+    let mut previous = head.last_hash;
     let mut stored = Vec::with_capacity(events.len());
     let mut notifications = Vec::new();
     let mut last_at = to_micros(first.at);
@@ -317,10 +339,51 @@ fn append(
         last_public_at,
         conversation_text,
     ])?;
+    cache.batch.insert(
+        conversation,
+        Head {
+            heads,
+            last_hash: previous,
+            contact_id: head.contact_id,
+        },
+    );
     Ok(Ok(WriteOutcome {
         events: stored,
         notifications,
         duplicate: false,
+    }))
+}
+
+/// A conversation's head as the table holds it; `None` if there is no such conversation.
+fn read_head(db: &Connection, conversation: &str) -> Result<Option<Head>, StoreError> {
+    let row = db
+        .prepare_cached(
+            "SELECT public_seq, agent_seq, supervisor_seq, last_hash, contact_id \
+             FROM conversations WHERE id = ?",
+        )?
+        .query_row([conversation], |row| {
+            Ok((
+                [row.get::<_, i64>(0)?, row.get(1)?, row.get(2)?],
+                row.get::<_, Vec<u8>>(3)?,
+                row.get::<_, Option<String>>(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((seqs, last_hash, contact_id)) = row else {
+        return Ok(None);
+    };
+    let [public, agent, supervisor] =
+        seqs.map(|seq| u64::try_from(seq).map_err(|_| StoreError::Corrupt("negative seq".into())));
+    Ok(Some(Head {
+        heads: Heads {
+            public: public?,
+            agent: agent?,
+            supervisor: supervisor?,
+        },
+        last_hash: last_hash
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("last_hash is not 32 bytes".into()))?,
+        contact_id,
     }))
 }
 
