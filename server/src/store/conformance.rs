@@ -2532,3 +2532,80 @@ async fn postgres_client_id_taken_by_another_node_mid_batch() {
     .await;
     h.finish(result).await;
 }
+
+/// SQLite only: a data directory from before migration 0005 (an FTS5 table holding its
+/// own copy of every note) is upgraded to the contentless index, rebuilt from `notes`: old
+/// notes are found by their current text, and new notes and edits are indexed after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_search_index_is_rebuilt_by_the_contentless_migration() {
+    let h = Harness::sqlite().await;
+    let Backend::Sqlite { dir } = &h.backend else {
+        unreachable!("a SQLite harness")
+    };
+    let c = h.open("support", Some("cust-1")).await;
+    let alice = agent("alice");
+    let kept = h
+        .add(c, &alice, note("refund for the broken kettle"))
+        .await
+        .view
+        .id;
+    let edited_id = h
+        .add(c, &alice, note("first draft about invoices"))
+        .await
+        .view
+        .id;
+    h.add(c, &alice, edited(edited_id, "final text about receipts"))
+        .await;
+    h.store.close().await;
+
+    // Put the data directory back as migration 0004 left it: the old table, filled.
+    let file = dir.path().join(DATABASE_FILE);
+    {
+        let db = rusqlite::Connection::open(&file).expect("open the database file");
+        db.execute_batch(
+            "DROP TABLE note_search;
+             CREATE VIRTUAL TABLE note_search USING fts5 (body, tokenize = 'unicode61');
+             INSERT INTO note_search (rowid, body) SELECT rowid, body FROM notes;
+             DELETE FROM _sqlx_migrations WHERE version = 5;",
+        )
+        .expect("recreate the schema of migration 0004");
+        let old_style: String = db
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'note_search'",
+                [],
+                |row| row.get(0),
+            )
+            .expect("the old table");
+        assert!(!old_style.contains("content"), "{old_style}");
+    }
+
+    let store = SqliteStore::open(dir.path())
+        .await
+        .expect("reopen and migrate");
+    let h = Harness::new(store, h.backend);
+    let result = AssertUnwindSafe(async {
+        {
+            let db = rusqlite::Connection::open(&file).expect("open the database file");
+            let schema: String = db
+                .query_row(
+                    "SELECT sql FROM sqlite_master WHERE name = 'note_search'",
+                    [],
+                    |row| row.get(0),
+                )
+                .expect("the new table");
+            assert!(schema.contains("contentless_delete"), "{schema}");
+        }
+        assert_eq!(found(&h, search(&["kettle"])).await, set([kept]));
+        assert_eq!(found(&h, search(&["receipts"])).await, set([edited_id]));
+        assert_eq!(found(&h, search(&["invoices"])).await, BTreeSet::new());
+
+        let later = h.add(c, &alice, note("kettle replaced")).await.view.id;
+        h.add(c, &alice, edited(kept, "refund for the broken toaster"))
+            .await;
+        assert_eq!(found(&h, search(&["kettle"])).await, set([later]));
+        assert_eq!(found(&h, search(&["toaster"])).await, set([kept]));
+    })
+    .catch_unwind()
+    .await;
+    h.finish(result).await;
+}
