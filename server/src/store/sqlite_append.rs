@@ -40,11 +40,20 @@ type Refusable<T> = Result<Result<T, WriteRefusal>, StoreError>;
 const APPEND_CACHE_KIB: i64 = 64 * 1024;
 /// How much of the database file the append connection reads through a memory map.
 const APPEND_MMAP_BYTES: i64 = 1 << 30;
-/// How often the WAL is copied back into the database file while appends flow. A page
-/// written many times in that interval (an index's tail, a busy conversation's row) is
-/// copied once; SQLite's own policy (every 1,000 pages, inside the commit) copied the hot
-/// pages over and over and held up the commit's callers while doing it.
+/// How often the WAL is copied back into the database file while appends flow: at most
+/// this long apart. A page written many times in that interval (an index's tail, a busy
+/// conversation's row) is copied once; SQLite's own policy (every 1,000 pages, inside the
+/// commit) copied the hot pages over and over and held up the commit's callers.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+/// Under light load, checkpoints come this often instead. A checkpoint holds up the
+/// appends that arrive while it runs, for as long as it takes to copy what accumulated:
+/// every 250 ms, that pause was the p99 of delivery at 22,500 deliveries/s (9 ms; 4–6 ms
+/// at this interval). Under heavy load, requests wait for a whole batch anyway, and
+/// copying hot pages 50 times a second instead of 4 cost 15–25 % of the throughput.
+const LIGHT_LOAD_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(20);
+/// A batch of at most this many requests means light load: the requests that arrived
+/// while the previous batch was written.
+const LIGHT_LOAD_BATCH: usize = 8;
 /// The size the WAL file is truncated to after a checkpoint.
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
 /// Prepared statements kept per connection (every statement below, with room to spare).
@@ -99,7 +108,11 @@ impl AppendThread {
                     let result = write_batch(&mut connection, &mut heads, &job.batch);
                     // A caller that went away no longer needs the answer.
                     let _ = job.reply.send(result);
-                    if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+                    let since = last_checkpoint.elapsed();
+                    if since >= CHECKPOINT_INTERVAL
+                        || (since >= LIGHT_LOAD_CHECKPOINT_INTERVAL
+                            && job.batch.len() <= LIGHT_LOAD_BATCH)
+                    {
                         checkpoint(&connection);
                         last_checkpoint = Instant::now();
                     }
