@@ -74,9 +74,11 @@ fn main() -> std::io::Result<()> {
     })
 }
 
+/// The server's socket buffers (`server/src/ws/mod.rs`): a 512-byte read chunk, writes
+/// through at 16 KiB.
 fn config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(512)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(4 * 1024 * 1024)
         .max_message_size(Some(64 * 1024))
