@@ -7,7 +7,9 @@
 //! wait for room instead, and leave a quarter of the queue free while they do: a live
 //! frame arriving in the middle of a long replay must find room, or a client that reads
 //! perfectly well would be closed as slow. The writer task `feed`s what is queued (up to
-//! 256 frames or 16 KiB) and flushes once, so a burst costs one write.
+//! 256 frames or 16 KiB) and flushes once, so a burst costs one write; woken by a burst's
+//! first frame, it yields once first, so that what the same commit readies (the sender's
+//! `ok` after its `event`) joins that write.
 //!
 //! The raw queue is private to this module: what reaches a customer's socket is decided
 //! by which typed outbox the socket was given (see [`crate::visibility`]).
@@ -303,6 +305,7 @@ pub async fn write_loop(mut sink: SplitSink<WebSocket, Message>, receiver: Outbo
     let shared = receiver.shared;
     let metrics = shared.metrics.clone();
     loop {
+        let mut waited = false;
         let first = loop {
             // Registered before looking, so a frame queued in between is not missed
             // (`notify_one` also leaves a permit when nobody waits).
@@ -310,13 +313,20 @@ pub async fn write_loop(mut sink: SplitSink<WebSocket, Message>, receiver: Outbo
             if shared.closing.is_cancelled() {
                 break None;
             }
+            if waited {
+                // Woken by the first frame of a burst: let the tasks that were made
+                // ready with it run before writing. A commit delivers the events, then
+                // answers the commands; without this, the sender's `event` and `ok`
+                // left in two writes (two syscalls, two TCP segments) instead of one.
+                tokio::task::yield_now().await;
+            }
             if let Some(message) = shared.pop() {
                 break Some(message);
             }
             tokio::select! {
                 biased;
                 _ = shared.closing.cancelled() => break None,
-                _ = queued => {}
+                _ = queued => waited = true,
             }
         };
         let Some(first) = first else { break };
