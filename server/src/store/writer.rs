@@ -22,6 +22,13 @@ use crate::metrics::Metrics;
 pub const MAX_BATCH: usize = 512;
 /// Requests that may wait for the writer before callers are made to wait in turn.
 const QUEUE_DEPTH: usize = 8192;
+/// A batch smaller than this waits for up to [`LINGER_YIELDS`] turns of the scheduler
+/// for more requests. At 4,091 sends/s (`bc-load fanout`), this took commits from
+/// ~1,300/s (~3 requests each) to ~830/s, CPU per delivery from 26.4 to 22–24 µs, and
+/// the p50 of delivery from 1.05 to 0.72–0.89 ms (less waiting behind other commits).
+const LINGER_BELOW: usize = 16;
+/// 1 gave half the effect, 8 and 16 no more than 4.
+const LINGER_YIELDS: usize = 4;
 
 /// Told about events (and the notifications they caused) once they are durable, in
 /// commit order.
@@ -113,11 +120,17 @@ async fn run(
             }
         };
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        take_waiting(&mut jobs, &mut batch);
+        // A small batch under load is mostly per-commit cost (the WAL's shared pages,
+        // the fsync, the hand-offs). Yielding lets the runtime poll its sockets and run
+        // the sessions that are ready, whose commands then join this commit; with
+        // nothing else to run, a yield costs microseconds.
+        for _ in 0..LINGER_YIELDS {
+            if batch.len() >= LINGER_BELOW {
+                break;
             }
+            tokio::task::yield_now().await;
+            take_waiting(&mut jobs, &mut batch);
         }
         let (requests, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|j| (j.request, j.reply)).unzip();
@@ -149,6 +162,16 @@ async fn run(
                     let _ = reply.send(Err(WriteError::Store(message.clone())));
                 }
             }
+        }
+    }
+}
+
+/// Moves what is waiting in the queue into `batch`, up to [`MAX_BATCH`].
+fn take_waiting(jobs: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
+    while batch.len() < MAX_BATCH {
+        match jobs.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
         }
     }
 }
