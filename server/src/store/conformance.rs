@@ -2609,3 +2609,40 @@ async fn sqlite_search_index_is_rebuilt_by_the_contentless_migration() {
     .await;
     h.finish(result).await;
 }
+
+/// SQLite only: another process appending to the same data directory between two of this
+/// store's batches. The append thread remembers the heads it committed; it must notice
+/// the other connection's commit and not hand out seqs or a hash link that are already
+/// taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_heads_written_by_another_connection_are_seen() {
+    let h = Harness::sqlite().await;
+    let result = AssertUnwindSafe(async {
+        let c = h.open("support", Some("cust-1")).await;
+        let alice = agent("alice");
+        let first = h.add(c, &alice, note("one")).await;
+        assert_eq!(first.seqs.supervisor, 2);
+        let other = h.another_node().await;
+        let outcomes = other
+            .write_batch(vec![WriteRequest::append(h.event(
+                c,
+                &alice,
+                None,
+                note("two"),
+            ))])
+            .await
+            .expect("the other node's batch commits");
+        assert!(outcomes.iter().all(|o| o.is_ok()), "{outcomes:?}");
+        let third = h.add(c, &alice, note("three")).await;
+        assert_eq!(
+            third.seqs.supervisor, 4,
+            "seqs continue after the other node's"
+        );
+        let audit = h.store.audit_rows(c).await.expect("audit rows");
+        let head = h.store.last_hash(c).await.expect("head");
+        assert_eq!(chain::verify(&audit, head.as_deref()), Ok(()));
+    })
+    .catch_unwind()
+    .await;
+    h.finish(result).await;
+}

@@ -177,17 +177,32 @@ struct Head {
 }
 
 /// The heads this thread committed last, so an append does not read its conversation's
-/// row before updating it (one statement of the seven a note costs). Only this thread
-/// writes a conversation's counters, hash and contact, so what it committed is what the
-/// table holds. A batch's changes are kept apart until its commit succeeds: a rolled-back
-/// batch leaves the committed heads as they were.
+/// row before updating it (one statement of the seven a note costs). What this thread
+/// committed is what the table holds unless another connection has committed since
+/// (another process on the same data directory): SQLite's `data_version` tells, and the
+/// memory is dropped when it moved. A batch's changes are kept apart until its commit
+/// succeeds: a rolled-back batch leaves the committed heads as they were.
 #[derive(Default)]
 struct HeadCache {
     committed: HashMap<ConversationId, Head>,
     batch: HashMap<ConversationId, Head>,
+    /// `PRAGMA data_version` when `committed` was last known to be the table's.
+    data_version: Option<i64>,
 }
 
 impl HeadCache {
+    /// Called inside the batch's transaction (the write lock held, so nobody else can
+    /// commit until it ends): forgets what another connection may have changed.
+    fn revalidate(&mut self, db: &Connection) -> Result<(), StoreError> {
+        self.batch.clear();
+        let version: i64 = db.query_row("PRAGMA data_version", [], |row| row.get(0))?;
+        if self.data_version != Some(version) {
+            self.committed.clear();
+            self.data_version = Some(version);
+        }
+        Ok(())
+    }
+
     fn get(&self, conversation: &ConversationId) -> Option<&Head> {
         self.batch
             .get(conversation)
@@ -209,8 +224,8 @@ fn write_batch(
     heads: &mut HeadCache,
     batch: &[WriteRequest],
 ) -> BatchResult {
-    heads.batch.clear();
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    heads.revalidate(&transaction)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut search = Vec::new();
     for request in batch {
