@@ -957,6 +957,16 @@ async fn reply_guard_refuses_with_unseen_events(h: &Harness) {
         .expect("exists");
     assert_eq!(after, before, "a refused reply writes nothing");
 
+    // A retry of the accepted reply, with the guard it was first sent with, is answered
+    // as the retry it is, although that guard would trip now.
+    let first_seen = q1.seqs.agent.expect("agent seq");
+    let retry = h
+        .write(guarded(h, "r-1", first_seen, Audience::Agents, &alice))
+        .await
+        .expect("answered as a retry");
+    assert!(retry.duplicate);
+    assert_eq!(retry.events[0].view.id, reply.events[0].view.id);
+
     // In the customer's stream, notes never count; the agent's messages do.
     let refused = h
         .write(guarded(h, "r-3", 2, Audience::Customer, &cust))
