@@ -195,7 +195,9 @@ impl HeadCache {
     /// commit until it ends): forgets what another connection may have changed.
     fn revalidate(&mut self, db: &Connection) -> Result<(), StoreError> {
         self.batch.clear();
-        let version: i64 = db.query_row("PRAGMA data_version", [], |row| row.get(0))?;
+        let version: i64 = db
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |row| row.get(0))?;
         if self.data_version != Some(version) {
             self.committed.clear();
             self.data_version = Some(version);

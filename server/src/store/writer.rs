@@ -1,9 +1,10 @@
 //! The single writer: group commit, then acknowledge, then publish.
 //!
 //! Every append from every connection and HTTP request is a [`WriteRequest`] sent to one
-//! task. The task takes everything waiting in its queue (up to [`MAX_BATCH`]), writes it
-//! in one transaction, and only after the commit returns does it hand the new events to
-//! the [`CommitListener`] (the hub, which delivers them) and answer each caller. So an
+//! task. The task takes everything waiting in its queue (up to [`MAX_BATCH`]; a small
+//! batch first waits a few scheduler turns for more), writes it in one transaction, and
+//! only after the commit returns does it hand the new events to the [`CommitListener`]
+//! (the hub, which delivers them) and answer each caller. So an
 //! `ok` always follows durability, delivery follows commit order, and one fsync serves
 //! every append that arrived together.
 
