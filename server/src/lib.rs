@@ -7,8 +7,8 @@
 //!
 //! Map of the modules, in the order a note travels through them:
 //!
-//! - [`ws`]: the WebSocket endpoint. One task reads a socket and calls the service;
-//!   one writer task per socket drains its bounded [`ws::outbox::Outbox`].
+//! - [`ws`]: the WebSocket endpoint. One task per socket reads it, calls the service,
+//!   and drains the socket's bounded [`ws::outbox::Outbox`].
 //! - [`api`]: the HTTP endpoints, calling the same service.
 //! - [`service`]: the one write path. Checks who may do what, builds events, hands them to
 //!   the writer and waits until they are durable.

@@ -1,24 +1,25 @@
 //! One socket: `hello`, then commands until the socket closes.
 //!
-//! The reading task parses each frame in two steps (its `type` and `ref` first, so even a
-//! malformed command is answered under its `ref`), calls the [`Service`], and queues the
-//! one answer. Commands of one socket are handled in order, so answers come back in the
-//! order the frames were sent. On shutdown the command in progress finishes (its `ok`
-//! is queued) before the socket is closed with 1001.
+//! The socket's one task parses each frame in two steps (its `type` and `ref` first, so
+//! even a malformed command is answered under its `ref`), calls the [`Service`], and
+//! queues the one answer; all the while it writes the socket's outbox ([`Socket`]).
+//! Commands of one socket are handled in order, so answers come back in the order the
+//! frames were sent. On shutdown the command in progress finishes (its `ok` is queued)
+//! before the socket is closed with 1001.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use backchannel_protocol::server::{AppendResult, ReadResult, SessionUser, SubscribeResult};
 use backchannel_protocol::{decode, ClientFrame, ConversationId, DecodeError, FrameHead, Ref};
-use futures::stream::SplitStream;
-use futures::StreamExt;
 use serde::Serialize;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::outbox::{self, CloseReason, CustomerOutbox, Outbox, StaffOutbox};
+use super::outbox::{CloseReason, CustomerOutbox, Outbox, StaffOutbox};
+use super::socket::Socket;
 use super::SocketPermit;
 use crate::app::AppState;
 use crate::auth::Identity;
@@ -40,14 +41,27 @@ enum Reply {
     Pong {},
 }
 
-pub async fn serve(socket: WebSocket, state: Arc<AppState>, _permit: SocketPermit) {
-    let (sink, mut stream) = socket.split();
+pub fn serve(
+    socket: WebSocket,
+    state: Arc<AppState>,
+    permit: SocketPermit,
+) -> impl Future<Output = ()> + Send {
     let (outbox, receiver) = Outbox::new(state.limits.send_queue_frames, state.metrics.clone());
-    let writer = tokio::spawn(outbox::write_loop(sink, receiver));
+    // Built here rather than in the async fn: an async fn keeps its arguments apart from
+    // its locals, so a socket moved from one into the other was held twice for its life.
+    serve_socket(Socket::new(socket, receiver), outbox, state, permit)
+}
+
+async fn serve_socket(
+    mut socket: Socket,
+    outbox: Outbox,
+    state: Arc<AppState>,
+    _permit: SocketPermit,
+) {
     // `hello` and the session are boxed, and a command's handling inside the session: an
     // async fn's state is as large as the largest thing it awaits, and this one lives as
     // long as the socket. Boxed, an idle socket's task holds only the read loop.
-    if let Some(identity) = Box::pin(hello(&mut stream, &outbox, &state)).await {
+    if let Some(identity) = Box::pin(hello(&mut socket, &outbox, &state)).await {
         let mut session = Session {
             conn: ConnId::next(),
             identity,
@@ -59,30 +73,26 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, _permit: SocketPermi
             state: state.clone(),
         };
         if let Some(staff) = StaffOutbox::new(outbox.clone(), &session.identity) {
-            session
+            let opened = session
                 .service
-                .open_session(&session.identity, session.conn, staff)
-                .await;
+                .open_session(&session.identity, session.conn, staff);
+            socket.drive(Box::pin(opened)).await;
         }
-        Box::pin(session.run(&mut stream, &state)).await;
+        Box::pin(session.run(&mut socket, &state)).await;
         session.leave_all();
         session
             .service
             .close_session(&session.identity, session.conn);
     }
-    // Whatever ended the session has asked the writer to close; this covers the rest.
+    // Whatever ended the session has closed the outbox with its reason; this covers the
+    // rest (the first reason given wins).
     outbox.close(CloseReason::ClientGone);
-    if let Err(e) = writer.await {
-        tracing::error!("socket writer failed: {e}");
-    }
+    // Boxed: the closing handshake's state is needed once, not for the socket's life.
+    Box::pin(socket.finish()).await;
 }
 
 /// Waits for a valid `hello` and answers `welcome`; `None` if the socket must close.
-async fn hello(
-    stream: &mut SplitStream<WebSocket>,
-    outbox: &Outbox,
-    state: &AppState,
-) -> Option<Identity> {
+async fn hello(socket: &mut Socket, outbox: &Outbox, state: &AppState) -> Option<Identity> {
     let deadline = Instant::now() + state.limits.hello_timeout;
     loop {
         let message = tokio::select! {
@@ -94,13 +104,14 @@ async fn hello(
                 outbox.close(CloseReason::GoingAway);
                 return None;
             }
-            message = stream.next() => message,
+            message = socket.next() => message,
         };
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Binary(_))) => {
-                refuse(outbox, None, "the first frame must be a JSON `hello`").await;
+                let refused = refuse(outbox, None, "the first frame must be a JSON `hello`");
+                socket.drive(refused).await;
                 return None;
             }
             Some(Ok(Message::Close(_))) | None => return None,
@@ -111,39 +122,52 @@ async fn hello(
         };
         state.metrics.frames_in.inc();
         let head: FrameHead = serde_json::from_str(&text).unwrap_or_default();
+        let reference = head.reference();
         let token = match serde_json::from_str::<ClientFrame>(&text) {
             Ok(ClientFrame::Hello { token }) => token,
             _ => {
-                refuse(
+                let refused = refuse(
                     outbox,
-                    head.reference().as_ref(),
+                    reference.as_ref(),
                     "the first frame must be `hello`",
-                )
-                .await;
+                );
+                socket.drive(refused).await;
                 return None;
             }
         };
-        return match state.service.authenticate(&token).await {
-            Ok(identity) => {
-                let user = SessionUser {
-                    id: identity.user_id.clone(),
-                    role: identity.role,
-                    name: identity.name.clone(),
-                };
-                let session_id = uuid::Uuid::new_v4().to_string();
-                let welcome: ServerFrame<'_, ()> = ServerFrame::Welcome {
-                    session_id: &session_id,
-                    user: &user,
-                    heartbeat_ms: state.limits.heartbeat_interval.as_millis() as u64,
-                };
-                outbox.control(ControlFrame::new(&welcome)).await;
-                Some(identity)
-            }
-            Err(e) => {
-                refuse(outbox, head.reference().as_ref(), &e.to_string()).await;
-                None
-            }
-        };
+        return socket
+            .drive(welcome(&token, reference.as_ref(), outbox, state))
+            .await;
+    }
+}
+
+/// Authenticates `hello`'s token and answers `welcome`, or refuses it.
+async fn welcome(
+    token: &str,
+    reference: Option<&Ref>,
+    outbox: &Outbox,
+    state: &AppState,
+) -> Option<Identity> {
+    match state.service.authenticate(token).await {
+        Ok(identity) => {
+            let user = SessionUser {
+                id: identity.user_id.clone(),
+                role: identity.role,
+                name: identity.name.clone(),
+            };
+            let session_id = uuid::Uuid::new_v4().to_string();
+            let welcome: ServerFrame<'_, ()> = ServerFrame::Welcome {
+                session_id: &session_id,
+                user: &user,
+                heartbeat_ms: state.limits.heartbeat_interval.as_millis() as u64,
+            };
+            outbox.control(ControlFrame::new(&welcome)).await;
+            Some(identity)
+        }
+        Err(e) => {
+            refuse(outbox, reference, &e.to_string()).await;
+            None
+        }
     }
 }
 
@@ -179,7 +203,7 @@ struct Session {
 }
 
 impl Session {
-    async fn run(&mut self, stream: &mut SplitStream<WebSocket>, state: &AppState) {
+    async fn run(&mut self, socket: &mut Socket, state: &AppState) {
         let interval = state
             .limits
             .heartbeat_interval
@@ -200,11 +224,11 @@ impl Session {
                         self.outbox.close(CloseReason::HeartbeatTimeout);
                         return;
                     }
-                    if !self.outbox.ping().await {
+                    if !socket.drive(self.outbox.ping()).await {
                         return;
                     }
                 }
-                message = stream.next() => {
+                message = socket.next() => {
                     let message = match message {
                         Some(Ok(message)) => message,
                         Some(Err(e)) => {
@@ -216,12 +240,12 @@ impl Session {
                     last_seen = Instant::now();
                     state.metrics.frames_in.inc();
                     match message {
-                        Message::Text(text) => Box::pin(self.handle_text(&text)).await,
+                        Message::Text(text) => socket.drive(Box::pin(self.handle_text(&text))).await,
                         Message::Binary(_) => {
                             let error = ServiceError::bad_request(
                                 "binary frames are not accepted; send JSON text frames",
                             );
-                            self.answer(None, Err(error)).await;
+                            socket.drive(self.answer(None, Err(error))).await;
                         }
                         Message::Close(_) => return,
                         Message::Ping(_) | Message::Pong(_) => {}

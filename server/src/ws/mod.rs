@@ -3,11 +3,12 @@
 //! [`upgrade`] applies the checks that happen before a socket exists (allowed origins,
 //! the connection limit) and sizes the socket's buffers for a chat protocol rather than
 //! tungstenite's defaults (128 KiB of read buffer per connection). Each accepted socket is
-//! served by [`connection::serve`]: one task reading commands, one writing its
-//! [`outbox::Outbox`].
+//! served by [`connection::serve`]: one task that reads commands and writes the socket's
+//! [`outbox::Outbox`] ([`socket::Socket`]).
 
 pub mod connection;
 pub mod outbox;
+pub mod socket;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -80,7 +81,11 @@ pub async fn upgrade(
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
         .on_upgrade(move |socket| {
+            // A task of its own rather than inside axum's upgrade task, which then ends:
+            // that task's state (the upgrade, the handshake's config) is not kept for the
+            // socket's life.
             let sockets = state.sockets.clone();
-            sockets.track_future(connection::serve(socket, state, permit))
+            sockets.spawn(connection::serve(socket, state, permit));
+            std::future::ready(())
         })
 }

@@ -1,4 +1,4 @@
-//! A socket's bounded send queue and the one task that writes it.
+//! A socket's bounded send queue.
 //!
 //! Rooms push shared frames with [`CustomerOutbox::push`] / [`StaffOutbox::push`], which
 //! never wait: if the queue is full, the reader has stopped reading, and the socket is
@@ -6,10 +6,8 @@
 //! The socket's own task pushes replies and replays with the `*_wait` variants, which
 //! wait for room instead, and leave a quarter of the queue free while they do: a live
 //! frame arriving in the middle of a long replay must find room, or a client that reads
-//! perfectly well would be closed as slow. The writer task `feed`s what is queued (up to
-//! 256 frames or 16 KiB) and flushes once, so a burst costs one write; woken by a burst's
-//! first frame, it yields once first, so that what the same commit readies (the sender's
-//! `ok` after its `event`) joins that write.
+//! perfectly well would be closed as slow. The socket's task empties the queue into the
+//! socket ([`super::socket::Socket`]) through the [`OutboxReceiver`].
 //!
 //! The raw queue is private to this module: what reaches a customer's socket is decided
 //! by which typed outbox the socket was given (see [`crate::visibility`]).
@@ -17,12 +15,11 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Waker;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::Message;
 use backchannel_protocol::close_code;
-use futures::stream::SplitSink;
-use futures::SinkExt;
+use futures::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -33,14 +30,6 @@ use crate::visibility::{ControlFrame, CustomerFrame, SharedFrame, StaffAudience,
 /// Queue slots kept allocated once a burst has drained: none, an idle socket holds no
 /// queue memory at all (a burst allocates again, once).
 const KEPT_QUEUE_SLOTS: usize = 0;
-/// Most frames fed before one flush.
-const MAX_FRAMES_PER_FLUSH: usize = 256;
-/// Most bytes fed before one flush (the frame that crosses it is the last). What is fed
-/// is copied into the WebSocket's write buffer, and a socket that stopped reading never
-/// empties it: this, not the frame count, bounds that buffer.
-const MAX_BYTES_PER_FLUSH: usize = 16 * 1024;
-/// How long the close frame may take to leave once the socket is being closed.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a socket is being closed, which decides the close code and whether what is still
 /// queued is sent first.
@@ -61,7 +50,8 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    fn code(self) -> Option<(u16, &'static str)> {
+    /// The close frame's code and reason; `None` when no close frame is sent.
+    pub(super) fn code(self) -> Option<(u16, &'static str)> {
         match self {
             CloseReason::ClientGone => None,
             CloseReason::GoingAway => Some((close_code::GOING_AWAY, "server shutting down")),
@@ -100,10 +90,10 @@ struct Shared {
     queue: Mutex<VecDeque<Message>>,
     /// Most frames queued at once.
     capacity: usize,
-    /// Signalled when a frame is queued, for the writer.
-    queued: tokio::sync::Notify,
+    /// Woken when a frame is queued: the socket's task.
+    queued: AtomicWaker,
     closing: CancellationToken,
-    /// Signalled by the writer after every flush, for the `*_wait` pushes.
+    /// Signalled after every flush, for the `*_wait` pushes.
     drained: tokio::sync::Notify,
     /// Slots the `*_wait` pushes leave free for live frames.
     reserve: usize,
@@ -118,7 +108,7 @@ pub struct Outbox {
     shared: Arc<Shared>,
 }
 
-/// The writer's end, handed to [`write_loop`].
+/// The end the socket's task empties into the socket.
 pub struct OutboxReceiver {
     shared: Arc<Shared>,
 }
@@ -134,6 +124,7 @@ impl Shared {
             self.metrics.slow_consumers_closed.inc();
         }
         self.closing.cancel();
+        self.queued.wake();
     }
 
     fn pop(&self) -> Option<Message> {
@@ -153,7 +144,7 @@ impl Outbox {
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
             capacity,
-            queued: tokio::sync::Notify::new(),
+            queued: AtomicWaker::new(),
             closing: CancellationToken::new(),
             drained: tokio::sync::Notify::new(),
             reserve: capacity / 4,
@@ -186,8 +177,8 @@ impl Outbox {
     fn try_push(&self, frame: &SharedFrame) -> bool {
         {
             let mut queue = self.shared.queue.lock();
-            // Checked under the lock: the writer empties the queue under it once the
-            // socket is closing, and nothing may be queued after that.
+            // Checked under the lock: the socket's task empties the queue under it once
+            // the socket is closing, and nothing may be queued after that.
             if self.is_closing() {
                 return false;
             }
@@ -198,12 +189,12 @@ impl Outbox {
             }
             queue.push_back(Message::Text(frame.bytes().clone()));
         }
-        self.shared.queued.notify_one();
+        self.shared.queued.wake();
         true
     }
 
-    /// Queues once more than the reserve is free, waiting for the writer to drain the
-    /// queue that far; false once the socket is closing.
+    /// Queues once more than the reserve is free, waiting for the socket's task to drain
+    /// the queue that far; false once the socket is closing.
     async fn push_wait(&self, message: Message) -> bool {
         loop {
             // Created before the check, so a flush between the check and the wait is
@@ -224,7 +215,7 @@ impl Outbox {
                 _ = self.shared.closing.cancelled() => return false,
             }
         }
-        self.shared.queued.notify_one();
+        self.shared.queued.wake();
         true
     }
 
@@ -300,119 +291,43 @@ impl StaffOutbox {
     }
 }
 
-/// Writes queued frames to the socket until it is closed, then sends the close frame.
-pub async fn write_loop(mut sink: SplitSink<WebSocket, Message>, receiver: OutboxReceiver) {
-    let shared = receiver.shared;
-    let metrics = shared.metrics.clone();
-    loop {
-        let mut waited = false;
-        let first = loop {
-            // Registered before looking, so a frame queued in between is not missed
-            // (`notify_one` also leaves a permit when nobody waits).
-            let queued = shared.queued.notified();
-            if shared.closing.is_cancelled() {
-                break None;
-            }
-            if waited {
-                // Woken by the first frame of a burst: let the tasks that were made
-                // ready with it run before writing. A commit delivers the events, then
-                // answers the commands; without this, the sender's `event` and `ok`
-                // left in two writes (two syscalls, two TCP segments) instead of one.
-                tokio::task::yield_now().await;
-            }
-            if let Some(message) = shared.pop() {
-                break Some(message);
-            }
-            tokio::select! {
-                biased;
-                _ = shared.closing.cancelled() => break None,
-                _ = queued => waited = true,
-            }
-        };
-        let Some(first) = first else { break };
-        // Feeding and flushing can block on a reader that stopped reading: stay
-        // responsive to a close request meanwhile.
-        let written = tokio::select! {
-            biased;
-            _ = abort_requested(&shared) => break,
-            written = feed_and_flush(&mut sink, &shared, first) => written,
-        };
-        match written {
-            Ok(count) => {
-                shared.drained.notify_waiters();
-                metrics.frames_out.inc_by(count as u64);
-            }
-            Err(_) => {
-                // The connection is gone: nothing more may be queued for it.
-                shared.close(CloseReason::ClientGone);
-                shared.queue.lock().clear();
-                return;
-            }
-        }
+impl OutboxReceiver {
+    /// The next frame to write.
+    pub(super) fn pop(&self) -> Option<Message> {
+        self.shared.pop()
     }
-    let reason = CloseReason::from_u16(shared.reason.load(Ordering::Acquire))
-        .unwrap_or(CloseReason::ClientGone);
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        if reason == CloseReason::GoingAway {
-            // Graceful shutdown: what was acknowledged or delivered before still goes out
-            // (nothing new is queued once the socket is closing).
-            while let Some(message) = shared.pop() {
-                if sink.feed(message).await.is_err() {
-                    return;
-                }
-            }
-        }
-        if let Some((code, text)) = reason.code() {
-            let _ = sink
-                .send(Message::Close(Some(CloseFrame {
-                    code,
-                    reason: text.into(),
-                })))
-                .await;
-        }
-        let _ = sink.close().await;
-    })
-    .await;
-    // Frames still queued (a slow consumer's) are dropped with the socket.
-    shared.queue.lock().clear();
-}
 
-/// Resolves when the socket must stop writing at once: on any close but a graceful
-/// shutdown, which lets the write in progress finish.
-async fn abort_requested(shared: &Shared) {
-    shared.closing.cancelled().await;
-    if CloseReason::from_u16(shared.reason.load(Ordering::Acquire)) == Some(CloseReason::GoingAway)
-    {
-        std::future::pending::<()>().await;
+    pub(super) fn is_empty(&self) -> bool {
+        self.shared.queue.lock().is_empty()
     }
-}
 
-async fn feed_and_flush(
-    sink: &mut SplitSink<WebSocket, Message>,
-    shared: &Shared,
-    first: Message,
-) -> Result<usize, axum::Error> {
-    let mut bytes = payload_len(&first);
-    sink.feed(first).await?;
-    let mut count = 1;
-    while count < MAX_FRAMES_PER_FLUSH && bytes < MAX_BYTES_PER_FLUSH {
-        match shared.pop() {
-            Some(message) => {
-                bytes += payload_len(&message);
-                sink.feed(message).await?;
-                count += 1;
-            }
-            None => break,
-        }
+    /// Wakes `waker` when a frame is queued or the outbox starts closing.
+    pub(super) fn register(&self, waker: &Waker) {
+        self.shared.queued.register(waker);
     }
-    sink.flush().await?;
-    Ok(count)
-}
 
-fn payload_len(message: &Message) -> usize {
-    match message {
-        Message::Text(text) => text.as_str().len(),
-        Message::Binary(bytes) => bytes.len(),
-        _ => 0,
+    /// `count` frames went out: room for the `*_wait` pushes.
+    pub(super) fn flushed(&self, count: usize) {
+        self.shared.drained.notify_waiters();
+        self.shared.metrics.frames_out.inc_by(count as u64);
+    }
+
+    pub(super) fn is_closing(&self) -> bool {
+        self.shared.closing.is_cancelled()
+    }
+
+    pub(super) fn close(&self, reason: CloseReason) {
+        self.shared.close(reason);
+    }
+
+    /// Why the outbox is closing (`ClientGone` while it is not).
+    pub(super) fn reason(&self) -> CloseReason {
+        CloseReason::from_u16(self.shared.reason.load(Ordering::Acquire))
+            .unwrap_or(CloseReason::ClientGone)
+    }
+
+    /// Drops whatever is queued.
+    pub(super) fn clear(&self) {
+        self.shared.queue.lock().clear();
     }
 }

@@ -1,0 +1,189 @@
+//! One socket's reads and writes, both done by the socket's one task.
+//!
+//! The task that reads a socket's commands also writes its [`Outbox`]: [`Socket::next`]
+//! waits for the next frame while writing what is queued, and [`Socket::drive`] runs a
+//! command (or anything else that may wait for room in the outbox) while writing. One
+//! task rather than a reader and a writer spares every connection a second task and the
+//! lock the two halves of a split socket share (docs/benchmarks.md, memory per idle
+//! connection), and a command's `ok` leaves in the same write as the `event` its commit
+//! delivered.
+//!
+//! Writing: what is queued is `feed`-ed (up to 256 frames or 16 KiB) and flushed once, so
+//! a burst costs one write. Woken by a burst's first frame, the task yields once first,
+//! so that what the same commit readies for this socket joins that write. Once the
+//! outbox is closing, writing stops (a socket that stopped reading must not hold its task)
+//! and [`Socket::finish`] sends the close frame: after everything still queued if the
+//! server is shutting down, at once otherwise.
+//!
+//! [`Outbox`]: super::outbox::Outbox
+
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::{Sink, SinkExt, Stream};
+
+use super::outbox::{CloseReason, OutboxReceiver};
+
+/// Most frames fed before one flush.
+const MAX_FRAMES_PER_FLUSH: usize = 256;
+/// Most bytes fed before one flush (the frame that crosses it is the last). What is fed
+/// is copied into the WebSocket's write buffer, and a socket that stopped reading never
+/// empties it: this, not the frame count, bounds that buffer.
+const MAX_BYTES_PER_FLUSH: usize = 16 * 1024;
+/// How long the close frame may take to leave once the socket is being closed.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The socket and the receiving end of its outbox.
+pub struct Socket {
+    ws: WebSocket,
+    queue: OutboxReceiver,
+    /// Frames fed since the last flush, and their bytes.
+    fed: usize,
+    fed_bytes: usize,
+    /// A flush has started and not finished.
+    flushing: bool,
+    /// The queue was found empty: the next frame queued is the first of a burst.
+    idle: bool,
+    /// A write failed: the connection is gone.
+    failed: bool,
+}
+
+impl Socket {
+    pub fn new(ws: WebSocket, queue: OutboxReceiver) -> Socket {
+        Socket {
+            ws,
+            queue,
+            fed: 0,
+            fed_bytes: 0,
+            flushing: false,
+            idle: false,
+            failed: false,
+        }
+    }
+
+    /// The next frame from the client (`None` once the socket is closed), writing what
+    /// is queued meanwhile. Cancel-safe: no frame is lost if this is dropped unfinished.
+    pub async fn next(&mut self) -> Option<Result<Message, axum::Error>> {
+        poll_fn(|cx| {
+            self.poll_write(cx);
+            Pin::new(&mut self.ws).poll_next(cx)
+        })
+        .await
+    }
+
+    /// Runs `work` to completion, writing what is queued meanwhile: anything that may
+    /// wait for room in this socket's outbox must run here, or nothing would drain it.
+    pub async fn drive<F: Future>(&mut self, work: F) -> F::Output {
+        let mut work = pin!(work);
+        poll_fn(|cx| {
+            if let Poll::Ready(output) = work.as_mut().poll(cx) {
+                return Poll::Ready(output);
+            }
+            self.poll_write(cx);
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Sends the close frame the outbox's close reason calls for, then closes: what is
+    /// still queued goes first on a graceful shutdown and is dropped otherwise.
+    pub async fn finish(mut self) {
+        let reason = self.queue.reason();
+        if !self.failed {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                if reason == CloseReason::GoingAway {
+                    // What was acknowledged or delivered before still goes out (nothing
+                    // new is queued once the outbox is closing).
+                    while let Some(message) = self.queue.pop() {
+                        if self.ws.feed(message).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if let Some((code, text)) = reason.code() {
+                    let frame = CloseFrame {
+                        code,
+                        reason: text.into(),
+                    };
+                    let _ = self.ws.send(Message::Close(Some(frame))).await;
+                }
+                let _ = self.ws.close().await;
+            })
+            .await;
+        }
+        // Frames still queued (a slow consumer's) are dropped with the socket.
+        self.queue.clear();
+    }
+
+    /// Writes what is queued until the queue is empty or the socket cannot take more;
+    /// the task is woken when either changes.
+    fn poll_write(&mut self, cx: &mut Context<'_>) {
+        while !self.failed && !self.queue.is_closing() {
+            if self.flushing {
+                match Pin::new(&mut self.ws).poll_flush(cx) {
+                    Poll::Pending => return,
+                    Poll::Ready(Ok(())) => {
+                        self.flushing = false;
+                        self.queue.flushed(self.fed);
+                        self.fed = 0;
+                        self.fed_bytes = 0;
+                        continue;
+                    }
+                    Poll::Ready(Err(_)) => return self.fail(),
+                }
+            }
+            if self.fed == 0 {
+                // Registered before looking, so a frame queued in between wakes the task.
+                self.queue.register(cx.waker());
+                if self.queue.is_empty() {
+                    self.idle = true;
+                    return;
+                }
+                if std::mem::take(&mut self.idle) {
+                    // Woken by the first frame of a burst: let the tasks made ready with
+                    // it run first. A commit delivers its events, then answers the
+                    // commands; without this, a sender's `event` and `ok` left in two
+                    // writes (two syscalls, two TCP segments) instead of one.
+                    cx.waker().wake_by_ref();
+                    return;
+                }
+            }
+            if self.fed >= MAX_FRAMES_PER_FLUSH || self.fed_bytes >= MAX_BYTES_PER_FLUSH {
+                self.flushing = true;
+                continue;
+            }
+            match Pin::new(&mut self.ws).poll_ready(cx) {
+                Poll::Pending => return,
+                Poll::Ready(Err(_)) => return self.fail(),
+                Poll::Ready(Ok(())) => {}
+            }
+            let Some(message) = self.queue.pop() else {
+                self.flushing = true;
+                continue;
+            };
+            self.fed_bytes += payload_len(&message);
+            if Pin::new(&mut self.ws).start_send(message).is_err() {
+                return self.fail();
+            }
+            self.fed += 1;
+        }
+    }
+
+    /// The connection is gone: nothing more may be queued for it.
+    fn fail(&mut self) {
+        self.failed = true;
+        self.queue.close(CloseReason::ClientGone);
+        self.queue.clear();
+    }
+}
+
+fn payload_len(message: &Message) -> usize {
+    match message {
+        Message::Text(text) => text.as_str().len(),
+        Message::Binary(bytes) => bytes.len(),
+        _ => 0,
+    }
+}
