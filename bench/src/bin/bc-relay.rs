@@ -5,8 +5,8 @@
 //! text frame it sends afterwards is relayed, byte for byte, to every other member of
 //! the room. It has the same shape as Backchannel's delivery path, so the difference
 //! between the two is what Backchannel does on top: the same tokio runtime (one worker
-//! per core it may use), the same socket buffer sizes, one bounded queue per socket
-//! drained by one writer task that feeds everything queued and flushes once, and frames
+//! per core it may use), the same socket buffer sizes, one task per socket that reads it
+//! and drains its bounded queue (feeding everything queued and flushing once), and frames
 //! shared by reference count between recipients. The load generator sends it frames
 //! shaped like Backchannel's `event` frames, so both move the same bytes.
 //!
@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 /// The server's allocator (see `backchannel`'s main.rs), so allocation is not a difference.
 #[cfg(not(target_env = "msvc"))]
@@ -86,37 +87,24 @@ fn config() -> WebSocketConfig {
 }
 
 async fn serve(tcp: TcpStream, rooms: Arc<Rooms>) {
-    let Ok(ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config())).await else {
+    let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config())).await else {
         return;
     };
-    let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::channel::<Message>(SEND_QUEUE);
-    let writer = tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            if sink.feed(first).await.is_err() {
-                return;
-            }
-            let mut count = 1;
-            while count < MAX_FRAMES_PER_FLUSH {
-                match rx.try_recv() {
-                    Ok(message) => {
-                        if sink.feed(message).await.is_err() {
-                            return;
-                        }
-                        count += 1;
-                    }
-                    Err(_) => break,
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.close().await;
-    });
     let id = rooms.next_id.fetch_add(1, Ordering::Relaxed);
     let mut room: Option<Room> = None;
-    while let Some(Ok(message)) = stream.next().await {
+    // One task reads the socket and writes its queue, as Backchannel's sockets do.
+    loop {
+        let message = tokio::select! {
+            message = ws.next() => message,
+            Some(first) = rx.recv() => {
+                if write_queued(&mut ws, &mut rx, first).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let Some(Ok(message)) = message else { break };
         let Message::Text(text) = message else {
             if message.is_close() {
                 break;
@@ -165,6 +153,25 @@ async fn serve(tcp: TcpStream, rooms: Arc<Rooms>) {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|(member, _)| *member != id);
     }
-    drop(tx);
-    let _ = writer.await;
+    let _ = ws.close(None).await;
+}
+
+/// Feeds `first` and whatever else is queued (up to 256 frames), then flushes once.
+async fn write_queued(
+    ws: &mut WebSocketStream<TcpStream>,
+    rx: &mut mpsc::Receiver<Message>,
+    first: Message,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    ws.feed(first).await?;
+    let mut count = 1;
+    while count < MAX_FRAMES_PER_FLUSH {
+        match rx.try_recv() {
+            Ok(message) => {
+                ws.feed(message).await?;
+                count += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    ws.flush().await
 }
