@@ -192,7 +192,8 @@ impl Hub {
         self.sessions
             .entry(user.id.clone())
             .or_insert_with(|| UserSessions {
-                sockets: Vec::new(),
+                // Most users have one socket open: a first push would reserve four.
+                sockets: Vec::with_capacity(1),
                 since: crate::store::now(),
                 delivered: std::collections::VecDeque::new(),
             })

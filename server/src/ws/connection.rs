@@ -47,48 +47,56 @@ pub fn serve(
     permit: SocketPermit,
 ) -> impl Future<Output = ()> + Send {
     let (outbox, receiver) = Outbox::new(state.limits.send_queue_frames, state.metrics.clone());
-    // Built here rather than in the async fn: an async fn keeps its arguments apart from
-    // its locals, so a socket moved from one into the other was held twice for its life.
-    serve_socket(Socket::new(socket, receiver), outbox, state, permit)
+    let mut socket = Socket::new(socket, receiver);
+    // An async block rather than an async fn: an async fn moves its arguments into its
+    // body's locals, so the socket would be held twice for as long as it is open.
+    async move {
+        let _permit = permit;
+        // The session is boxed, and so is a command's handling inside it: an async fn's
+        // state is as large as the largest thing it awaits, and this one lives as long as
+        // the socket. Boxed, an idle socket's task holds only the read loop.
+        let session = Box::pin(session(&mut socket, &outbox, &state));
+        session.await;
+        // Whatever ended the session has closed the outbox with its reason; this covers
+        // the rest (the first reason given wins).
+        outbox.close(CloseReason::ClientGone);
+        // Boxed: the closing handshake's state is needed once, not for the socket's life.
+        let finishing = Box::pin(socket.finish());
+        finishing.await;
+    }
 }
 
-async fn serve_socket(
-    mut socket: Socket,
-    outbox: Outbox,
-    state: Arc<AppState>,
-    _permit: SocketPermit,
-) {
-    // `hello` and the session are boxed, and a command's handling inside the session: an
-    // async fn's state is as large as the largest thing it awaits, and this one lives as
-    // long as the socket. Boxed, an idle socket's task holds only the read loop.
-    if let Some(identity) = Box::pin(hello(&mut socket, &outbox, &state)).await {
-        let mut session = Session {
-            conn: ConnId::next(),
-            identity,
-            outbox: outbox.clone(),
-            service: state.service.clone(),
-            subscriptions: HashSet::new(),
-            max_subscriptions: state.limits.max_subscriptions,
-            rate: state.rate.connection(),
-            state: state.clone(),
-        };
-        if let Some(staff) = StaffOutbox::new(outbox.clone(), &session.identity) {
-            let opened = session
-                .service
-                .open_session(&session.identity, session.conn, staff);
-            socket.drive(Box::pin(opened)).await;
-        }
-        Box::pin(session.run(&mut socket, &state)).await;
-        session.leave_all();
-        session
-            .service
-            .close_session(&session.identity, session.conn);
+/// `hello`, then commands until the socket closes.
+async fn session(socket: &mut Socket, outbox: &Outbox, state: &Arc<AppState>) {
+    let Some(identity) = Box::pin(hello(socket, outbox, state)).await else {
+        return;
+    };
+    let mut session = Session {
+        conn: ConnId::next(),
+        identity,
+        outbox: outbox.clone(),
+        service: state.service.clone(),
+        subscriptions: HashSet::new(),
+        max_subscriptions: state.limits.max_subscriptions,
+        rate: state.rate.connection(),
+        state: state.clone(),
+    };
+    if let Some(staff) = StaffOutbox::new(outbox.clone(), &session.identity) {
+        // Built inside the `Box::pin`: a named future would keep its slot in this one.
+        let service = session.service.clone();
+        socket
+            .drive(Box::pin(service.open_session(
+                &session.identity,
+                session.conn,
+                staff,
+            )))
+            .await;
     }
-    // Whatever ended the session has closed the outbox with its reason; this covers the
-    // rest (the first reason given wins).
-    outbox.close(CloseReason::ClientGone);
-    // Boxed: the closing handshake's state is needed once, not for the socket's life.
-    Box::pin(socket.finish()).await;
+    Box::pin(session.run(socket, state)).await;
+    session.leave_all();
+    session
+        .service
+        .close_session(&session.identity, session.conn);
 }
 
 /// Waits for a valid `hello` and answers `welcome`; `None` if the socket must close.
@@ -224,7 +232,9 @@ impl Session {
                         self.outbox.close(CloseReason::HeartbeatTimeout);
                         return;
                     }
-                    if !socket.drive(self.outbox.ping()).await {
+                    // Boxed, as the branches below: this future lives as long as the
+                    // socket, and inlined, each await's state would be part of it.
+                    if !socket.drive(Box::pin(self.outbox.ping())).await {
                         return;
                     }
                 }
@@ -245,7 +255,7 @@ impl Session {
                             let error = ServiceError::bad_request(
                                 "binary frames are not accepted; send JSON text frames",
                             );
-                            socket.drive(self.answer(None, Err(error))).await;
+                            socket.drive(Box::pin(self.answer(None, Err(error)))).await;
                         }
                         Message::Close(_) => return,
                         Message::Ping(_) | Message::Pong(_) => {}
@@ -468,5 +478,27 @@ impl Session {
         for conversation in self.subscriptions.drain() {
             self.service.unsubscribe(self.conn, conversation);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// The socket's task lives as long as the socket: it must hold the socket once and
+    /// little else (an async fn's copy of its arguments, or a command's state inlined,
+    /// each once cost every idle connection hundreds of bytes; docs/benchmarks.md).
+    #[test]
+    fn an_idle_sockets_task_holds_the_socket_and_little_else() {
+        let task = future_size(serve);
+        let socket = std::mem::size_of::<Socket>();
+        assert!(
+            task <= socket + 128,
+            "the socket task's future is {task} bytes, the socket {socket}"
+        );
     }
 }
