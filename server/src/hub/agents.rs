@@ -32,6 +32,79 @@ struct Board {
     watchers: Vec<(ConnId, StaffOutbox)>,
 }
 
+impl Board {
+    /// Brings `shown` up to date with every user's merged presence and returns the users
+    /// whose status or viewing changed. Runs every second over every staff user, so a
+    /// user whose presence did not change costs a comparison, not a copy.
+    fn refresh_shown(&mut self) -> Vec<AgentPresence> {
+        let Board {
+            local,
+            remote,
+            shown,
+            ..
+        } = self;
+        // Other nodes' sightings by user (none on a single node).
+        let mut elsewhere: HashMap<&UserId, Vec<&AgentSighting>> = HashMap::new();
+        for (sighting, _) in remote.values() {
+            elsewhere.entry(&sighting.id).or_default().push(sighting);
+        }
+        let mut changed = Vec::new();
+        let mut show = |here: Option<&AgentSighting>, others: &[&AgentSighting]| {
+            let Some(id) = here.or(others.first().copied()).map(|s| &s.id) else {
+                return;
+            };
+            if let (Some(here), [], Some(before)) = (here, others, shown.get(id)) {
+                // Seen on this node only: its sighting is the presence (its viewing is
+                // sorted and deduplicated when the sighting is made).
+                if before.status == here.status && before.viewing == here.viewing {
+                    return;
+                }
+            }
+            let all: Vec<&AgentSighting> = here.into_iter().chain(others.iter().copied()).collect();
+            let Some(presence) = merge(&all) else { return };
+            if presence.status == AgentStatus::Offline {
+                // Only other nodes' word that they left: shown as offline once, if shown.
+                if let Some(before) = shown.remove(id) {
+                    changed.push(AgentPresence {
+                        status: AgentStatus::Offline,
+                        viewing: Vec::new(),
+                        ..before
+                    });
+                }
+                return;
+            }
+            let before = shown.get(id);
+            if before.map(|b| (b.status, &b.viewing)) != Some((presence.status, &presence.viewing))
+            {
+                changed.push(presence.clone());
+                shown.insert(presence.id.clone(), presence);
+            }
+        };
+        for (id, sighting) in local.iter() {
+            let others = elsewhere.get(id).map(Vec::as_slice).unwrap_or_default();
+            show(Some(sighting), others);
+        }
+        for (id, others) in &elsewhere {
+            if !local.contains_key(*id) {
+                show(None, others);
+            }
+        }
+        // Users no node sees any more turn offline, once.
+        shown.retain(|id, presence| {
+            if local.contains_key(id) || elsewhere.contains_key(id) {
+                return true;
+            }
+            changed.push(AgentPresence {
+                status: AgentStatus::Offline,
+                viewing: Vec::new(),
+                ..presence.clone()
+            });
+            false
+        });
+        changed
+    }
+}
+
 #[derive(Default)]
 pub struct AgentBoard {
     board: Mutex<Board>,
@@ -94,7 +167,7 @@ impl AgentBoard {
         republish: bool,
     ) -> (Vec<AgentSighting>, Vec<AgentPresence>) {
         let mut board = self.board.lock();
-        let mut current: HashMap<UserId, AgentSighting> = HashMap::new();
+        let mut current: HashMap<UserId, AgentSighting> = HashMap::with_capacity(users.len());
         for (actor, mut viewing) in users {
             viewing.sort();
             viewing.dedup();
@@ -135,34 +208,7 @@ impl AgentBoard {
         board.active.retain(|id, _| current.contains_key(id));
         board.local = current;
         board.remote.retain(|_, (_, until)| *until > now);
-        let merged = Self::merged(&board);
-        let mut changed = Vec::new();
-        let known: BTreeSet<UserId> = board
-            .shown
-            .keys()
-            .cloned()
-            .chain(merged.keys().cloned())
-            .collect();
-        for id in known {
-            let now_shown = merged.get(&id).cloned().or_else(|| {
-                board.shown.get(&id).map(|p| AgentPresence {
-                    status: AgentStatus::Offline,
-                    viewing: Vec::new(),
-                    ..p.clone()
-                })
-            });
-            let Some(presence) = now_shown else { continue };
-            let before = board.shown.get(&id);
-            if before.map(|b| (b.status, &b.viewing)) != Some((presence.status, &presence.viewing))
-            {
-                changed.push(presence.clone());
-            }
-            if presence.status == AgentStatus::Offline {
-                board.shown.remove(&id);
-            } else {
-                board.shown.insert(id, presence);
-            }
-        }
+        let changed = board.refresh_shown();
         (publish, changed)
     }
 
@@ -192,5 +238,105 @@ impl AgentBoard {
             let frame = StaffFrame::agent_presence(presence);
             board.watchers.retain(|(_, outbox)| outbox.push(&frame));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use backchannel_protocol::{ConversationId, Role};
+
+    use super::*;
+
+    const AWAY_AFTER: Duration = Duration::from_secs(60);
+
+    fn actor(id: &str) -> Actor {
+        Actor {
+            id: UserId::from(id),
+            role: Role::Agent,
+            name: Some(id.to_owned()),
+        }
+    }
+
+    fn sighting(id: &str, status: AgentStatus) -> AgentSighting {
+        AgentSighting {
+            id: UserId::from(id),
+            name: Some(id.to_owned()),
+            role: Role::Agent,
+            status,
+            viewing: Vec::new(),
+        }
+    }
+
+    fn statuses(changed: &[AgentPresence]) -> Vec<(String, AgentStatus)> {
+        let mut out: Vec<_> = changed
+            .iter()
+            .map(|p| (p.id.as_str().to_owned(), p.status))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn presence_is_shown_when_it_changes_and_only_then() {
+        let board = AgentBoard::default();
+        let now = Instant::now();
+        let room = ConversationId::new();
+        board.touch(&UserId::from("ana"));
+        let (_, changed) = board.tick(
+            vec![(actor("ana"), vec![room, room])],
+            now,
+            AWAY_AFTER,
+            false,
+        );
+        assert_eq!(
+            statuses(&changed),
+            [("ana".to_owned(), AgentStatus::Online)]
+        );
+        assert_eq!(changed[0].viewing, [room], "viewing is deduplicated");
+        let (_, changed) = board.tick(vec![(actor("ana"), vec![room])], now, AWAY_AFTER, false);
+        assert!(changed.is_empty(), "nothing changed: {changed:?}");
+        let (_, changed) = board.tick(vec![(actor("ana"), vec![])], now, AWAY_AFTER, false);
+        assert_eq!(changed.len(), 1);
+        assert!(changed[0].viewing.is_empty());
+        let (_, changed) = board.tick(vec![], now, AWAY_AFTER, false);
+        assert_eq!(
+            statuses(&changed),
+            [("ana".to_owned(), AgentStatus::Offline)]
+        );
+        let (_, changed) = board.tick(vec![], now, AWAY_AFTER, false);
+        assert!(changed.is_empty(), "offline is shown once: {changed:?}");
+    }
+
+    #[test]
+    fn another_nodes_word_that_a_user_left_is_shown_once() {
+        let board = AgentBoard::default();
+        let now = Instant::now();
+        let until = now + Duration::from_secs(30);
+        board.sighted("b".into(), sighting("bo", AgentStatus::Online), until);
+        let (_, changed) = board.tick(vec![], now, AWAY_AFTER, false);
+        assert_eq!(statuses(&changed), [("bo".to_owned(), AgentStatus::Online)]);
+        board.sighted("b".into(), sighting("bo", AgentStatus::Offline), until);
+        let (_, changed) = board.tick(vec![], now, AWAY_AFTER, false);
+        assert_eq!(
+            statuses(&changed),
+            [("bo".to_owned(), AgentStatus::Offline)]
+        );
+        // The offline sighting is kept until it expires; it is not shown again.
+        let (_, changed) = board.tick(vec![], now, AWAY_AFTER, false);
+        assert!(changed.is_empty(), "{changed:?}");
+        // A user seen here and elsewhere is online while either node says so.
+        board.sighted("b".into(), sighting("cy", AgentStatus::Online), until);
+        board.touch(&UserId::from("cy"));
+        let (_, changed) = board.tick(vec![(actor("cy"), vec![])], now, AWAY_AFTER, false);
+        assert_eq!(statuses(&changed), [("cy".to_owned(), AgentStatus::Online)]);
+        let (_, changed) = board.tick(vec![], now, AWAY_AFTER, false);
+        assert!(changed.is_empty(), "still online on b: {changed:?}");
+        let (_, changed) = board.tick(vec![], until, AWAY_AFTER, false);
+        assert_eq!(
+            statuses(&changed),
+            [("cy".to_owned(), AgentStatus::Offline)]
+        );
     }
 }
