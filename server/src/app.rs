@@ -2,10 +2,10 @@
 //! on a listener, and shuts everything down in order.
 //!
 //! Shutdown: the caller's `shutdown` future resolves → one [`CancellationToken`] is
-//! cancelled → axum stops accepting and finishes HTTP requests in flight, and every
-//! socket finishes the command it is handling, sends what it has queued and closes with
-//! 1001 → once every socket task is done, the writer commits what is still queued and
-//! the store closes.
+//! cancelled → axum stops accepting and finishes HTTP requests in flight, and every open
+//! socket is asked through its outbox ([`crate::ws::LiveSockets`]) to finish the command
+//! it is handling, send what it has queued and close with 1001 → once every socket task
+//! is done, the writer commits what is still queued and the store closes.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -51,10 +51,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub allowed_origins: Option<Vec<String>>,
-    /// Cancelled once, when the node shuts down.
-    pub shutdown: CancellationToken,
     /// Every socket task, so shutdown can wait for them.
     pub sockets: TaskTracker,
+    /// Every open socket's outbox, so shutdown can ask each to close.
+    pub live_sockets: crate::ws::LiveSockets,
     pub open_sockets: AtomicUsize,
     pub rate: RateLimits,
     /// With `--demo`: the demo's token minting (`demo.rs`); `None` otherwise.
@@ -126,8 +126,8 @@ pub async fn run(
         metrics,
         limits: config.limits.clone(),
         allowed_origins: config.allowed_origins.clone(),
-        shutdown: stop.clone(),
         sockets: TaskTracker::new(),
+        live_sockets: Default::default(),
         open_sockets: AtomicUsize::new(0),
         rate: RateLimits::new(&config.limits),
         demo,
@@ -149,9 +149,11 @@ pub async fn run(
 
     let trigger = {
         let stop = stop.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             shutdown.await;
             stop.cancel();
+            state.live_sockets.shut_down();
         })
     };
     let send_buffer = config.limits.socket_send_buffer;
@@ -178,6 +180,7 @@ pub async fn run(
         .await;
     stop.cancel();
     trigger.abort();
+    state.live_sockets.shut_down();
     state.sockets.close();
     state.sockets.wait().await;
     forget.abort();

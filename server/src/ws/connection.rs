@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::outbox::{CloseReason, CustomerOutbox, Outbox, StaffOutbox};
-use super::socket::Socket;
+use super::socket::{Next, Socket};
 use super::SocketPermit;
 use crate::app::AppState;
 use crate::auth::Identity;
@@ -44,9 +44,10 @@ enum Reply {
 pub fn serve(
     socket: WebSocket,
     state: Arc<AppState>,
-    permit: SocketPermit,
+    mut permit: SocketPermit,
 ) -> impl Future<Output = ()> + Send {
     let (outbox, receiver) = Outbox::new(state.limits.send_queue_frames, state.metrics.clone());
+    permit.join(&outbox);
     let mut socket = Socket::new(socket, receiver);
     // An async block rather than an async fn: an async fn moves its arguments into its
     // body's locals, so the socket would be held twice for as long as it is open.
@@ -108,11 +109,14 @@ async fn hello(socket: &mut Socket, outbox: &Outbox, state: &AppState) -> Option
                 outbox.close(CloseReason::Unauthorized);
                 return None;
             }
-            _ = state.shutdown.cancelled() => {
-                outbox.close(CloseReason::GoingAway);
-                return None;
-            }
-            message = socket.next() => message,
+            next = socket.next() => match next {
+                Next::Frame(message) => message,
+                Next::Closing => return None,
+                Next::Shutdown => {
+                    outbox.close(CloseReason::GoingAway);
+                    return None;
+                }
+            },
         };
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
@@ -222,11 +226,6 @@ impl Session {
         loop {
             tokio::select! {
                 biased;
-                _ = state.shutdown.cancelled() => {
-                    self.outbox.close(CloseReason::GoingAway);
-                    return;
-                }
-                _ = self.outbox.closing() => return,
                 _ = heartbeat.tick() => {
                     if last_seen.elapsed() >= interval * 2 {
                         self.outbox.close(CloseReason::HeartbeatTimeout);
@@ -238,14 +237,20 @@ impl Session {
                         return;
                     }
                 }
-                message = socket.next() => {
-                    let message = match message {
-                        Some(Ok(message)) => message,
-                        Some(Err(e)) => {
+                next = socket.next() => {
+                    let message = match next {
+                        Next::Frame(Some(Ok(message))) => message,
+                        Next::Frame(Some(Err(e))) => {
                             self.outbox.close(read_error_reason(e));
                             return;
                         }
-                        None => return,
+                        Next::Frame(None) | Next::Closing => return,
+                        Next::Shutdown => {
+                            // The command before has its answer queued: it goes out
+                            // before the close frame.
+                            self.outbox.close(CloseReason::GoingAway);
+                            return;
+                        }
                     };
                     last_seen = Instant::now();
                     state.metrics.frames_in.inc();

@@ -10,7 +10,8 @@ pub mod connection;
 pub mod outbox;
 pub mod socket;
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
@@ -21,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use crate::api::ApiError;
 use crate::app::AppState;
 use crate::error::ServiceError;
+use outbox::Outbox;
 
 /// Read chunk per socket: chat frames are small; a large frame is read in several chunks.
 const READ_BUFFER_BYTES: usize = 512;
@@ -29,8 +31,48 @@ const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Most bytes buffered for writing before a write fails: a backstop behind the outbox.
 const MAX_WRITE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
-/// Holds one of the node's connection slots until dropped.
-pub struct SocketPermit(Arc<AppState>);
+/// Every open socket's outbox, so that shutdown reaches each socket's task through the
+/// outbox it already watches (a shutdown signal of their own would be one more thing
+/// every socket's task polls at every wake-up).
+#[derive(Default)]
+pub struct LiveSockets {
+    next_id: AtomicU64,
+    outboxes: parking_lot::Mutex<HashMap<u64, Outbox>>,
+    stopping: AtomicBool,
+}
+
+impl LiveSockets {
+    /// Asks every open socket to close with 1001 once the command it is running has its
+    /// answer queued; sockets opened from now on are asked at once.
+    pub fn shut_down(&self) {
+        let outboxes = self.outboxes.lock();
+        self.stopping.store(true, Ordering::Release);
+        for outbox in outboxes.values() {
+            outbox.request_shutdown();
+        }
+    }
+
+    fn join(&self, outbox: &Outbox) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut outboxes = self.outboxes.lock();
+        outboxes.insert(id, outbox.clone());
+        if self.stopping.load(Ordering::Acquire) {
+            outbox.request_shutdown();
+        }
+        id
+    }
+
+    fn leave(&self, id: u64) {
+        self.outboxes.lock().remove(&id);
+    }
+}
+
+/// Holds one of the node's connection slots, and the socket's place among the live
+/// sockets once it has an outbox, until dropped.
+pub struct SocketPermit {
+    state: Arc<AppState>,
+    live: Option<u64>,
+}
 
 impl SocketPermit {
     fn acquire(state: &Arc<AppState>) -> Option<SocketPermit> {
@@ -40,14 +82,25 @@ impl SocketPermit {
             return None;
         }
         state.metrics.connections.inc();
-        Some(SocketPermit(state.clone()))
+        Some(SocketPermit {
+            state: state.clone(),
+            live: None,
+        })
+    }
+
+    /// Makes the socket reachable by shutdown through its outbox.
+    pub fn join(&mut self, outbox: &Outbox) {
+        self.live = Some(self.state.live_sockets.join(outbox));
     }
 }
 
 impl Drop for SocketPermit {
     fn drop(&mut self) {
-        self.0.open_sockets.fetch_sub(1, Ordering::AcqRel);
-        self.0.metrics.connections.dec();
+        if let Some(id) = self.live {
+            self.state.live_sockets.leave(id);
+        }
+        self.state.open_sockets.fetch_sub(1, Ordering::AcqRel);
+        self.state.metrics.connections.dec();
     }
 }
 

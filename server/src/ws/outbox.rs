@@ -13,7 +13,7 @@
 //! by which typed outbox the socket was given (see [`crate::visibility`]).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -21,7 +21,6 @@ use axum::extract::ws::Message;
 use backchannel_protocol::close_code;
 use futures::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
 use crate::metrics::Metrics;
@@ -92,12 +91,15 @@ struct Shared {
     capacity: usize,
     /// Woken when a frame is queued: the socket's task.
     queued: AtomicWaker,
-    closing: CancellationToken,
+    /// The node is shutting down: the socket's task closes the socket with 1001 once the
+    /// command in progress has its answer queued.
+    shutdown: AtomicBool,
     /// Signalled after every flush, for the `*_wait` pushes.
     drained: tokio::sync::Notify,
     /// Slots the `*_wait` pushes leave free for live frames.
     reserve: usize,
-    /// The first close reason wins; 0 while open.
+    /// The first close reason wins; 0 while open. Set once, never reset: the socket is
+    /// closing from then on.
     reason: AtomicU16,
     metrics: Arc<Metrics>,
 }
@@ -114,6 +116,11 @@ pub struct OutboxReceiver {
 }
 
 impl Shared {
+    /// An atomic load: this is checked for every frame queued and written.
+    fn is_closing(&self) -> bool {
+        self.reason.load(Ordering::Acquire) != 0
+    }
+
     fn close(&self, reason: CloseReason) {
         if self
             .reason
@@ -123,8 +130,9 @@ impl Shared {
         {
             self.metrics.slow_consumers_closed.inc();
         }
-        self.closing.cancel();
+        // Wakes the socket's task, and the `*_wait` pushes (which then see it closing).
         self.queued.wake();
+        self.drained.notify_waiters();
     }
 
     fn pop(&self) -> Option<Message> {
@@ -145,7 +153,7 @@ impl Outbox {
             queue: Mutex::new(VecDeque::new()),
             capacity,
             queued: AtomicWaker::new(),
-            closing: CancellationToken::new(),
+            shutdown: AtomicBool::new(false),
             drained: tokio::sync::Notify::new(),
             reserve: capacity / 4,
             reason: AtomicU16::new(0),
@@ -165,12 +173,14 @@ impl Outbox {
     }
 
     pub fn is_closing(&self) -> bool {
-        self.shared.closing.is_cancelled()
+        self.shared.is_closing()
     }
 
-    /// Resolves once the socket is being closed, for whatever reason.
-    pub async fn closing(&self) {
-        self.shared.closing.cancelled().await
+    /// Asks the socket's task to close the socket with 1001 (the node is shutting down),
+    /// after the command it is running, if any, has its answer queued.
+    pub fn request_shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.queued.wake();
     }
 
     /// Queues without waiting; a full queue closes the socket with 4008.
@@ -210,10 +220,8 @@ impl Outbox {
                     break;
                 }
             }
-            tokio::select! {
-                _ = drained => {}
-                _ = self.shared.closing.cancelled() => return false,
-            }
+            // Closing signals `drained` too.
+            drained.await;
         }
         self.shared.queued.wake();
         true
@@ -301,7 +309,8 @@ impl OutboxReceiver {
         self.shared.queue.lock().is_empty()
     }
 
-    /// Wakes `waker` when a frame is queued or the outbox starts closing.
+    /// Wakes `waker` when a frame is queued, the outbox starts closing, or shutdown is
+    /// requested.
     pub(super) fn register(&self, waker: &Waker) {
         self.shared.queued.register(waker);
     }
@@ -313,7 +322,12 @@ impl OutboxReceiver {
     }
 
     pub(super) fn is_closing(&self) -> bool {
-        self.shared.closing.is_cancelled()
+        self.shared.is_closing()
+    }
+
+    /// See [`Outbox::request_shutdown`].
+    pub(super) fn shutdown_requested(&self) -> bool {
+        self.shared.shutdown.load(Ordering::Acquire)
     }
 
     pub(super) fn close(&self, reason: CloseReason) {

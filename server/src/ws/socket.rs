@@ -36,6 +36,16 @@ const MAX_BYTES_PER_FLUSH: usize = 16 * 1024;
 /// How long the close frame may take to leave once the socket is being closed.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What [`Socket::next`] waited for.
+pub enum Next {
+    /// A frame from the client; `None` once the socket is closed; an error that closes it.
+    Frame(Option<Result<Message, axum::Error>>),
+    /// The outbox is closing (its reason decides the close code): stop reading.
+    Closing,
+    /// The node is shutting down: close with 1001 once nothing is in progress.
+    Shutdown,
+}
+
 /// The socket and the receiving end of its outbox.
 pub struct Socket {
     ws: WebSocket,
@@ -64,12 +74,21 @@ impl Socket {
         }
     }
 
-    /// The next frame from the client (`None` once the socket is closed), writing what
-    /// is queued meanwhile. Cancel-safe: no frame is lost if this is dropped unfinished.
-    pub async fn next(&mut self) -> Option<Result<Message, axum::Error>> {
+    /// The next frame from the client, or word that the socket is closing or the node
+    /// shutting down, writing what is queued meanwhile. Cancel-safe: no frame is lost if
+    /// this is dropped unfinished. (Closing and shutdown are atomic flags the outbox
+    /// wakes this task for: an idle socket's task is woken for every frame it is sent,
+    /// and they cost nothing to check each time.)
+    pub async fn next(&mut self) -> Next {
         poll_fn(|cx| {
+            if self.queue.is_closing() {
+                return Poll::Ready(Next::Closing);
+            }
+            if self.queue.shutdown_requested() {
+                return Poll::Ready(Next::Shutdown);
+            }
             self.poll_write(cx);
-            Pin::new(&mut self.ws).poll_next(cx)
+            Pin::new(&mut self.ws).poll_next(cx).map(Next::Frame)
         })
         .await
     }
