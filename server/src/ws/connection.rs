@@ -56,14 +56,12 @@ pub fn serve(
         // The session is boxed, and so is a command's handling inside it: an async fn's
         // state is as large as the largest thing it awaits, and this one lives as long as
         // the socket. Boxed, an idle socket's task holds only the read loop.
-        let session = Box::pin(session(&mut socket, &outbox, &state));
-        session.await;
+        Box::pin(session(&mut socket, &outbox, &state)).await;
         // Whatever ended the session has closed the outbox with its reason; this covers
         // the rest (the first reason given wins).
         outbox.close(CloseReason::ClientGone);
         // Boxed: the closing handshake's state is needed once, not for the socket's life.
-        let finishing = Box::pin(socket.finish());
-        finishing.await;
+        Box::pin(socket.finish()).await;
     }
 }
 
@@ -83,15 +81,10 @@ async fn session(socket: &mut Socket, outbox: &Outbox, state: &Arc<AppState>) {
         state: state.clone(),
     };
     if let Some(staff) = StaffOutbox::new(outbox.clone(), &session.identity) {
-        // Built inside the `Box::pin`: a named future would keep its slot in this one.
-        let service = session.service.clone();
-        socket
-            .drive(Box::pin(service.open_session(
-                &session.identity,
-                session.conn,
-                staff,
-            )))
-            .await;
+        let opened = session
+            .service
+            .open_session(&session.identity, session.conn, staff);
+        socket.drive(Box::pin(opened)).await;
     }
     Box::pin(session.run(socket, state)).await;
     session.leave_all();
