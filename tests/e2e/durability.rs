@@ -306,3 +306,45 @@ async fn acknowledged_notes_survive_kill_9_at_random_moments() {
         "notes never touch the public stream"
     );
 }
+
+/// When the staff member's directory entry was last written, read from the data directory.
+fn directory_written_at(dir: &std::path::Path, user: &str) -> i64 {
+    let db =
+        rusqlite::Connection::open(dir.join("backchannel.sqlite3")).expect("open the database");
+    db.query_row("SELECT updated_at FROM users WHERE id = ?", [user], |row| {
+        row.get(0)
+    })
+    .expect("the user is in the directory")
+}
+
+/// After a restart every agent reconnects at once; a known agent's `hello` must not
+/// rewrite their unchanged directory entry (one fsynced write each, queued behind one
+/// another), while a changed one is still written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_known_agents_hello_after_a_restart_does_not_rewrite_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::spawn(dir.path()).await;
+    let alice = agent("alice");
+    server.client(&alice).await;
+    server.sigterm();
+    server.wait(STEP).await;
+    let written = directory_written_at(dir.path(), "alice");
+
+    let mut server = ServerProcess::spawn(dir.path()).await;
+    server.client(&alice).await;
+    server.sigterm();
+    server.wait(STEP).await;
+    assert_eq!(
+        directory_written_at(dir.path(), "alice"),
+        written,
+        "an unchanged entry was written again"
+    );
+
+    // A new name in the token is news: it is written.
+    let server = ServerProcess::spawn(dir.path()).await;
+    let mut renamed = claims("agent", "alice");
+    renamed["name"] = serde_json::json!("Alice Renamed");
+    renamed["inboxes"] = serde_json::json!(["support"]);
+    server.client(&sign(&renamed)).await;
+    assert!(directory_written_at(dir.path(), "alice") > written);
+}

@@ -209,7 +209,14 @@ impl Service {
                 .get(&entry.id)
                 .is_some_and(|seen| *seen == entry);
             if !known {
-                self.store.upsert_directory_entry(&entry).await?;
+                // Not seen by this node since it started: the store may hold it already
+                // (a reconnect after a restart, or a user another node saw first). A read
+                // costs no fsync; a write costs one, and the thousands of reconnects
+                // after a restart would queue behind one another for them.
+                let stored = self.store.directory_entry(&entry.id).await?;
+                if stored.as_ref() != Some(&entry) {
+                    self.store.upsert_directory_entry(&entry).await?;
+                }
                 self.directory.insert(entry.id.clone(), entry);
             }
         }
