@@ -219,7 +219,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
+        let listener = listen(&args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         let address = listener.local_addr().map_err(|e| e.to_string())?;
@@ -235,6 +235,39 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())
     })
+}
+
+/// Connections the kernel may queue for `accept` (it caps this at `net.core.somaxconn`).
+/// tokio's `TcpListener::bind` asks for 128: when thousands of clients reconnect at once
+/// (after a deploy or a network blip), the SYNs past the queue are dropped and retried
+/// after 1 s, then 3 s, then 7 s (`bc-load idle`, 500 handshakes at a time: 2,689 listen
+/// overflows and 15–20 s for 10,000 connections; docs/benchmarks.md).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the first address `address` resolves to that accepts a bind, with
+/// [`LISTEN_BACKLOG`].
+async fn listen(address: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(address).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restarted server can bind while the old
+        // connections linger in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    }))
 }
 
 /// Resolves on ctrl-c or SIGTERM.
