@@ -152,3 +152,23 @@ pub fn cpu_micros_of(names: &[&str]) -> u64 {
         .filter_map(cpu_micros)
         .sum()
 }
+
+/// The kernel's count of connections dropped because a listener's accept queue was full
+/// (`TcpExt: ListenOverflows` in `/proc/net/netstat`, for the whole machine): a client
+/// whose SYN was dropped retries a second later, which a connect-time figure would
+/// otherwise silently include.
+pub fn listen_overflows() -> Option<u64> {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = netstat.lines();
+    while let Some(names) = lines.next() {
+        let values = lines.next()?;
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let index = names
+            .split_whitespace()
+            .position(|n| n == "ListenOverflows")?;
+        return values.split_whitespace().nth(index)?.parse().ok();
+    }
+    None
+}

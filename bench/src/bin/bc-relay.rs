@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -56,7 +56,20 @@ fn main() -> std::io::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let listener = TcpListener::bind(&listen).await?;
+        // The server's backlog (`server/src/main.rs`): tokio's default of 128 drops SYNs
+        // when thousands connect at once, and each is retried a second later.
+        let address = tokio::net::lookup_host(&listen)
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
+        let socket = if address.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(address)?;
+        let listener: TcpListener = socket.listen(4096)?;
         println!("listening on http://{}", listener.local_addr()?);
         let rooms = Arc::new(Rooms::default());
         loop {

@@ -111,9 +111,13 @@ async fn one_target(args: &IdleArgs, backchannel: bool) -> Result<Value, String>
         })
         .collect();
     let rss_before = settled_rss(server.pid).await;
+    let overflows0 = sys::listen_overflows();
     let started = Instant::now();
     let handles = env.connect(specs).await?;
     let connect_s = started.elapsed().as_secs_f64();
+    let overflows = sys::listen_overflows()
+        .zip(overflows0)
+        .map(|(after, before)| after.saturating_sub(before));
     let pid = server.pid.unwrap_or(0);
     let cpu0 = sys::cpu_micros(pid).unwrap_or(0);
     let hold = Instant::now();
@@ -131,6 +135,7 @@ async fn one_target(args: &IdleArgs, backchannel: bool) -> Result<Value, String>
         "source_addresses": sources.len(),
         "connect_s": round(connect_s, 2),
         "connects_per_s": round(n as f64 / connect_s, 0),
+        "listen_overflows": overflows,
         "server_rss_kib_before": rss_before,
         "server_rss_kib_after": rss_after,
         "rss_kib_per_connection": match (rss_before, rss_after) {

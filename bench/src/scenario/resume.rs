@@ -136,6 +136,7 @@ pub async fn run(args: ResumeArgs) -> Result<Value, String> {
     let pid = server.pid.unwrap_or(0);
     let cpu0 = sys::cpu_micros(pid).unwrap_or(0);
     let failures0 = ctx.stats.borrow().connect_failures;
+    let overflows0 = sys::listen_overflows();
     let received0 = ctx.stats.borrow().total_received;
     let t0 = now_us();
     let started = Instant::now();
@@ -149,6 +150,9 @@ pub async fn run(args: ResumeArgs) -> Result<Value, String> {
     .await;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = sys::cpu_micros(pid).unwrap_or(0).saturating_sub(cpu0);
+    let overflows = sys::listen_overflows()
+        .zip(overflows0)
+        .map(|(after, before)| after.saturating_sub(before));
     let mut times: Vec<u32> = ctx
         .caught_up
         .borrow()
@@ -177,6 +181,7 @@ pub async fn run(args: ResumeArgs) -> Result<Value, String> {
         "server_cpu_s": round(cpu as f64 / 1e6, 3),
         "server_cpu_util": round(cpu as f64 / 1e6 / elapsed, 3),
         "server_cpu_us_per_client": round(cpu as f64 / n as f64, 1),
+        "listen_overflows": overflows,
         "correctness": correctness,
     });
     Ok(out)
