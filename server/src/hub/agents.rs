@@ -65,11 +65,7 @@ impl Board {
             if presence.status == AgentStatus::Offline {
                 // Only other nodes' word that they left: shown as offline once, if shown.
                 if let Some(before) = shown.remove(id) {
-                    changed.push(AgentPresence {
-                        status: AgentStatus::Offline,
-                        viewing: Vec::new(),
-                        ..before
-                    });
+                    changed.push(offline(before));
                 }
                 return;
             }
@@ -94,11 +90,7 @@ impl Board {
             if local.contains_key(id) || elsewhere.contains_key(id) {
                 return true;
             }
-            changed.push(AgentPresence {
-                status: AgentStatus::Offline,
-                viewing: Vec::new(),
-                ..presence.clone()
-            });
+            changed.push(offline(presence.clone()));
             false
         });
         changed
@@ -108,6 +100,15 @@ impl Board {
 #[derive(Default)]
 pub struct AgentBoard {
     board: Mutex<Board>,
+}
+
+/// What watchers are shown when a user they were shown is seen by no node any more.
+fn offline(presence: AgentPresence) -> AgentPresence {
+    AgentPresence {
+        status: AgentStatus::Offline,
+        viewing: Vec::new(),
+        ..presence
+    }
 }
 
 /// A user's presence merged over every node: the best status, every conversation.

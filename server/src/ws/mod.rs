@@ -11,7 +11,7 @@ pub mod outbox;
 pub mod socket;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
@@ -36,34 +36,40 @@ const MAX_WRITE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// every socket's task polls at every wake-up).
 #[derive(Default)]
 pub struct LiveSockets {
-    next_id: AtomicU64,
-    outboxes: parking_lot::Mutex<HashMap<u64, Outbox>>,
-    stopping: AtomicBool,
+    registry: parking_lot::Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    next_id: u64,
+    outboxes: HashMap<u64, Outbox>,
+    stopping: bool,
 }
 
 impl LiveSockets {
     /// Asks every open socket to close with 1001 once the command it is running has its
     /// answer queued; sockets opened from now on are asked at once.
     pub fn shut_down(&self) {
-        let outboxes = self.outboxes.lock();
-        self.stopping.store(true, Ordering::Release);
-        for outbox in outboxes.values() {
+        let mut registry = self.registry.lock();
+        registry.stopping = true;
+        for outbox in registry.outboxes.values() {
             outbox.request_shutdown();
         }
     }
 
     fn join(&self, outbox: &Outbox) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut outboxes = self.outboxes.lock();
-        outboxes.insert(id, outbox.clone());
-        if self.stopping.load(Ordering::Acquire) {
+        let mut registry = self.registry.lock();
+        let id = registry.next_id;
+        registry.next_id += 1;
+        registry.outboxes.insert(id, outbox.clone());
+        if registry.stopping {
             outbox.request_shutdown();
         }
         id
     }
 
     fn leave(&self, id: u64) {
-        self.outboxes.lock().remove(&id);
+        self.registry.lock().outboxes.remove(&id);
     }
 }
 
