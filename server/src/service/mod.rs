@@ -15,6 +15,7 @@ mod notes;
 mod notifications;
 
 use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use backchannel_protocol::client::TypingAudience;
@@ -165,8 +166,13 @@ pub struct Service {
     hub: Arc<Hub>,
     keys: Keys,
     access: DashMap<ConversationId, Access>,
-    /// Staff as last written to the directory, to skip rewriting unchanged entries.
-    directory: DashMap<UserId, DirectoryEntry>,
+    /// Staff as last written to the directory, to skip rewriting unchanged entries: a
+    /// fingerprint of each user's entry (a keyed hash of the whole entry) under a hash of
+    /// their id. Every staff user who connects has one, so it is kept small: 16 bytes
+    /// rather than a copy of the entry and its strings. A user whose id hash another
+    /// user's shares only costs a store read.
+    directory: DashMap<u64, u64>,
+    fingerprints: RandomState,
 }
 
 impl Service {
@@ -178,6 +184,7 @@ impl Service {
             keys,
             access: DashMap::new(),
             directory: DashMap::new(),
+            fingerprints: RandomState::new(),
         }
     }
 
@@ -204,10 +211,12 @@ impl Service {
                     }
                 },
             };
+            let user = self.fingerprints.hash_one(&entry.id);
+            let fingerprint = self.fingerprints.hash_one(&entry);
             let known = self
                 .directory
-                .get(&entry.id)
-                .is_some_and(|seen| *seen == entry);
+                .get(&user)
+                .is_some_and(|seen| *seen == fingerprint);
             if !known {
                 // Not seen by this node since it started: the store may hold it already
                 // (a reconnect after a restart, or a user another node saw first). A read
@@ -217,7 +226,7 @@ impl Service {
                 if stored.as_ref() != Some(&entry) {
                     self.store.upsert_directory_entry(&entry).await?;
                 }
-                self.directory.insert(entry.id.clone(), entry);
+                self.directory.insert(user, fingerprint);
             }
         }
         Ok(identity)

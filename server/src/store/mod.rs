@@ -386,7 +386,7 @@ pub enum MarkRead {
 }
 
 /// A staff member as last seen in a valid token.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DirectoryEntry {
     pub id: UserId,
     pub role: Role,
