@@ -30,3 +30,4 @@ mod collab_search;
 mod collab_support;
 mod collab_tags;
 mod demo;
+mod floor;

@@ -8,9 +8,10 @@
 //! `agent_presence` frame whenever someone's merged presence changes.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher, RandomState};
 
 use backchannel_protocol::server::{AgentPresence, AgentStatus};
-use backchannel_protocol::{Actor, UserId};
+use backchannel_protocol::{Actor, ConversationId, Role, UserId};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -19,17 +20,41 @@ use crate::broker::AgentSighting;
 use crate::visibility::StaffFrame;
 use crate::ws::outbox::StaffOutbox;
 
+/// One staff user with a socket on this node.
+struct Local {
+    /// Their presence here as last computed (and published).
+    sighting: AgentSighting,
+    /// Their last command (or when this node first saw them).
+    active: Instant,
+    /// The tick that last found them with a socket here.
+    seen: u64,
+}
+
+/// What watchers were last shown of a user they see as online or away: enough to tell
+/// whether the merged presence changed, and to show them going offline.
+struct Shown {
+    status: AgentStatus,
+    /// A hash of the conversations they were shown viewing.
+    viewing: u64,
+    name: Option<String>,
+    role: Role,
+}
+
 #[derive(Default)]
 struct Board {
-    /// Last command from each local staff user.
-    active: HashMap<UserId, Instant>,
-    /// The local sightings last computed.
-    local: HashMap<UserId, AgentSighting>,
+    /// This node's staff users.
+    local: HashMap<UserId, Local>,
     /// Other nodes' sightings, until they expire.
     remote: HashMap<(String, UserId), (AgentSighting, Instant)>,
-    /// The merged presence last shown to watchers.
-    shown: HashMap<UserId, AgentPresence>,
+    /// What watchers were last shown, for every user shown as online or away.
+    shown: HashMap<UserId, Shown>,
     watchers: Vec<(ConnId, StaffOutbox)>,
+    /// Counts ticks, to find the local users no tick saw.
+    generation: u64,
+    /// The conversations a user is seen viewing, sorted: reused from user to user and
+    /// tick to tick, so an unchanged user costs a comparison and no allocation.
+    viewing: Vec<ConversationId>,
+    fingerprints: RandomState,
 }
 
 impl Board {
@@ -41,6 +66,7 @@ impl Board {
             local,
             remote,
             shown,
+            fingerprints,
             ..
         } = self;
         // Other nodes' sightings by user (none on a single node).
@@ -53,10 +79,14 @@ impl Board {
             let Some(id) = here.or(others.first().copied()).map(|s| &s.id) else {
                 return;
             };
-            if let (Some(here), [], Some(before)) = (here, others, shown.get(id)) {
+            if let (Some(here), []) = (here, others) {
                 // Seen on this node only: its sighting is the presence (its viewing is
                 // sorted and deduplicated when the sighting is made).
-                if before.status == here.status && before.viewing == here.viewing {
+                let viewing = fingerprints.hash_one(&here.viewing);
+                if shown
+                    .get(id)
+                    .is_some_and(|s| s.status == here.status && s.viewing == viewing)
+                {
                     return;
                 }
             }
@@ -64,21 +94,29 @@ impl Board {
             let Some(presence) = merge(&all) else { return };
             if presence.status == AgentStatus::Offline {
                 // Only other nodes' word that they left: shown as offline once, if shown.
-                if let Some(before) = shown.remove(id) {
-                    changed.push(offline(before));
+                if shown.remove(id).is_some() {
+                    changed.push(offline(presence));
                 }
                 return;
             }
-            let before = shown.get(id);
-            if before.map(|b| (b.status, &b.viewing)) != Some((presence.status, &presence.viewing))
-            {
-                changed.push(presence.clone());
-                shown.insert(presence.id.clone(), presence);
+            let viewing = fingerprints.hash_one(&presence.viewing);
+            let before = shown.get(id).map(|s| (s.status, s.viewing));
+            if before != Some((presence.status, viewing)) {
+                shown.insert(
+                    presence.id.clone(),
+                    Shown {
+                        status: presence.status,
+                        viewing,
+                        name: presence.name.clone(),
+                        role: presence.role,
+                    },
+                );
+                changed.push(presence);
             }
         };
-        for (id, sighting) in local.iter() {
+        for (id, here) in local.iter() {
             let others = elsewhere.get(id).map(Vec::as_slice).unwrap_or_default();
-            show(Some(sighting), others);
+            show(Some(&here.sighting), others);
         }
         for (id, others) in &elsewhere {
             if !local.contains_key(*id) {
@@ -86,11 +124,18 @@ impl Board {
             }
         }
         // Users no node sees any more turn offline, once.
-        shown.retain(|id, presence| {
+        shown.retain(|id, before| {
             if local.contains_key(id) || elsewhere.contains_key(id) {
                 return true;
             }
-            changed.push(offline(presence.clone()));
+            changed.push(AgentPresence {
+                id: id.clone(),
+                name: before.name.take(),
+                role: before.role,
+                status: AgentStatus::Offline,
+                viewing: Vec::new(),
+                open_conversations: 0,
+            });
             false
         });
         changed
@@ -130,12 +175,16 @@ fn merge(sightings: &[&AgentSighting]) -> Option<AgentPresence> {
     })
 }
 
+/// Hands the tick each local staff user (the actor of one of their sockets) and the
+/// conversations their sockets are subscribed to, in any order and with repeats.
+pub type Visit<'a> = dyn FnMut(&Actor, &[ConversationId]) + 'a;
+
 impl AgentBoard {
+    /// A staff member did something: not away (once the next tick sees them).
     pub fn touch(&self, user: &UserId) {
-        self.board
-            .lock()
-            .active
-            .insert(user.clone(), Instant::now());
+        if let Some(local) = self.board.lock().local.get_mut(user) {
+            local.active = Instant::now();
+        }
     }
 
     pub fn watch(&self, conn: ConnId, outbox: StaffOutbox) {
@@ -156,58 +205,79 @@ impl AgentBoard {
             .insert((node, sighting.id.clone()), (sighting, until));
     }
 
-    /// Recomputes this node's sightings from its sessions (`users`: each local staff
-    /// user and the conversations they view), expires other nodes', and returns the
-    /// sightings to publish (changed ones, or all when `republish`) and the users whose
-    /// merged presence changed (to show watchers, once their counts are known).
+    /// Brings this node's sightings up to date with its sessions: `users` calls its
+    /// argument once for each local staff user (see [`Visit`]). Expires other nodes'
+    /// sightings, and returns the sightings to publish (changed ones, or all when
+    /// `republish`) and the users whose merged presence changed (to show watchers, once
+    /// their counts are known). A user whose presence did not change costs lookups and
+    /// comparisons, not allocations: this runs every second over every staff user.
     pub fn tick(
         &self,
-        users: Vec<(Actor, Vec<backchannel_protocol::ConversationId>)>,
         now: Instant,
         away_after: std::time::Duration,
         republish: bool,
+        users: impl FnOnce(&mut Visit<'_>),
     ) -> (Vec<AgentSighting>, Vec<AgentPresence>) {
-        let mut board = self.board.lock();
-        let mut current: HashMap<UserId, AgentSighting> = HashMap::with_capacity(users.len());
-        for (actor, mut viewing) in users {
-            viewing.sort();
-            viewing.dedup();
-            let recent = board
-                .active
-                .get(&actor.id)
-                .is_some_and(|at| now.duration_since(*at) < away_after);
-            current.insert(
-                actor.id.clone(),
-                AgentSighting {
-                    id: actor.id,
-                    name: actor.name,
-                    role: actor.role,
-                    status: if recent {
-                        AgentStatus::Online
-                    } else {
-                        AgentStatus::Away
-                    },
-                    viewing,
-                },
-            );
-        }
+        let mut guard = self.board.lock();
+        let board = &mut *guard;
+        board.generation += 1;
+        let generation = board.generation;
         let mut publish = Vec::new();
-        for (id, old) in &board.local {
-            if !current.contains_key(id) {
-                publish.push(AgentSighting {
+        let Board { local, viewing, .. } = board;
+        users(&mut |actor, conversations| {
+            viewing.clear();
+            viewing.extend_from_slice(conversations);
+            viewing.sort_unstable();
+            viewing.dedup();
+            if !local.contains_key(&actor.id) {
+                let sighting = AgentSighting {
+                    id: actor.id.clone(),
+                    name: actor.name.clone(),
+                    role: actor.role,
+                    // Not a status a local user has: the comparison below fails.
                     status: AgentStatus::Offline,
                     viewing: Vec::new(),
-                    ..old.clone()
-                });
+                };
+                let here = Local {
+                    sighting,
+                    active: now,
+                    seen: generation,
+                };
+                local.insert(actor.id.clone(), here);
             }
-        }
-        for (id, sighting) in &current {
-            if republish || board.local.get(id) != Some(sighting) {
-                publish.push(sighting.clone());
+            let Some(here) = local.get_mut(&actor.id) else {
+                return;
+            };
+            here.seen = generation;
+            let status = if now.duration_since(here.active) < away_after {
+                AgentStatus::Online
+            } else {
+                AgentStatus::Away
+            };
+            let sighting = &mut here.sighting;
+            if sighting.status != status || sighting.viewing != *viewing {
+                sighting.status = status;
+                sighting.viewing.clone_from(viewing);
+                if !republish {
+                    publish.push(sighting.clone());
+                }
             }
+        });
+        // Users without a socket here any more: other nodes hear they left.
+        board.local.retain(|_, here| {
+            if here.seen == generation {
+                return true;
+            }
+            publish.push(AgentSighting {
+                status: AgentStatus::Offline,
+                viewing: Vec::new(),
+                ..here.sighting.clone()
+            });
+            false
+        });
+        if republish {
+            publish.extend(board.local.values().map(|here| here.sighting.clone()));
         }
-        board.active.retain(|id, _| current.contains_key(id));
-        board.local = current;
         board.remote.retain(|_, (_, until)| *until > now);
         let changed = board.refresh_shown();
         (publish, changed)
@@ -215,8 +285,11 @@ impl AgentBoard {
 
     fn merged(board: &Board) -> HashMap<UserId, AgentPresence> {
         let mut by_user: HashMap<&UserId, Vec<&AgentSighting>> = HashMap::new();
-        for sighting in board.local.values() {
-            by_user.entry(&sighting.id).or_default().push(sighting);
+        for here in board.local.values() {
+            by_user
+                .entry(&here.sighting.id)
+                .or_default()
+                .push(&here.sighting);
         }
         for (sighting, _) in board.remote.values() {
             by_user.entry(&sighting.id).or_default().push(sighting);
@@ -270,6 +343,21 @@ mod tests {
         }
     }
 
+    /// One tick over `users` (each with the conversations their sockets view); what
+    /// watchers are shown.
+    fn tick(
+        board: &AgentBoard,
+        users: &[(Actor, Vec<ConversationId>)],
+        now: Instant,
+    ) -> Vec<AgentPresence> {
+        let (_, changed) = board.tick(now, AWAY_AFTER, false, |visit| {
+            for (actor, viewing) in users {
+                visit(actor, viewing);
+            }
+        });
+        changed
+    }
+
     fn statuses(changed: &[AgentPresence]) -> Vec<(String, AgentStatus)> {
         let mut out: Vec<_> = changed
             .iter()
@@ -285,28 +373,23 @@ mod tests {
         let now = Instant::now();
         let room = ConversationId::new();
         board.touch(&UserId::from("ana"));
-        let (_, changed) = board.tick(
-            vec![(actor("ana"), vec![room, room])],
-            now,
-            AWAY_AFTER,
-            false,
-        );
+        let changed = tick(&board, &[(actor("ana"), vec![room, room])], now);
         assert_eq!(
             statuses(&changed),
             [("ana".to_owned(), AgentStatus::Online)]
         );
         assert_eq!(changed[0].viewing, [room], "viewing is deduplicated");
-        let (_, changed) = board.tick(vec![(actor("ana"), vec![room])], now, AWAY_AFTER, false);
+        let changed = tick(&board, &[(actor("ana"), vec![room])], now);
         assert!(changed.is_empty(), "nothing changed: {changed:?}");
-        let (_, changed) = board.tick(vec![(actor("ana"), vec![])], now, AWAY_AFTER, false);
+        let changed = tick(&board, &[(actor("ana"), vec![])], now);
         assert_eq!(changed.len(), 1);
         assert!(changed[0].viewing.is_empty());
-        let (_, changed) = board.tick(vec![], now, AWAY_AFTER, false);
+        let changed = tick(&board, &[], now);
         assert_eq!(
             statuses(&changed),
             [("ana".to_owned(), AgentStatus::Offline)]
         );
-        let (_, changed) = board.tick(vec![], now, AWAY_AFTER, false);
+        let changed = tick(&board, &[], now);
         assert!(changed.is_empty(), "offline is shown once: {changed:?}");
     }
 
@@ -316,28 +399,86 @@ mod tests {
         let now = Instant::now();
         let until = now + Duration::from_secs(30);
         board.sighted("b".into(), sighting("bo", AgentStatus::Online), until);
-        let (_, changed) = board.tick(vec![], now, AWAY_AFTER, false);
+        let changed = tick(&board, &[], now);
         assert_eq!(statuses(&changed), [("bo".to_owned(), AgentStatus::Online)]);
         board.sighted("b".into(), sighting("bo", AgentStatus::Offline), until);
-        let (_, changed) = board.tick(vec![], now, AWAY_AFTER, false);
+        let changed = tick(&board, &[], now);
         assert_eq!(
             statuses(&changed),
             [("bo".to_owned(), AgentStatus::Offline)]
         );
         // The offline sighting is kept until it expires; it is not shown again.
-        let (_, changed) = board.tick(vec![], now, AWAY_AFTER, false);
+        let changed = tick(&board, &[], now);
         assert!(changed.is_empty(), "{changed:?}");
         // A user seen here and elsewhere is online while either node says so.
         board.sighted("b".into(), sighting("cy", AgentStatus::Online), until);
         board.touch(&UserId::from("cy"));
-        let (_, changed) = board.tick(vec![(actor("cy"), vec![])], now, AWAY_AFTER, false);
+        let changed = tick(&board, &[(actor("cy"), vec![])], now);
         assert_eq!(statuses(&changed), [("cy".to_owned(), AgentStatus::Online)]);
-        let (_, changed) = board.tick(vec![], now, AWAY_AFTER, false);
+        let changed = tick(&board, &[], now);
         assert!(changed.is_empty(), "still online on b: {changed:?}");
-        let (_, changed) = board.tick(vec![], until, AWAY_AFTER, false);
+        let changed = tick(&board, &[], until);
         assert_eq!(
             statuses(&changed),
             [("cy".to_owned(), AgentStatus::Offline)]
         );
+    }
+
+    #[test]
+    fn a_user_without_commands_turns_away_and_back_with_one() {
+        let board = AgentBoard::default();
+        let start = Instant::now();
+        let ana = [(actor("ana"), vec![])];
+        let changed = tick(&board, &ana, start);
+        assert_eq!(
+            statuses(&changed),
+            [("ana".to_owned(), AgentStatus::Online)]
+        );
+        let changed = tick(&board, &ana, start + AWAY_AFTER);
+        assert_eq!(statuses(&changed), [("ana".to_owned(), AgentStatus::Away)]);
+        assert!(tick(&board, &ana, start + AWAY_AFTER * 2).is_empty());
+        board.touch(&UserId::from("ana"));
+        let changed = tick(&board, &ana, Instant::now() + Duration::from_secs(1));
+        assert_eq!(
+            statuses(&changed),
+            [("ana".to_owned(), AgentStatus::Online)]
+        );
+    }
+
+    #[test]
+    fn changed_sightings_are_published_and_every_one_on_republish() {
+        let board = AgentBoard::default();
+        let now = Instant::now();
+        let room = ConversationId::new();
+        let publish = |users: &[(Actor, Vec<ConversationId>)], republish: bool| {
+            let (publish, _) = board.tick(now, AWAY_AFTER, republish, |visit| {
+                for (actor, viewing) in users {
+                    visit(actor, viewing);
+                }
+            });
+            let mut out: Vec<_> = publish
+                .into_iter()
+                .map(|s| (s.id.as_str().to_owned(), s.status, s.viewing))
+                .collect();
+            out.sort();
+            out
+        };
+        // Two of ana's sockets view the same room: the room once.
+        let both = [(actor("ana"), vec![room, room]), (actor("bo"), vec![])];
+        assert_eq!(
+            publish(&both, false),
+            [
+                ("ana".to_owned(), AgentStatus::Online, vec![room]),
+                ("bo".to_owned(), AgentStatus::Online, vec![]),
+            ]
+        );
+        assert!(publish(&both, false).is_empty(), "nothing changed");
+        assert_eq!(publish(&both, true).len(), 2, "every user, once each");
+        assert_eq!(
+            publish(&both[1..2], false),
+            [("ana".to_owned(), AgentStatus::Offline, vec![])],
+            "a user who left is published offline"
+        );
+        assert!(!board.presence().contains_key(&UserId::from("ana")));
     }
 }

@@ -31,7 +31,7 @@ use crate::visibility::{StaffFrame, Typing};
 use crate::ws::outbox::StaffOutbox;
 
 /// Identifies one socket on this node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(u64);
 
 impl ConnId {
@@ -381,6 +381,8 @@ impl Hub {
         let mut ticks = tokio::time::interval(Duration::from_millis(250));
         let republish_every = (self.settings.presence_ttl.as_millis() / 3 / 250).max(1) as u64;
         let mut count: u64 = 0;
+        let mut viewers: Vec<(ConnId, ConversationId)> = Vec::new();
+        let mut viewing: Vec<ConversationId> = Vec::new();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -403,26 +405,35 @@ impl Hub {
             if !count.is_multiple_of(4) && !republish {
                 continue;
             }
-            let mut viewing: HashMap<UserId, Vec<ConversationId>> = HashMap::new();
+            // Who views what, by socket: kept from tick to tick with their allocations,
+            // like the board's own state, so a floor that did not change allocates
+            // nothing here.
+            viewers.clear();
             for room in &rooms {
-                for user in room.local_staff() {
-                    viewing.entry(user).or_default().push(room.id());
-                }
+                room.local_staff(&mut viewers);
             }
-            let users: Vec<(Actor, Vec<ConversationId>)> = self
-                .sessions
-                .iter()
-                .filter_map(|entry| {
-                    let (_, actor, _) = entry.value().sockets.first()?;
-                    Some((
-                        actor.clone(),
-                        viewing.remove(entry.key()).unwrap_or_default(),
-                    ))
-                })
-                .collect();
+            viewers.sort_unstable();
             let (sightings, mut changed) =
                 self.agents
-                    .tick(users, now, self.settings.away_after, republish);
+                    .tick(now, self.settings.away_after, republish, |visit| {
+                        for entry in self.sessions.iter() {
+                            let sockets = &entry.value().sockets;
+                            let Some((_, actor, _)) = sockets.first() else {
+                                continue;
+                            };
+                            viewing.clear();
+                            for (conn, _, _) in sockets {
+                                let first = viewers.partition_point(|(c, _)| c < conn);
+                                viewing.extend(
+                                    viewers[first..]
+                                        .iter()
+                                        .take_while(|(c, _)| c == conn)
+                                        .map(|(_, conversation)| *conversation),
+                                );
+                            }
+                            visit(actor, &viewing);
+                        }
+                    });
             for agent in sightings {
                 self.broker.publish_ephemeral(Ephemeral::Agent {
                     node: self.settings.node.clone(),

@@ -488,10 +488,11 @@ impl Room {
         }
     }
 
-    /// Staff subscribed here on this node (what they are viewing, for the floor).
-    pub fn local_staff(&self) -> Vec<UserId> {
+    /// Adds the sockets of staff subscribed here on this node (what they are viewing, for
+    /// the floor) to `out`, each with this conversation.
+    pub fn local_staff(&self, out: &mut Vec<(ConnId, ConversationId)>) {
         let state = self.state.lock();
-        state.staff.iter().map(|m| m.user.id.clone()).collect()
+        out.extend(state.staff.iter().map(|m| (m.conn, self.id)));
     }
 
     pub fn id(&self) -> ConversationId {
