@@ -17,10 +17,10 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use backchannel_protocol::client::TypingAudience;
 use backchannel_protocol::server::{AgentPresence, Notification, ServerFrame, Viewer};
 use backchannel_protocol::{Actor, Audience, ConversationId, EventView, Visibility};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::store::Event;
 

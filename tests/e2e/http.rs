@@ -413,3 +413,66 @@ async fn history_pages_with_after_and_limit() {
     assert_eq!(events[0]["event"]["body"], "message 1");
     assert_eq!(page["head"], 7);
 }
+
+/// `/v1/ws` answers anything but a WebSocket upgrade (RFC 6455, version 13) with a 400
+/// saying what is missing, and opens nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_websocket_endpoint_refuses_requests_that_are_not_an_upgrade() {
+    let server = TestServer::start().await;
+    let url = format!("{}/v1/ws", server.http.base);
+    let upgrade = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    type Headers<'a> = Vec<(&'a str, &'a str)>;
+    let cases: [(&str, Headers, &str); 4] = [
+        ("a plain GET", vec![], "not a WebSocket upgrade"),
+        (
+            "no Upgrade header",
+            upgrade
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k != "upgrade")
+                .collect(),
+            "not a WebSocket upgrade",
+        ),
+        (
+            "version 8",
+            upgrade
+                .iter()
+                .map(|&(k, v)| (k, if k == "sec-websocket-version" { "8" } else { v }))
+                .collect(),
+            "Sec-WebSocket-Version",
+        ),
+        (
+            "no key",
+            upgrade
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k != "sec-websocket-key")
+                .collect(),
+            "Sec-WebSocket-Key",
+        ),
+    ];
+    for (case, headers, says) in cases {
+        let mut request = server.http.client.get(&url);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let reply = request.send().await.expect("a reply");
+        assert_eq!(reply.status().as_u16(), 400, "{case}");
+        let body: Value = reply.json().await.expect("a JSON error");
+        assert_eq!(body["error"]["code"], "bad_request", "{case}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{case}: {body}");
+    }
+    let metrics = server.http.get("/metrics", None).await.text;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("backchannel_connections ") && l.ends_with(" 0")),
+        "no connection was counted: {metrics}"
+    );
+}

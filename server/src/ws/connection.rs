@@ -12,11 +12,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
 use backchannel_protocol::server::{AppendResult, ReadResult, SessionUser, SubscribeResult};
 use backchannel_protocol::{decode, ClientFrame, ConversationId, DecodeError, FrameHead, Ref};
 use serde::Serialize;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::outbox::{CloseReason, CustomerOutbox, Outbox, StaffOutbox};
 use super::socket::{Next, Socket};
@@ -42,7 +42,7 @@ enum Reply {
 }
 
 pub fn serve(
-    socket: WebSocket,
+    socket: super::WebSocket,
     state: Arc<AppState>,
     mut permit: SocketPermit,
 ) -> impl Future<Output = ()> + Send {
@@ -113,7 +113,7 @@ async fn hello(socket: &mut Socket, outbox: &Outbox, state: &AppState) -> Option
         };
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
             Some(Ok(Message::Binary(_))) => {
                 let refused = refuse(outbox, None, "the first frame must be a JSON `hello`");
                 socket.drive(refused).await;
@@ -189,9 +189,9 @@ async fn refuse(outbox: &Outbox, reference: Option<&Ref>, message: &str) {
 }
 
 /// A read error closes the socket; a frame over the limit with 1009.
-fn read_error_reason(error: axum::Error) -> CloseReason {
-    match error.into_inner().downcast::<tungstenite::Error>() {
-        Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => CloseReason::TooBig,
+fn read_error_reason(error: tungstenite::Error) -> CloseReason {
+    match error {
+        tungstenite::Error::Capacity(_) => CloseReason::TooBig,
         _ => CloseReason::ClientGone,
     }
 }
@@ -256,7 +256,7 @@ impl Session {
                             socket.drive(Box::pin(self.answer(None, Err(error)))).await;
                         }
                         Message::Close(_) => return,
-                        Message::Ping(_) | Message::Pong(_) => {}
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                     }
                 }
             }

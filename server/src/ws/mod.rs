@@ -1,23 +1,31 @@
 //! The WebSocket endpoint, `GET /v1/ws`.
 //!
 //! [`upgrade`] applies the checks that happen before a socket exists (allowed origins,
-//! the connection limit) and sizes the socket's buffers for a chat protocol rather than
-//! tungstenite's defaults (128 KiB of read buffer per connection). Each accepted socket is
-//! served by [`connection::serve`]: one task that reads commands and writes the socket's
-//! [`outbox::Outbox`] ([`socket::Socket`]).
+//! the connection limit), answers the HTTP upgrade (RFC 6455's opening handshake) and
+//! sizes the socket's read buffer for a chat protocol rather than tungstenite's defaults
+//! (128 KiB per connection). The upgrade is answered here rather than by axum's
+//! extractor so that the socket's stream is a [`wire::Wire`], whose write buffer exists
+//! only while it holds bytes. Each accepted socket is served by [`connection::serve`]:
+//! one task that reads commands and writes the socket's [`outbox::Outbox`]
+//! ([`socket::Socket`]).
 
 pub mod connection;
 pub mod outbox;
 pub mod socket;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::api::ApiError;
 use crate::app::AppState;
@@ -26,10 +34,10 @@ use outbox::Outbox;
 
 /// Read chunk per socket: chat frames are small; a large frame is read in several chunks.
 const READ_BUFFER_BYTES: usize = 512;
-/// Frames are written through once this much is buffered (and at every flush).
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
-/// Most bytes buffered for writing before a write fails: a backstop behind the outbox.
-const MAX_WRITE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// A socket as the server holds it: tungstenite reads it and writes its control frames;
+/// everything else is framed into its [`wire::Wire`].
+pub type WebSocket = WebSocketStream<wire::Wire<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// Every open socket's outbox, so that shutdown reaches each socket's task through the
 /// outbox it already watches (a shutdown signal of their own would be one more thing
@@ -110,11 +118,8 @@ impl Drop for SocketPermit {
     }
 }
 
-pub async fn upgrade(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
-) -> Response {
+pub async fn upgrade(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
+    let headers = request.headers();
     if let Some(allowed) = &state.allowed_origins {
         // Browsers always send Origin; a page on another site is refused here, before
         // it can use a visitor's cookies or token. Clients that are not browsers send
@@ -126,6 +131,16 @@ pub async fn upgrade(
             }
         }
     }
+    let accept = match accept_key(headers) {
+        Ok(accept) => accept,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    let Some(upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
+        return ApiError(ServiceError::bad_request(
+            "this connection cannot be upgraded to a WebSocket",
+        ))
+        .into_response();
+    };
     let Some(permit) = SocketPermit::acquire(&state) else {
         return ApiError(ServiceError::Unavailable(
             "connection limit reached; retry later".into(),
@@ -133,18 +148,66 @@ pub async fn upgrade(
         .into_response();
     };
     let max_frame = state.limits.max_frame_bytes;
-    upgrade
+    let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
-        .max_message_size(max_frame)
-        .max_frame_size(max_frame)
-        .on_upgrade(move |socket| {
-            // A task of its own rather than inside axum's upgrade task, which then ends:
-            // that task's state (the upgrade, the handshake's config) is not kept for the
-            // socket's life.
-            let sockets = state.sockets.clone();
-            sockets.spawn(connection::serve(socket, state, permit));
-            std::future::ready(())
+        // tungstenite's own frames (pongs, the close frame) go straight to the wire's
+        // buffer, behind what is there.
+        .write_buffer_size(0)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
+    let sockets = state.sockets.clone();
+    sockets.spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!("WebSocket upgrade failed: {e}");
+                return;
+            }
+        };
+        let stream = wire::Wire::new(TokioIo::new(upgraded));
+        let socket = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
+        // A task of its own rather than inside this one, which then ends: its state (the
+        // upgrade, the handshake's config) is not kept for the socket's life.
+        let sockets = state.sockets.clone();
+        sockets.spawn(connection::serve(socket, state, permit));
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, HeaderValue::from_static("upgrade")),
+            (header::UPGRADE, HeaderValue::from_static("websocket")),
+            (header::SEC_WEBSOCKET_ACCEPT, accept),
+        ],
+    )
+        .into_response()
+}
+
+/// The `Sec-WebSocket-Accept` answering an HTTP/1.1 WebSocket upgrade request, or why the
+/// request is not one.
+fn accept_key(headers: &HeaderMap) -> Result<HeaderValue, ServiceError> {
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
         })
+    };
+    if !has(header::CONNECTION, "upgrade") || !has(header::UPGRADE, "websocket") {
+        return Err(ServiceError::bad_request(
+            "not a WebSocket upgrade (`Connection: upgrade`, `Upgrade: websocket`)",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err(ServiceError::bad_request(
+            "`Sec-WebSocket-Version` must be 13",
+        ));
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| ServiceError::bad_request("`Sec-WebSocket-Key` is missing"))?;
+    HeaderValue::from_str(&derive_accept_key(key.as_bytes())).map_err(|_| ServiceError::Internal)
 }

@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 
-use axum::extract::ws::Message;
 use backchannel_protocol::close_code;
 use futures::task::AtomicWaker;
 use parking_lot::Mutex;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::auth::Identity;
 use crate::metrics::Metrics;
@@ -82,11 +82,20 @@ impl CloseReason {
     }
 }
 
+/// A frame waiting in an outbox.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A JSON text frame: the same bytes for every socket it is queued for.
+    Text(Utf8Bytes),
+    /// A heartbeat ping.
+    Ping,
+}
+
 struct Shared {
     /// The frames waiting for the writer. A `VecDeque` rather than a channel because it
     /// allocates only once something is queued, and gives its memory back when drained:
     /// most connections are idle most of the time (a channel cost ~2 KiB each, always).
-    queue: Mutex<VecDeque<Message>>,
+    queue: Mutex<VecDeque<Outgoing>>,
     /// Most frames queued at once.
     capacity: usize,
     /// Woken when a frame is queued: the socket's task.
@@ -135,7 +144,7 @@ impl Shared {
         self.drained.notify_waiters();
     }
 
-    fn pop(&self) -> Option<Message> {
+    fn pop(&self) -> Option<Outgoing> {
         let mut queue = self.queue.lock();
         let message = queue.pop_front();
         if queue.is_empty() && queue.capacity() > KEPT_QUEUE_SLOTS {
@@ -197,7 +206,7 @@ impl Outbox {
                 self.close(CloseReason::SlowConsumer);
                 return false;
             }
-            queue.push_back(Message::Text(frame.bytes().clone()));
+            queue.push_back(Outgoing::Text(frame.bytes().clone()));
         }
         self.shared.queued.wake();
         true
@@ -205,7 +214,7 @@ impl Outbox {
 
     /// Queues once more than the reserve is free, waiting for the socket's task to drain
     /// the queue that far; false once the socket is closing.
-    async fn push_wait(&self, message: Message) -> bool {
+    async fn push_wait(&self, message: Outgoing) -> bool {
         loop {
             // Created before the check, so a flush between the check and the wait is
             // not missed (Notify wakes every `Notified` that exists when it is signalled).
@@ -232,7 +241,7 @@ impl Outbox {
     pub async fn control(&self, frame: Option<ControlFrame>) -> bool {
         match frame {
             Some(frame) => {
-                self.push_wait(Message::Text(frame.shared().bytes().clone()))
+                self.push_wait(Outgoing::Text(frame.shared().bytes().clone()))
                     .await
             }
             None => {
@@ -244,7 +253,7 @@ impl Outbox {
 
     /// Queues a WebSocket ping (heartbeat).
     pub async fn ping(&self) -> bool {
-        self.push_wait(Message::Ping(Default::default())).await
+        self.push_wait(Outgoing::Ping).await
     }
 }
 
@@ -265,7 +274,7 @@ impl CustomerOutbox {
     /// Replay: waits for room in the queue.
     pub async fn push_wait(&self, frame: &CustomerFrame) -> bool {
         self.0
-            .push_wait(Message::Text(frame.shared().bytes().clone()))
+            .push_wait(Outgoing::Text(frame.shared().bytes().clone()))
             .await
     }
 }
@@ -294,14 +303,14 @@ impl StaffOutbox {
 
     pub async fn push_wait(&self, frame: &StaffFrame) -> bool {
         self.outbox
-            .push_wait(Message::Text(frame.shared().bytes().clone()))
+            .push_wait(Outgoing::Text(frame.shared().bytes().clone()))
             .await
     }
 }
 
 impl OutboxReceiver {
     /// The next frame to write.
-    pub(super) fn pop(&self) -> Option<Message> {
+    pub(super) fn pop(&self) -> Option<Outgoing> {
         self.shared.pop()
     }
 

@@ -8,30 +8,33 @@
 //! connection), and a command's `ok` leaves in the same write as the `event` its commit
 //! delivered.
 //!
-//! Writing: what is queued is `feed`-ed (up to 256 frames or 16 KiB) and flushed once, so
-//! a burst costs one write. Woken by a burst's first frame, the task yields once first,
+//! Writing: what is queued is framed into the socket's [`Wire`] (up to 256 frames or 16
+//! KiB) and flushed once, so a burst costs one write. Woken by a burst's first frame, the task yields once first,
 //! so that what the same commit readies for this socket joins that write. Once the
 //! outbox is closing, writing stops (a socket that stopped reading must not hold its task)
 //! and [`Socket::finish`] sends the close frame: after everything still queued if the
 //! server is shutting down, at once otherwise.
 //!
 //! [`Outbox`]: super::outbox::Outbox
+//! [`Wire`]: super::wire::Wire
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{Sink, SinkExt, Stream};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error, Message};
 
-use super::outbox::{CloseReason, OutboxReceiver};
+use super::outbox::{CloseReason, OutboxReceiver, Outgoing};
+use super::WebSocket;
 
 /// Most frames fed before one flush.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
-/// Most bytes fed before one flush (the frame that crosses it is the last). What is fed
-/// is copied into the WebSocket's write buffer, and a socket that stopped reading never
-/// empties it: this, not the frame count, bounds that buffer.
+/// Most bytes framed before one flush (the frame that crosses it is the last). What is
+/// framed is copied into the socket's write buffer, and a socket that stopped reading
+/// never empties it: this, not the frame count, bounds that buffer.
 const MAX_BYTES_PER_FLUSH: usize = 16 * 1024;
 /// How long the close frame may take to leave once the socket is being closed.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,7 +42,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// What [`Socket::next`] waited for.
 pub enum Next {
     /// A frame from the client; `None` once the socket is closed; an error that closes it.
-    Frame(Option<Result<Message, axum::Error>>),
+    Frame(Option<Result<Message, Error>>),
     /// The outbox is closing (its reason decides the close code): stop reading.
     Closing,
     /// The node is shutting down: close with 1001 once nothing is in progress.
@@ -50,9 +53,8 @@ pub enum Next {
 pub struct Socket {
     ws: WebSocket,
     queue: OutboxReceiver,
-    /// Frames fed since the last flush, and their bytes.
+    /// Frames framed since the last flush.
     fed: usize,
-    fed_bytes: usize,
     /// A flush has started and not finished.
     flushing: bool,
     /// The queue was found empty: the next frame queued is the first of a burst.
@@ -67,7 +69,6 @@ impl Socket {
             ws,
             queue,
             fed: 0,
-            fed_bytes: 0,
             flushing: false,
             idle: false,
             failed: false,
@@ -116,20 +117,18 @@ impl Socket {
                 if reason == CloseReason::GoingAway {
                     // What was acknowledged or delivered before still goes out (nothing
                     // new is queued once the outbox is closing).
-                    while let Some(message) = self.queue.pop() {
-                        if self.ws.feed(message).await.is_err() {
-                            return;
-                        }
+                    while let Some(outgoing) = self.queue.pop() {
+                        frame_into(&mut self.ws, &outgoing);
                     }
                 }
                 if let Some((code, text)) = reason.code() {
                     let frame = CloseFrame {
-                        code,
+                        code: code.into(),
                         reason: text.into(),
                     };
                     let _ = self.ws.send(Message::Close(Some(frame))).await;
                 }
-                let _ = self.ws.close().await;
+                let _ = SinkExt::close(&mut self.ws).await;
             })
             .await;
         }
@@ -148,7 +147,6 @@ impl Socket {
                         self.flushing = false;
                         self.queue.flushed(self.fed);
                         self.fed = 0;
-                        self.fed_bytes = 0;
                         continue;
                     }
                     Poll::Ready(Err(_)) => return self.fail(),
@@ -170,23 +168,17 @@ impl Socket {
                     return;
                 }
             }
-            if self.fed >= MAX_FRAMES_PER_FLUSH || self.fed_bytes >= MAX_BYTES_PER_FLUSH {
+            if self.fed >= MAX_FRAMES_PER_FLUSH
+                || self.ws.get_ref().buffered() >= MAX_BYTES_PER_FLUSH
+            {
                 self.flushing = true;
                 continue;
             }
-            match Pin::new(&mut self.ws).poll_ready(cx) {
-                Poll::Pending => return,
-                Poll::Ready(Err(_)) => return self.fail(),
-                Poll::Ready(Ok(())) => {}
-            }
-            let Some(message) = self.queue.pop() else {
+            let Some(outgoing) = self.queue.pop() else {
                 self.flushing = true;
                 continue;
             };
-            self.fed_bytes += payload_len(&message);
-            if Pin::new(&mut self.ws).start_send(message).is_err() {
-                return self.fail();
-            }
+            frame_into(&mut self.ws, &outgoing);
             self.fed += 1;
         }
     }
@@ -199,10 +191,10 @@ impl Socket {
     }
 }
 
-fn payload_len(message: &Message) -> usize {
-    match message {
-        Message::Text(text) => text.as_str().len(),
-        Message::Binary(bytes) => bytes.len(),
-        _ => 0,
+/// Frames `outgoing` into the socket's write buffer (written at the next flush).
+fn frame_into(ws: &mut WebSocket, outgoing: &Outgoing) {
+    match outgoing {
+        Outgoing::Text(text) => ws.get_mut().push_text(text.as_str()),
+        Outgoing::Ping => ws.get_mut().push_ping(),
     }
 }
