@@ -5,7 +5,8 @@
 //! heartbeat intervals is closed with 4002 while one that answers pings stays; a socket
 //! may hold at most `max_subscriptions` subscriptions; a live frame arriving during a long
 //! replay still finds room in the queue; a burst of leaves costs the staff who stay a few
-//! `presence` frames, not one each.
+//! `presence` frames, not one each; a socket that floods pings and reads nothing is closed
+//! once the pongs owed to it pass the write bound.
 
 use std::time::Duration;
 
@@ -395,5 +396,69 @@ async fn a_burst_of_leaves_reaches_staff_as_a_few_presence_frames() {
     assert!(
         (1..=5).contains(&frames),
         "{frames} presence frames for 20 leaves"
+    );
+}
+
+/// A peer that floods WebSocket pings and reads nothing is closed once the pongs owed to
+/// it pass the write bound (1 MiB behind the kernel's buffers), not answered without end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_that_pings_without_reading_is_closed_at_the_write_bound() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = TestServer::start().await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4 * 1024).expect("SO_RCVBUF");
+    let stream = socket.connect(server.addr).await.expect("connect");
+    let request = format!("ws://{}/v1/ws", server.addr)
+        .into_client_request()
+        .expect("request");
+    let (mut ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .expect("handshake");
+    ws.send(Message::text(
+        json!({"type": "hello", "token": agent("pinger")}).to_string(),
+    ))
+    .await
+    .expect("hello");
+    // 20,000 pings of 125 bytes: 2.5 MB of pongs owed, twice what the server may hold.
+    const PINGS: usize = 20_000;
+    let flood = async {
+        for i in 0..PINGS {
+            if ws
+                .feed(Message::Ping(vec![b'p'; 125].into()))
+                .await
+                .is_err()
+            {
+                return i;
+            }
+            if i % 100 == 99 && ws.flush().await.is_err() {
+                return i;
+            }
+        }
+        let _ = ws.flush().await;
+        PINGS
+    };
+    let sent = tokio::time::timeout(STEP, flood)
+        .await
+        .expect("the flood is written or refused, not stuck");
+    // Now read: the pongs the server did send, then the end of the connection.
+    let mut pongs = 0;
+    let ended = tokio::time::timeout(STEP, async {
+        while let Some(Ok(message)) = ws.next().await {
+            if message.is_pong() {
+                pongs += 1;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the connection stays open after {pongs} pongs"
+    );
+    assert!(
+        pongs < sent,
+        "every one of {sent} pings was answered ({pongs}): nothing bounded"
     );
 }

@@ -19,6 +19,12 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Most bytes tungstenite's own frames may find buffered. A peer that sends pings and
+/// reads nothing would otherwise grow the buffer with pongs; past this, its write fails
+/// and the socket is closed. (What the socket's task frames here is bounded by the task:
+/// 16 KiB and one frame per flush.)
+const MAX_BUFFERED: usize = 1 << 20;
+
 /// The first byte of a final (unfragmented) frame, by opcode.
 const TEXT: u8 = 0x80 | 0x1;
 const PING: u8 = 0x80 | 0x9;
@@ -107,6 +113,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Wire<S> {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.buffered() + buf.len() > MAX_BUFFERED {
+            return Poll::Ready(Err(io::Error::other(
+                "write buffer full: the peer does not read",
+            )));
+        }
         self.out.extend_from_slice(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -172,5 +183,32 @@ mod tests {
             let got = client.next().await.expect("frame").expect("valid");
             assert_eq!(got, Message::Text(text.as_str().into()));
         }
+    }
+
+    /// Pongs for a peer that never reads stop at the bound: the write fails.
+    #[tokio::test]
+    async fn tungstenites_writes_stop_at_the_bound() {
+        use tokio::io::AsyncWriteExt;
+        // A peer that reads nothing: 64 KiB of pipe, then every write waits.
+        let (server, _client) = tokio::io::duplex(64 * 1024);
+        let mut wire = Wire::new(server);
+        let pong = [0x8a_u8, 0x7d]
+            .iter()
+            .copied()
+            .chain([0; 125])
+            .collect::<Vec<u8>>();
+        let mut accepted = 0;
+        let refused = loop {
+            match wire.write(&pong).await {
+                Ok(n) => accepted += n,
+                Err(e) => break e,
+            }
+            assert!(accepted <= MAX_BUFFERED, "accepted {accepted} bytes");
+        };
+        assert!(
+            accepted + pong.len() > MAX_BUFFERED,
+            "refused early: {accepted}"
+        );
+        assert!(refused.to_string().contains("does not read"), "{refused}");
     }
 }
