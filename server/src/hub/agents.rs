@@ -175,8 +175,9 @@ fn merge(sightings: &[&AgentSighting]) -> Option<AgentPresence> {
     })
 }
 
-/// Hands the tick each local staff user (the actor of one of their sockets) and the
-/// conversations their sockets are subscribed to, in any order and with repeats.
+/// Hands the tick each local staff user once (the actor of one of their sockets) with the
+/// conversations their sockets are subscribed to: in any order, a conversation two of
+/// their sockets view given twice.
 pub type Visit<'a> = dyn FnMut(&Actor, &[ConversationId]) + 'a;
 
 impl AgentBoard {

@@ -9,11 +9,11 @@
 //! delivered.
 //!
 //! Writing: what is queued is framed into the socket's [`Wire`] (up to 256 frames or 16
-//! KiB) and flushed once, so a burst costs one write. Woken by a burst's first frame, the task yields once first,
-//! so that what the same commit readies for this socket joins that write. Once the
-//! outbox is closing, writing stops (a socket that stopped reading must not hold its task)
-//! and [`Socket::finish`] sends the close frame: after everything still queued if the
-//! server is shutting down, at once otherwise.
+//! KiB) and flushed once, so a burst costs one write. Woken by a burst's first frame, the
+//! task yields once first, so that what the same commit readies for this socket joins
+//! that write. Once the outbox is closing, writing stops (a socket that stopped reading
+//! must not hold its task) and [`Socket::finish`] sends the close frame: after everything
+//! still queued if the server is shutting down, at once otherwise.
 //!
 //! [`Outbox`]: super::outbox::Outbox
 //! [`Wire`]: super::wire::Wire
@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::{Error, Message};
 use super::outbox::{CloseReason, OutboxReceiver, Outgoing};
 use super::WebSocket;
 
-/// Most frames fed before one flush.
+/// Most frames framed before one flush.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
 /// Most bytes framed before one flush (the frame that crosses it is the last). What is
 /// framed is copied into the socket's write buffer, and a socket that stopped reading
@@ -54,7 +54,7 @@ pub struct Socket {
     ws: WebSocket,
     queue: OutboxReceiver,
     /// Frames framed since the last flush.
-    fed: usize,
+    framed: usize,
     /// A flush has started and not finished.
     flushing: bool,
     /// The queue was found empty: the next frame queued is the first of a burst.
@@ -68,7 +68,7 @@ impl Socket {
         Socket {
             ws,
             queue,
-            fed: 0,
+            framed: 0,
             flushing: false,
             idle: false,
             failed: false,
@@ -145,14 +145,14 @@ impl Socket {
                     Poll::Pending => return,
                     Poll::Ready(Ok(())) => {
                         self.flushing = false;
-                        self.queue.flushed(self.fed);
-                        self.fed = 0;
+                        self.queue.flushed(self.framed);
+                        self.framed = 0;
                         continue;
                     }
                     Poll::Ready(Err(_)) => return self.fail(),
                 }
             }
-            if self.fed == 0 {
+            if self.framed == 0 {
                 // Registered before looking, so a frame queued in between wakes the task.
                 self.queue.register(cx.waker());
                 if self.queue.is_empty() {
@@ -168,7 +168,7 @@ impl Socket {
                     return;
                 }
             }
-            if self.fed >= MAX_FRAMES_PER_FLUSH
+            if self.framed >= MAX_FRAMES_PER_FLUSH
                 || self.ws.get_ref().buffered() >= MAX_BYTES_PER_FLUSH
             {
                 self.flushing = true;
@@ -179,7 +179,7 @@ impl Socket {
                 continue;
             };
             frame_into(&mut self.ws, &outgoing);
-            self.fed += 1;
+            self.framed += 1;
         }
     }
 
