@@ -11,7 +11,9 @@ use tokio::time::Instant;
 use crate::collab_support::*;
 use crate::support::*;
 
-const AWAY_AFTER: Duration = Duration::from_secs(3);
+/// Long enough that the checks before it (a refresh or two, then 1.5 s of quiet) finish
+/// well inside it on a loaded machine.
+const AWAY_AFTER: Duration = Duration::from_secs(5);
 
 /// The `agent_presence` frames about `user`, up to and including the first that `until`
 /// accepts (within `within`).
