@@ -403,7 +403,7 @@ async fn a_burst_of_leaves_reaches_staff_as_a_few_presence_frames() {
 /// it pass the write bound (1 MiB behind the kernel's buffers), not answered without end.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_socket_that_pings_without_reading_is_closed_at_the_write_bound() {
-    use futures::{SinkExt, StreamExt};
+    use futures::SinkExt;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
 
@@ -422,8 +422,10 @@ async fn a_socket_that_pings_without_reading_is_closed_at_the_write_bound() {
     ))
     .await
     .expect("hello");
-    // 20,000 pings of 125 bytes: 2.5 MB of pongs owed, twice what the server may hold.
-    const PINGS: usize = 20_000;
+    // Pings of 125 bytes, never reading: once the server has taken ~2 MB of them (its
+    // buffer, its kernel's and ours), it closes, and a write here fails. 200,000 would
+    // owe 25 MB of pongs.
+    const PINGS: usize = 200_000;
     let flood = async {
         for i in 0..PINGS {
             if ws
@@ -431,34 +433,22 @@ async fn a_socket_that_pings_without_reading_is_closed_at_the_write_bound() {
                 .await
                 .is_err()
             {
-                return i;
+                return Some(i);
             }
             if i % 100 == 99 && ws.flush().await.is_err() {
-                return i;
+                return Some(i);
             }
         }
-        let _ = ws.flush().await;
-        PINGS
+        None
     };
-    let sent = tokio::time::timeout(STEP, flood)
+    let refused_at = tokio::time::timeout(STEP * 3, flood)
         .await
         .expect("the flood is written or refused, not stuck");
-    // Now read: the pongs the server did send, then the end of the connection.
-    let mut pongs = 0;
-    let ended = tokio::time::timeout(STEP, async {
-        while let Some(Ok(message)) = ws.next().await {
-            if message.is_pong() {
-                pongs += 1;
-            }
-        }
-    })
-    .await;
+    let Some(refused_at) = refused_at else {
+        panic!("{PINGS} pings sent without the server closing: nothing bounds the pongs");
+    };
     assert!(
-        ended.is_ok(),
-        "the connection stays open after {pongs} pongs"
-    );
-    assert!(
-        pongs < sent,
-        "every one of {sent} pings was answered ({pongs}): nothing bounded"
+        refused_at > 8_000,
+        "closed after {refused_at} pings: before the bound could have been reached"
     );
 }
