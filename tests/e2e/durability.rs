@@ -243,6 +243,57 @@ async fn in_process_shutdown_closes_sockets_with_1001_and_run_returns_ok() {
     );
 }
 
+/// A graceful shutdown still sends what a socket had queued, megabytes of it for a
+/// console that fell behind, and then the 1001 close frame, as the client reads on.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_sends_a_backlog_of_megabytes_then_1001() {
+    let server = TestServer::start_with(|config| {
+        config.limits.commands_per_second = 100_000;
+        config.limits.user_commands_per_second = 100_000;
+    })
+    .await;
+    let conv = server.open_as_customer(&customer("carol")).await;
+    let mut behind = connect(
+        server.addr,
+        ConnectOptions {
+            recv_buffer: Some(8 * 1024),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("connect");
+    behind.hello(&agent("bert")).await;
+    behind.subscribe(&conv, None).await;
+    // 120 notes of 15,000 characters: ~1.8 MB of event frames for `behind`, which reads
+    // nothing meanwhile: most of it waits in its queue.
+    let mut writer = server.client(&agent("wanda")).await;
+    let body = "x".repeat(15_000);
+    for i in 0..120 {
+        writer.note(&conv, &format!("n-{i}"), &body).await;
+    }
+    let shutdown = tokio::spawn(server.shutdown());
+    let (frames, closed) = behind.drain_until_close(STEP).await;
+    let seqs: Vec<u64> = frames
+        .iter()
+        .filter(|f| ty(f) == "event")
+        .filter_map(|f| f["seq"].as_u64())
+        .collect();
+    assert_eq!(
+        seqs.len(),
+        120,
+        "every queued event arrives before the close"
+    );
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order: {seqs:?}"
+    );
+    assert_eq!(closed.code, Some(1001), "{closed:?}");
+    shutdown
+        .await
+        .expect("the shutdown task")
+        .expect("run returns Ok after a graceful shutdown");
+}
+
 /// Kill -9 at several random moments of steady writing, restarting on the same data
 /// directory each time: every note acknowledged in any round is stored exactly once, at
 /// the seq it was acknowledged with, and the stream stays gap-free. The moments come

@@ -116,9 +116,16 @@ impl Socket {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
                 if reason == CloseReason::GoingAway {
                     // What was acknowledged or delivered before still goes out (nothing
-                    // new is queued once the outbox is closing).
+                    // new is queued once the outbox is closing), written as it is framed
+                    // so the buffer stays within its bound and the close frame fits
+                    // behind it.
                     while let Some(outgoing) = self.queue.pop() {
                         frame_into(&mut self.ws, &outgoing);
+                        if self.ws.get_ref().buffered() >= MAX_BYTES_PER_FLUSH
+                            && SinkExt::flush(&mut self.ws).await.is_err()
+                        {
+                            return;
+                        }
                     }
                 }
                 if let Some((code, text)) = reason.code() {
