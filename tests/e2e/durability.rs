@@ -253,16 +253,7 @@ async fn shutdown_sends_a_backlog_of_megabytes_then_1001() {
     })
     .await;
     let conv = server.open_as_customer(&customer("carol")).await;
-    let mut behind = connect(
-        server.addr,
-        ConnectOptions {
-            recv_buffer: Some(8 * 1024),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("connect");
-    behind.hello(&agent("bert")).await;
+    let mut behind = server.narrow_client(&agent("bert")).await;
     behind.subscribe(&conv, None).await;
     // 120 notes of 15,000 characters: ~1.8 MB of event frames for `behind`, which reads
     // nothing meanwhile: most of it waits in its queue.

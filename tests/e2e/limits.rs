@@ -33,16 +33,7 @@ async fn a_socket_that_stops_reading_is_closed_with_4008_and_resumes_with_since(
     let conv = server.open_as_customer(&cust).await;
 
     // The slow reader has a tiny receive window and, after subscribing, reads nothing.
-    let mut slow = connect(
-        server.addr,
-        ConnectOptions {
-            recv_buffer: Some(8 * 1024),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("connect");
-    slow.hello(&agent("slow")).await;
+    let mut slow = server.narrow_client(&agent("slow")).await;
     slow.subscribe(&conv, None).await;
 
     // A reader that keeps up, reading concurrently.
@@ -298,16 +289,7 @@ async fn a_live_frame_during_a_long_replay_does_not_close_the_socket() {
         writer.note(&replayed, &format!("n{i}"), &body).await;
     }
 
-    let mut reader = connect(
-        server.addr,
-        ConnectOptions {
-            recv_buffer: Some(8 * 1024),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("connect");
-    reader.hello(&agent("reader")).await;
+    let mut reader = server.narrow_client(&agent("reader")).await;
     reader.subscribe(&live, None).await;
     // The whole replay, not read yet: it stops when the queue is full but for the reserve.
     reader

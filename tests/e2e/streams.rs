@@ -542,16 +542,7 @@ async fn a_replay_outliving_its_room_is_not_repeated() {
 
     // A reader with a tiny window asks for the whole replay and does not read yet, so
     // the replay stops on its full queue.
-    let mut reader = connect(
-        server.addr,
-        ConnectOptions {
-            recv_buffer: Some(8 * 1024),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("connect");
-    reader.hello(&agent("reader")).await;
+    let mut reader = server.narrow_client(&agent("reader")).await;
     reader
         .send_json(&json!({"type": "subscribe", "conversation_id": conv, "since": 0, "ref": "s"}))
         .await;

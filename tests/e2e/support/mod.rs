@@ -134,6 +134,22 @@ impl TestServer {
         client
     }
 
+    /// A socket after `hello` whose receive window is 8 KiB: while it reads nothing, what
+    /// the server writes to it backs up into its queue almost at once.
+    pub async fn narrow_client(&self, token: &str) -> Client {
+        let mut client = connect(
+            self.addr,
+            ConnectOptions {
+                recv_buffer: Some(8 * 1024),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("WebSocket upgrade failed: {e:?}"));
+        client.hello(token).await;
+        client
+    }
+
     pub async fn open(&self, token: &str, inbox: &str, contact: Option<&str>) -> Value {
         self.http.open(token, inbox, contact).await
     }
