@@ -351,12 +351,21 @@ mod tests {
         users: &[(Actor, Vec<ConversationId>)],
         now: Instant,
     ) -> Vec<AgentPresence> {
-        let (_, changed) = board.tick(now, AWAY_AFTER, false, |visit| {
+        tick_with(board, users, now, false).1
+    }
+
+    /// One tick over `users`: what is published and what watchers are shown.
+    fn tick_with(
+        board: &AgentBoard,
+        users: &[(Actor, Vec<ConversationId>)],
+        now: Instant,
+        republish: bool,
+    ) -> (Vec<AgentSighting>, Vec<AgentPresence>) {
+        board.tick(now, AWAY_AFTER, republish, |visit| {
             for (actor, viewing) in users {
                 visit(actor, viewing);
             }
-        });
-        changed
+        })
     }
 
     fn statuses(changed: &[AgentPresence]) -> Vec<(String, AgentStatus)> {
@@ -452,11 +461,7 @@ mod tests {
         let now = Instant::now();
         let room = ConversationId::new();
         let publish = |users: &[(Actor, Vec<ConversationId>)], republish: bool| {
-            let (publish, _) = board.tick(now, AWAY_AFTER, republish, |visit| {
-                for (actor, viewing) in users {
-                    visit(actor, viewing);
-                }
-            });
+            let (publish, _) = tick_with(&board, users, now, republish);
             let mut out: Vec<_> = publish
                 .into_iter()
                 .map(|s| (s.id.as_str().to_owned(), s.status, s.viewing))
