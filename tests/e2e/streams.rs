@@ -572,3 +572,66 @@ async fn a_replay_outliving_its_room_is_not_repeated() {
     writer.note(&conv, "after", "live").await;
     assert_eq!(reader.next_event().await["seq"], head + 1);
 }
+
+/// The `ok` of a `subscribe` is the line between replay and live: every event before it
+/// is at or below its `head`, and the first one after it is `head + 1`. Joining while
+/// notes pour in is when a live event could slip in ahead of the `ok`; this joins a few
+/// hundred times under four writers.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_live_event_arrives_before_the_subscribe_ok_under_concurrent_writes() {
+    let server = TestServer::start().await;
+    let conv = server.open_as_customer(&customer("carol")).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut writers = JoinSet::new();
+    for w in 0..4 {
+        let mut writer = server.client(&agent(&format!("writer-{w}"))).await;
+        let conv = conv.clone();
+        let stop = stop.clone();
+        writers.spawn(async move {
+            let mut i = 0;
+            while !*stop.borrow() {
+                writer
+                    .note(&conv, &format!("w{w}-{i}"), &format!("note {i}"))
+                    .await;
+                i += 1;
+            }
+            i
+        });
+    }
+    let mut readers = JoinSet::new();
+    for r in 0..6 {
+        let mut reader = server.client(&agent(&format!("reader-{r}"))).await;
+        let conv = conv.clone();
+        readers.spawn(async move {
+            let mut since = 0;
+            for _ in 0..200 {
+                let (before, ok) = reader.subscribe(&conv, Some(since)).await;
+                all_events(&before);
+                let head = ok["head"].as_u64().expect("head");
+                assert_eq!(
+                    seqs(&before),
+                    range(since + 1, head),
+                    "before the ok: the replay from since up to head, nothing live"
+                );
+                let after = reader.next_event().await;
+                assert_eq!(
+                    after["seq"].as_u64(),
+                    Some(head + 1),
+                    "live starts at head + 1"
+                );
+                let (_, unsubscribed) = reader
+                    .request_collect(json!({"type": "unsubscribe", "conversation_id": conv}))
+                    .await;
+                unsubscribed.expect("unsubscribe");
+                since = head.saturating_sub(3);
+            }
+        });
+    }
+    while let Some(done) = readers.join_next().await {
+        done.expect("reader");
+    }
+    stop_tx.send(true).expect("writers listen");
+    while let Some(written) = writers.join_next().await {
+        assert!(written.expect("writer") > 0);
+    }
+}

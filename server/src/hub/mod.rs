@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use room::{Room, Seat};
+pub use room::{Room, Seat, SubscribeOk};
 
 use crate::broker::{Broker, Ephemeral, Topic};
 use crate::store::{Event, Store, StoreError, UserNotification};
@@ -140,6 +140,7 @@ impl Hub {
         user: Actor,
         seat: Seat,
         since: Option<u64>,
+        ok: SubscribeOk<'_>,
     ) -> Result<SubscribeResult, HubError> {
         if let Some(room) = self.rooms.get(&conversation).map(|r| r.clone()) {
             room.remove_member(self, conn);
@@ -152,7 +153,7 @@ impl Hub {
                 .or_insert_with(|| Arc::new(Room::new(conversation)))
                 .clone();
             match room
-                .join(self, conn, user.clone(), seat.clone(), start)
+                .join(self, conn, user.clone(), seat.clone(), start, ok)
                 .await
             {
                 Ok(result) => return Ok(result),

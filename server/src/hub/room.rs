@@ -23,7 +23,9 @@ use tokio::time::Instant;
 use super::{ConnId, Hub, HubError};
 use crate::broker::Ephemeral;
 use crate::store::{Event, Heads, StoreError};
-use crate::visibility::{CustomerFrame, PublicEvent, PublicTyping, StaffFrame, Typing};
+use crate::visibility::{
+    ControlFrame, CustomerFrame, PublicEvent, PublicTyping, StaffFrame, Typing,
+};
 use crate::ws::outbox::{CustomerOutbox, StaffOutbox};
 
 /// How long a hole may stay open before it is read from the store: events from other
@@ -42,6 +44,12 @@ const LEAVE_COALESCE: Duration = Duration::from_millis(200);
 /// How long a typing indicator lasts without a new `typing` frame.
 pub const TYPING_TTL: Duration = Duration::from_secs(5);
 
+/// Builds the `ok` that answers a `subscribe` once its `head` is known (`None` when the
+/// command had no `ref`). The room queues it under the lock that makes the socket live,
+/// so it is the line between replay and live: every event before it is at or below its
+/// `head`, every event after it above.
+pub type SubscribeOk<'a> = &'a (dyn Fn(&SubscribeResult) -> Option<ControlFrame> + Sync);
+
 /// Where a subscriber's frames go, typed by which side of the conversation it is on.
 #[derive(Clone)]
 pub enum Seat {
@@ -54,6 +62,14 @@ impl Seat {
         match self {
             Seat::Customer(_) => Audience::Customer,
             Seat::Staff(outbox) => outbox.audience().audience(),
+        }
+    }
+
+    /// Queues the answer to the socket's `subscribe` without waiting (see [`SubscribeOk`]).
+    fn answer_now(&self, frame: &ControlFrame) -> bool {
+        match self {
+            Seat::Customer(outbox) => outbox.answer_now(frame),
+            Seat::Staff(outbox) => outbox.answer_now(frame),
         }
     }
 
@@ -335,6 +351,7 @@ impl Room {
         user: Actor,
         seat: Seat,
         start: JoinStart,
+        ok: SubscribeOk<'_>,
     ) -> Result<SubscribeResult, JoinError> {
         self.ensure_ready(hub).await?;
         let audience = seat.audience();
@@ -374,6 +391,7 @@ impl Room {
                 if delivered <= last {
                     // Everything the room has delivered, this socket has been given by
                     // replay; from here on it is live, under the same lock as delivery.
+                    let answer_to = seat.clone();
                     let new_staff = match seat {
                         Seat::Customer(outbox) => {
                             state.customers.push(Member {
@@ -400,6 +418,10 @@ impl Room {
                         outbox.push(&StaffFrame::presence(self.id, &state.shown));
                     }
                     result.head = last;
+                    // Still under the lock: no live event can be queued ahead of the ok.
+                    if let Some(frame) = ok(&result) {
+                        answer_to.answer_now(&frame);
+                    }
                     return Ok(result);
                 }
             }

@@ -34,7 +34,7 @@ use serde::Serialize;
 
 use crate::auth::{Identity, InboxScope, Keys};
 use crate::error::ServiceError;
-use crate::hub::{ConnId, Hub, Seat};
+use crate::hub::{ConnId, Hub, Seat, SubscribeOk};
 use crate::store::writer::{WriteError, Writer};
 use crate::store::{
     self, chain, ConversationFilter, ConversationRecord, DirectoryEntry, Event, Heads, MarkRead,
@@ -388,7 +388,8 @@ impl Service {
         })
     }
 
-    /// Makes the socket's subscription live after replaying what follows `since`.
+    /// Makes the socket's subscription live after replaying what follows `since`; its
+    /// `ok` is queued by the room, between the replay and the first live event.
     pub async fn subscribe(
         &self,
         who: &Identity,
@@ -396,11 +397,12 @@ impl Service {
         seat: Seat,
         conversation: ConversationId,
         since: Option<u64>,
+        ok: SubscribeOk<'_>,
     ) -> Result<SubscribeResult, ServiceError> {
         self.authorize_view(who, conversation).await?;
         Ok(self
             .hub
-            .subscribe(conversation, conn, actor(who), seat, since)
+            .subscribe(conversation, conn, actor(who), seat, since, ok)
             .await?)
     }
 

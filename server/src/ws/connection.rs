@@ -33,12 +33,14 @@ use backchannel_protocol::server::ServerFrame;
 #[derive(Serialize)]
 #[serde(untagged)]
 enum Reply {
-    Subscribed(SubscribeResult),
     Appended(AppendResult),
     Read(ReadResult),
     Empty {},
     /// `ping`'s answer: `ok` with its `ref`, else a `pong` frame.
     Pong {},
+    /// The `ok` is already queued where it had to go (a `subscribe`'s, by the room).
+    #[serde(skip)]
+    Queued,
 }
 
 pub fn serve(
@@ -277,13 +279,17 @@ impl Session {
         // (This future is boxed by `run`: the largest command's state is not inlined
         // into every idle socket's task for its whole life.)
         let result = match decoded.frame {
-            Ok(frame) => self.dispatch(frame).await,
+            Ok(frame) => self.dispatch(frame, reference.as_ref()).await,
             Err(e) => Err(ServiceError::bad_request(e.to_string())),
         };
         self.answer(reference.as_ref(), result).await;
     }
 
-    async fn dispatch(&mut self, frame: ClientFrame) -> Result<Reply, ServiceError> {
+    async fn dispatch(
+        &mut self,
+        frame: ClientFrame,
+        reference: Option<&Ref>,
+    ) -> Result<Reply, ServiceError> {
         let who = &self.identity;
         if !matches!(frame, ClientFrame::Ping) {
             self.service.touch(who);
@@ -321,14 +327,19 @@ impl Session {
                     )));
                 }
                 let seat = self.seat();
+                let ok = |result: &SubscribeResult| {
+                    reference.and_then(|reference| {
+                        ControlFrame::new(&ServerFrame::Ok { reference, result })
+                    })
+                };
                 match self
                     .service
-                    .subscribe(who, self.conn, seat, conversation_id, since)
+                    .subscribe(who, self.conn, seat, conversation_id, since, &ok)
                     .await
                 {
-                    Ok(result) => {
+                    Ok(_) => {
                         self.subscriptions.insert(conversation_id);
-                        Ok(Reply::Subscribed(result))
+                        Ok(Reply::Queued)
                     }
                     Err(e) => {
                         self.subscriptions.remove(&conversation_id);
@@ -449,6 +460,7 @@ impl Session {
     /// Queues the one answer a frame gets: `ok` if it had a `ref`, `error` if it failed.
     async fn answer(&self, reference: Option<&Ref>, result: Result<Reply, ServiceError>) {
         let frame = match (&result, reference) {
+            (Ok(Reply::Queued), _) => return,
             (Ok(reply), Some(reference)) => ControlFrame::new(&ServerFrame::Ok {
                 reference,
                 result: reply,

@@ -271,6 +271,12 @@ impl CustomerOutbox {
         self.0.try_push(frame.shared())
     }
 
+    /// An answer that must take its place among live frames (a `subscribe`'s `ok`,
+    /// queued under the room's lock): never waits, like live delivery.
+    pub fn answer_now(&self, frame: &ControlFrame) -> bool {
+        self.0.try_push(frame.shared())
+    }
+
     /// Replay: waits for room in the queue.
     pub async fn push_wait(&self, frame: &CustomerFrame) -> bool {
         self.0
@@ -298,6 +304,11 @@ impl StaffOutbox {
     }
 
     pub fn push(&self, frame: &StaffFrame) -> bool {
+        self.outbox.try_push(frame.shared())
+    }
+
+    /// See [`CustomerOutbox::answer_now`].
+    pub fn answer_now(&self, frame: &ControlFrame) -> bool {
         self.outbox.try_push(frame.shared())
     }
 
