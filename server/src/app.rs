@@ -83,7 +83,8 @@ pub async fn run(
     let (broker, redis): (Arc<dyn Broker>, _) = match &config.redis_url {
         None => (Arc::new(LocalBroker), None),
         Some(url) => {
-            let (redis, inbound) = RedisBroker::start(url, config.node_id.clone())?;
+            let deployment = store.deployment_id().await?;
+            let (redis, inbound) = RedisBroker::start(url, &deployment, config.node_id.clone())?;
             (redis.clone(), Some((redis, inbound)))
         }
     };

@@ -448,6 +448,69 @@ async fn a_mention_reaches_a_user_connected_only_to_another_node() {
     assert_eq!(body["unread"], 1);
 }
 
+/// Two deployments (two databases) on one Redis server, each with a user of the same
+/// id: a mention in one reaches that user's socket there and never the namesake's in the
+/// other, and one deployment's agents never appear on the other's floor.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_deployments_on_one_redis_never_hear_each_other() {
+    let x = Cluster::on_shared_redis().await;
+    let y = Cluster::on_shared_redis().await;
+    let ((x1, x2), y1) = tokio::join!(x.two_nodes(), y.node("y1"));
+    assert_ne!(x.channel("agents"), y.channel("agents"));
+    let alice_id = x.id("alice");
+    let walt_id = x.id("walt");
+
+    // Y's floor: a supervisor watching, and a user whose id is alice's in X.
+    let mut sue_y = y1.client(&supervisor(&y.id("sue"))).await;
+    sue_y.ok(json!({"type": "watch_agents"})).await;
+    let mut alice_y = y1.client(&agent(&alice_id)).await;
+    alice_y.sync().await;
+    // X's: alice on node 2, a supervisor on node 2, walt writing on node 1.
+    let mut sue_x = x2.client(&supervisor(&x.id("sue"))).await;
+    sue_x.ok(json!({"type": "watch_agents"})).await;
+    let mut alice_x = x2.client(&agent(&alice_id)).await;
+    alice_x.sync().await;
+    let mut walt = x1.client(&agent(&walt_id)).await;
+    let conv = x1.http.open_as_customer(&customer(&x.id("cleo"))).await;
+    let ok = walt
+        .note(&conv, "mention", &format!("@{alice_id} secret plan"))
+        .await;
+
+    // Through Redis inside X: alice's notification and walt's presence reach node 2.
+    let deadline = Instant::now() + STEP;
+    let notification = wait_frame(&mut alice_x, deadline, "alice's notification in X", |f| {
+        ty(f) == "notification"
+    })
+    .await;
+    assert_eq!(notification["event_id"], ok["event_id"], "{notification}");
+    wait_frame(&mut sue_x, deadline, "walt online on X's floor", |f| {
+        ty(f) == "agent_presence" && f["id"] == walt_id.as_str()
+    })
+    .await;
+
+    // Nothing of X in Y: no notification for its alice, no walt on its floor, now or in
+    // a fresh snapshot.
+    let heard = alice_y.collect_for(QUIET).await;
+    assert!(
+        !heard.iter().any(|f| ty(f) == "notification"),
+        "Y's alice got X's notification: {heard:?}"
+    );
+    assert!(
+        !heard.iter().any(|f| f.to_string().contains("secret plan")),
+        "{heard:?}"
+    );
+    sue_y.ok(json!({"type": "watch_agents"})).await;
+    let floor = sue_y.collect_for(QUIET).await;
+    assert!(
+        floor.iter().any(|f| ty(f) == "agents"),
+        "a fresh snapshot: {floor:?}"
+    );
+    assert!(
+        !floor.iter().any(|f| f.to_string().contains(&walt_id)),
+        "X's walt is on Y's floor: {floor:?}"
+    );
+}
+
 // ---- 3. kill -9 a node; its clients resume on another ----------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1081,7 +1144,11 @@ async fn subscriptions_renewed_while_redis_is_down_are_live_after_it_returns() {
     let notification = wait_frame_or_none(&mut bob, wait, |f| ty(f) == "notification").await;
     let numsub = redis_command(
         redis.port,
-        &format!("PUBSUB NUMSUB bc:c:{conv} bc:u:{bob_id}"),
+        &format!(
+            "PUBSUB NUMSUB {} {}",
+            cluster.channel(&format!("c:{conv}")),
+            cluster.channel(&format!("u:{bob_id}"))
+        ),
     )
     .await;
     match conversation {
@@ -1128,7 +1195,8 @@ async fn notes_acknowledged_by_a_node_that_dies_before_publishing_reach_other_no
     received.extend(events_only(observer.frames_until_seq(2).await));
 
     // A's publishes stall on their way to Redis; A acknowledges two more notes and dies.
-    let mut spy = RedisSpy::subscribe(SHARED_REDIS_PORT, &format!("bc:c:{conv}")).await;
+    let mut spy =
+        RedisSpy::subscribe(SHARED_REDIS_PORT, &cluster.channel(&format!("c:{conv}"))).await;
     proxy.set(Link::Hold);
     for (client_id, body) in [("n2", "second note"), ("n3", "third note")] {
         let ok = writer.note(&conv, client_id, body).await;
@@ -1183,7 +1251,8 @@ async fn a_node_cut_off_from_redis_catches_up_events_and_notifications() {
     let (replay, _) = reader.subscribe(&conv, None).await;
     let mut received = events_only(replay);
     let mut alice = a.client(&agent(&cluster.id("alice"))).await;
-    let mut spy = RedisSpy::subscribe(SHARED_REDIS_PORT, &format!("bc:u:{bob_id}")).await;
+    let mut spy =
+        RedisSpy::subscribe(SHARED_REDIS_PORT, &cluster.channel(&format!("u:{bob_id}"))).await;
 
     // B loses Redis; A writes a note mentioning bob, which A publishes.
     proxy.set(Link::Cut);

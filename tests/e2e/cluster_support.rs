@@ -4,8 +4,9 @@
 //! can kill and restart on the same port, and nodes that are the real `backchannel`
 //! binary started with `--database-url` and `--redis-url` (spawned through
 //! `support::ServerProcess`). An unreachable PostgreSQL or Redis fails the test, never
-//! skips it. Node ids and user ids carry a per-test tag so tests sharing the machine's
-//! Redis (whose channels are not namespaced per database) never see each other's users.
+//! skips it. Each test's database gives its nodes their own Redis channels (named by
+//! the database's deployment id); node and user ids also carry a per-test tag, so that
+//! logs and Redis traffic name one test.
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
@@ -287,6 +288,13 @@ impl Cluster {
         };
         node.wait_ready("\"broker\":\"ok\"").await;
         node
+    }
+
+    /// The Redis channel `bc:{deployment}:{suffix}` of this cluster's deployment (ask
+    /// once a node has run the migrations): `c:{conversation}`, `u:{user}`, `agents`.
+    pub fn channel(&self, suffix: &str) -> String {
+        let deployment = self.db.execute("SELECT id FROM deployment");
+        format!("bc:{}:{suffix}", deployment.trim())
     }
 
     /// Two nodes, started at the same time (both run the migrations on a fresh database).

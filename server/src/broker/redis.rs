@@ -1,8 +1,13 @@
 //! Redis pub/sub between nodes.
 //!
-//! Channels: `bc:c:{conversation}` carries a conversation's committed events,
-//! `bc:u:{user}` a user's notifications. A node subscribes to a channel while it serves
-//! that conversation or user (reference-counted [`Topic`]s), never to a pattern.
+//! Channels: `bc:{deployment}:c:{conversation}` carries a conversation's committed
+//! events and its typing and viewers, `bc:{deployment}:u:{user}` a user's notifications,
+//! `bc:{deployment}:agents` staff presence. `{deployment}` is the store's deployment id
+//! ([`crate::store::Store::deployment_id`]): every node on one database shares it, and
+//! deployments that share a Redis server never hear each other (user ids like `alice`
+//! recur across deployments; a notification or a name must not cross). A node subscribes
+//! to a channel while it serves that conversation or user (reference-counted
+//! [`Topic`]s), never to a pattern.
 //!
 //! Two tasks:
 //! - the publisher drains everything queued, groups events by conversation (one message
@@ -75,13 +80,29 @@ enum WireMessage {
     },
 }
 
-/// Every node subscribes to this one: staff presence for supervisor views.
-const AGENTS_CHANNEL: &str = "bc:agents";
+/// This deployment's channel names.
+struct Channels {
+    /// `bc:{deployment}:`
+    prefix: String,
+}
 
-fn channel(topic: &Topic) -> String {
-    match topic {
-        Topic::Conversation(id) => format!("bc:c:{id}"),
-        Topic::User(id) => format!("bc:u:{id}"),
+impl Channels {
+    fn new(deployment: &str) -> Channels {
+        Channels {
+            prefix: format!("bc:{deployment}:"),
+        }
+    }
+
+    fn topic(&self, topic: &Topic) -> String {
+        match topic {
+            Topic::Conversation(id) => format!("{}c:{id}", self.prefix),
+            Topic::User(id) => format!("{}u:{id}", self.prefix),
+        }
+    }
+
+    /// Every node subscribes to this one: staff presence for supervisor views.
+    fn agents(&self) -> String {
+        format!("{}agents", self.prefix)
     }
 }
 
@@ -98,6 +119,7 @@ enum Command {
 
 struct Shared {
     node: String,
+    channels: Channels,
     connected: AtomicBool,
     /// Why the broker is degraded, while it is.
     problem: Mutex<Option<String>>,
@@ -107,6 +129,18 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(node: String, deployment: &str) -> Shared {
+        let channels = Channels::new(deployment);
+        Shared {
+            node,
+            connected: AtomicBool::new(false),
+            problem: Mutex::new(Some("connecting to Redis".into())),
+            watched: Mutex::new(HashMap::from([(channels.agents(), 1)])),
+            channels,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
     fn set_problem(&self, problem: Option<String>) {
         self.connected.store(problem.is_none(), Ordering::Release);
         *self.problem.lock() = problem;
@@ -122,20 +156,15 @@ pub struct RedisBroker {
 
 impl RedisBroker {
     /// Starts the publisher and subscriber tasks. Returns at once; until Redis answers,
-    /// the broker reports itself degraded. Messages from other nodes arrive on the
-    /// returned receiver.
+    /// the broker reports itself degraded. Messages from other nodes of `deployment`
+    /// arrive on the returned receiver.
     pub fn start(
         url: &str,
+        deployment: &str,
         node: String,
     ) -> Result<(Arc<RedisBroker>, mpsc::Receiver<Inbound>), BrokerError> {
         let client = redis::Client::open(url).map_err(|e| BrokerError::Url(e.to_string()))?;
-        let shared = Arc::new(Shared {
-            node,
-            connected: AtomicBool::new(false),
-            problem: Mutex::new(Some("connecting to Redis".into())),
-            watched: Mutex::new(HashMap::from([(AGENTS_CHANNEL.to_owned(), 1)])),
-            dropped: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(node, deployment));
         let (outgoing, outgoing_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (inbound_tx, inbound_rx) = mpsc::channel(PUBLISH_QUEUE);
@@ -193,7 +222,7 @@ impl Broker for RedisBroker {
     }
 
     async fn watch(&self, topic: Topic) {
-        let name = channel(&topic);
+        let name = self.shared.channels.topic(&topic);
         let first = {
             let mut watched = self.shared.watched.lock();
             let count = watched.entry(name.clone()).or_insert(0);
@@ -216,7 +245,7 @@ impl Broker for RedisBroker {
     }
 
     fn unwatch(&self, topic: Topic) {
-        let name = channel(&topic);
+        let name = self.shared.channels.topic(&topic);
         let last = {
             let mut watched = self.shared.watched.lock();
             match watched.get_mut(&name) {
@@ -244,7 +273,9 @@ impl Broker for RedisBroker {
     }
 }
 
-fn encode(node: &str, message: &Outgoing) -> Vec<(String, Vec<u8>)> {
+fn encode(shared: &Shared, message: &Outgoing) -> Vec<(String, Vec<u8>)> {
+    let node = &shared.node;
+    let channels = &shared.channels;
     match message {
         Outgoing::Events(events) => {
             let mut by_conversation: HashMap<ConversationId, Vec<WireEvent>> = HashMap::new();
@@ -270,7 +301,7 @@ fn encode(node: &str, message: &Outgoing) -> Vec<(String, Vec<u8>)> {
                         events,
                     };
                     let bytes = serde_json::to_vec(&message).ok()?;
-                    Some((channel(&Topic::Conversation(conversation_id)), bytes))
+                    Some((channels.topic(&Topic::Conversation(conversation_id)), bytes))
                 })
                 .collect()
         }
@@ -281,8 +312,8 @@ fn encode(node: &str, message: &Outgoing) -> Vec<(String, Vec<u8>)> {
                 }
                 | Ephemeral::Viewers {
                     conversation_id, ..
-                } => channel(&Topic::Conversation(*conversation_id)),
-                Ephemeral::Agent { .. } => AGENTS_CHANNEL.to_owned(),
+                } => channels.topic(&Topic::Conversation(*conversation_id)),
+                Ephemeral::Agent { .. } => channels.agents(),
             };
             let wire = WireMessage::Ephemeral {
                 node: node.to_owned(),
@@ -301,7 +332,7 @@ fn encode(node: &str, message: &Outgoing) -> Vec<(String, Vec<u8>)> {
             };
             serde_json::to_vec(&message)
                 .ok()
-                .map(|bytes| vec![(channel(&Topic::User(n.user_id.clone())), bytes)])
+                .map(|bytes| vec![(channels.topic(&Topic::User(n.user_id.clone())), bytes)])
                 .unwrap_or_default()
         }
     }
@@ -370,10 +401,10 @@ async fn publish_loop(
                 None => return,
             },
         };
-        let mut batch = encode(&shared.node, &first);
+        let mut batch = encode(&shared, &first);
         while batch.len() < MAX_PIPELINE {
             match outgoing.try_recv() {
-                Ok(message) => batch.extend(encode(&shared.node, &message)),
+                Ok(message) => batch.extend(encode(&shared, &message)),
                 Err(_) => break,
             }
         }
@@ -504,8 +535,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_watching_node_receives_what_another_publishes() {
-        let (a, _a_inbound) = RedisBroker::start(REDIS, "node-a".into()).expect("url");
-        let (b, mut b_inbound) = RedisBroker::start(REDIS, "node-b".into()).expect("url");
+        let deployment = uuid::Uuid::new_v4().simple().to_string();
+        let (a, _a_inbound) = RedisBroker::start(REDIS, &deployment, "node-a".into()).expect("url");
+        let (b, mut b_inbound) =
+            RedisBroker::start(REDIS, &deployment, "node-b".into()).expect("url");
         // Each node resyncs once its subscriber connection is up.
         let first = tokio::time::timeout(Duration::from_secs(5), b_inbound.recv())
             .await
@@ -533,7 +566,7 @@ mod tests {
         b.unwatch(Topic::Conversation(event.conversation_id));
         tokio::time::sleep(Duration::from_millis(100)).await;
         a.publish(std::slice::from_ref(&event), &[]);
-        // Other traffic on the shared Redis (presence on bc:agents) may arrive; events
+        // Other traffic of the deployment (presence on its agents channel) may arrive; events
         // of the unwatched conversation must not.
         let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
         while let Ok(Some(message)) = tokio::time::timeout_at(deadline, b_inbound.recv()).await {
@@ -569,11 +602,53 @@ mod tests {
         })
     }
 
+    /// Deployments sharing a Redis server must not share a channel: the same user,
+    /// conversation or floor gets a different name in each.
+    #[test]
+    fn every_channel_is_named_within_its_deployment() {
+        let (one, two) = (Channels::new("d1"), Channels::new("d2"));
+        let user = Topic::User(UserId::from("alice"));
+        assert_eq!(one.topic(&user), "bc:d1:u:alice");
+        assert_ne!(one.topic(&user), two.topic(&user));
+        assert_ne!(one.agents(), two.agents());
+        let conversation = Topic::Conversation(ConversationId::new());
+        assert_ne!(one.topic(&conversation), two.topic(&conversation));
+        let notification = UserNotification {
+            user_id: UserId::from("alice"),
+            notification: sample_notification(),
+        };
+        let encoded = encode(
+            &Shared::new("a".into(), "d2"),
+            &Outgoing::Notification(notification),
+        );
+        assert_eq!(encoded[0].0, "bc:d2:u:alice");
+    }
+
+    fn sample_notification() -> Notification {
+        Notification {
+            id: 1,
+            kind: backchannel_protocol::server::NotificationKind::Mention,
+            conversation_id: ConversationId::new(),
+            event_id: EventId::new(),
+            from: Actor {
+                id: UserId::from("walt"),
+                role: Role::Agent,
+                name: None,
+            },
+            at: crate::store::now(),
+            read: false,
+        }
+    }
+
     #[test]
     fn events_round_trip_and_own_messages_are_ignored() {
         let event = sample_event();
-        let encoded = encode("a", &Outgoing::Events(vec![event.clone()]));
+        let encoded = encode(
+            &Shared::new("a".into(), "d1"),
+            &Outgoing::Events(vec![event.clone()]),
+        );
         assert_eq!(encoded.len(), 1);
+        assert_eq!(encoded[0].0, format!("bc:d1:c:{}", event.conversation_id));
         assert!(decode("a", &encoded[0].1).is_none(), "own message ignored");
         match decode("b", &encoded[0].1) {
             Some(Inbound::Events(events)) => assert_eq!(events[0].as_ref(), event.as_ref()),

@@ -2210,6 +2210,25 @@ async fn directory_and_definitions_round_trip(h: &Harness) {
 /// every stream stays gap-free, the chain verifies, no batch deadlocks (each node touches
 /// two conversations in the opposite order), and a `client_id` raced from both nodes is
 /// stored once, whether both send it to the same conversation or each to its own.
+/// The deployment id names the Redis channels: every node opened on the same data must
+/// read the same one, it never changes, and another database has another.
+async fn deployment_id_is_made_once_and_shared_by_every_node(h: &Harness) {
+    let id = h.store.deployment_id().await.expect("deployment id");
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    assert_eq!(h.store.deployment_id().await.expect("again"), id);
+    let node2 = h.another_node().await;
+    assert_eq!(node2.deployment_id().await.expect("node 2"), id);
+    node2.close().await;
+    let other = match &h.backend {
+        Backend::Sqlite { .. } => Harness::sqlite().await,
+        Backend::Postgres { .. } => Harness::postgres().await,
+    };
+    let other_id = other.store.deployment_id().await.expect("other database");
+    other.finish(Ok(())).await;
+    assert_ne!(other_id, id, "two databases, two deployments");
+}
+
 async fn concurrent_appends_from_two_nodes(h: &Harness) {
     const ROUNDS: usize = 25;
     let node2 = h.another_node().await;
@@ -2460,6 +2479,7 @@ store_tests! {
     nul_characters_do_not_fail_the_batch,
     search_terms_with_nul_do_not_error,
     state_rules_are_checked_in_the_append_transaction,
+    deployment_id_is_made_once_and_shared_by_every_node,
 }
 
 /// PostgreSQL only (SQLite has one writer: its transactions cannot interleave). Another

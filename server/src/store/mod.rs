@@ -546,6 +546,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every conversation id, oldest first.
     async fn conversation_ids(&self) -> Result<Vec<ConversationId>, StoreError>;
 
+    /// A random id made once per database (32 hex digits) that every node on it shares:
+    /// it names the deployment's Redis channels.
+    async fn deployment_id(&self) -> Result<String, StoreError>;
+
     /// Cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 

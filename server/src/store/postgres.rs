@@ -638,6 +638,12 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn deployment_id(&self) -> Result<String, StoreError> {
+        Ok(sqlx::query_scalar("SELECT id FROM deployment")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
