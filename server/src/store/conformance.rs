@@ -2676,3 +2676,105 @@ async fn sqlite_heads_written_by_another_connection_are_seen() {
     .await;
     h.finish(result).await;
 }
+
+/// PostgreSQL only (SQLite's writer has one lane). A conversation whose row another node
+/// holds locked (mid-append) does not hold up this node's appends to other
+/// conversations: the writer has a second batch in flight while the first waits, and
+/// the waiting one commits, in order, once the lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_locked_conversation_does_not_hold_up_appends_to_others() {
+    use super::writer::{CommitListener, Writer};
+    use super::UserNotification;
+
+    #[derive(Default)]
+    struct Recorder(parking_lot::Mutex<Vec<ConversationId>>);
+    impl CommitListener for Recorder {
+        fn committed(&self, events: &[Arc<Event>], _: &[UserNotification]) {
+            self.0
+                .lock()
+                .extend(events.iter().map(|event| event.conversation_id));
+        }
+    }
+
+    let h = Harness::postgres().await;
+    let result = AssertUnwindSafe(async {
+        let Backend::Postgres { server, database } = &h.backend else {
+            unreachable!("a PostgreSQL harness")
+        };
+        let locked = h.open("support", Some("cust-1")).await;
+        let free = h.open("support", Some("cust-2")).await;
+        let alice = agent("alice");
+
+        // Another node is mid-append to `locked`: its row is locked until it commits.
+        let mut other = sqlx::PgConnection::connect(&format!("{server}/{database}"))
+            .await
+            .expect("connect to the test database");
+        sqlx::query("BEGIN")
+            .execute(&mut other)
+            .await
+            .expect("begin");
+        sqlx::query("SELECT 1 FROM conversations WHERE id = $1::uuid FOR UPDATE")
+            .bind(locked.to_string())
+            .execute(&mut other)
+            .await
+            .expect("lock the row");
+
+        let recorder = Arc::new(Recorder::default());
+        let writer = Arc::new(Writer::start(
+            h.store.clone(),
+            recorder.clone(),
+            Arc::new(crate::metrics::Metrics::new()),
+        ));
+        let waiting = {
+            let writer = writer.clone();
+            let request = WriteRequest::append(h.event(
+                locked,
+                &alice,
+                Some("to-locked"),
+                message("waits for the lock"),
+            ));
+            tokio::spawn(async move { writer.write(request).await })
+        };
+        // Its batch is in flight, waiting on the lock.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "the lock holds the first batch");
+
+        let request = WriteRequest::append(h.event(
+            free,
+            &alice,
+            Some("to-free"),
+            message("needs no lock anyone holds"),
+        ));
+        let written =
+            tokio::time::timeout(std::time::Duration::from_secs(5), writer.write(request))
+                .await
+                .expect("an append to another conversation commits while the first waits")
+                .expect("accepted");
+        assert_eq!(written.events[0].conversation_id, free);
+        assert!(!waiting.is_finished(), "the first batch still waits");
+
+        sqlx::query("COMMIT")
+            .execute(&mut other)
+            .await
+            .expect("release the lock");
+        let _ = other.close().await;
+        let first = waiting
+            .await
+            .expect("the waiting task")
+            .expect("committed once the lock is released");
+        assert_eq!(first.events[0].conversation_id, locked);
+        assert_eq!(
+            first.events[0].seqs.supervisor, 2,
+            "right after the opening"
+        );
+        assert_eq!(
+            *recorder.0.lock(),
+            vec![free, locked],
+            "told in commit order"
+        );
+        writer.shutdown().await;
+    })
+    .catch_unwind()
+    .await;
+    h.finish(result).await;
+}

@@ -437,6 +437,13 @@ pub trait Store: Send + Sync + 'static {
         batch: Vec<WriteRequest>,
     ) -> Result<Vec<Result<WriteOutcome, WriteRefusal>>, StoreError>;
 
+    /// How many batches the writer may have in flight at once. One unless the engine
+    /// orders concurrent batches itself (PostgreSQL: row locks taken in id order, as
+    /// between nodes).
+    fn concurrent_batches(&self) -> usize {
+        1
+    }
+
     /// Events of `audience`'s stream with `seq > after`, oldest first, at most `limit`.
     async fn events_after(
         &self,

@@ -44,6 +44,8 @@ use super::{
 
 /// Connections per node.
 const POOL_SIZE: u32 = 10;
+/// Batches a node writes at once (see [`Store::concurrent_batches`]).
+const WRITE_LANES: usize = 2;
 
 /// Event columns as read back (uuids as text, as the rest of the store expects them).
 pub(super) const EVENT_COLUMNS: &str = "id::text AS id, conversation_id::text AS conversation_id, \
@@ -86,6 +88,13 @@ impl Store for PgStore {
         batch: Vec<WriteRequest>,
     ) -> Result<Vec<Result<WriteOutcome, WriteRefusal>>, StoreError> {
         postgres_append::write_batch(&self.pool, &batch).await
+    }
+
+    /// While one batch waits on its round trips and its commit's flush, the next is
+    /// written: appends to one conversation still serialize on its row lock (and are
+    /// delivered in `seq` order by its room), as they do between nodes.
+    fn concurrent_batches(&self) -> usize {
+        WRITE_LANES
     }
 
     async fn events_after(

@@ -1,16 +1,24 @@
-//! The single writer: group commit, then acknowledge, then publish.
+//! The node's writer: group commit, then acknowledge, then publish.
 //!
 //! Every append from every connection and HTTP request is a [`WriteRequest`] sent to one
 //! task. The task takes everything waiting in its queue (up to [`MAX_BATCH`]; a small
 //! batch first waits a few scheduler turns for more), writes it in one transaction, and
 //! only after the commit returns does it hand the new events to the [`CommitListener`]
-//! (the hub, which delivers them) and answer each caller. So an
-//! `ok` always follows durability, delivery follows commit order, and one fsync serves
-//! every append that arrived together.
+//! (the hub, which delivers them) and answer each caller. So an `ok` always follows
+//! durability, delivery follows commit order, and one fsync serves every append that
+//! arrived together.
+//!
+//! The store says how many batches may be in flight at once
+//! ([`Store::concurrent_batches`]): one on SQLite (one connection writes); two on
+//! PostgreSQL, where the next batch is written while one waits on its round trips and its
+//! flush, and appends to one conversation serialize on its row lock (so its events still
+//! commit, and reach its room, in `seq` order; the room reorders by `seq` regardless).
+//! While every lane is busy, requests queue up for the next batch.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -106,10 +114,16 @@ async fn run(
     mut jobs: mpsc::Receiver<Job>,
     stop: CancellationToken,
 ) {
+    let lanes = store.concurrent_batches().max(1);
+    // Batches being written; while every lane is busy, requests queue up for the next.
+    let mut in_flight = FuturesUnordered::new();
     let mut closed = false;
     loop {
         let first = tokio::select! {
-            job = jobs.recv() => match job {
+            // Finish what is written before taking more: answers go out first.
+            biased;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+            job = jobs.recv(), if in_flight.len() < lanes => match job {
                 Some(job) => job,
                 None => break,
             },
@@ -133,35 +147,47 @@ async fn run(
             tokio::task::yield_now().await;
             take_waiting(&mut jobs, &mut batch);
         }
-        let (requests, replies): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|j| (j.request, j.reply)).unzip();
-        let started = Instant::now();
-        let count = requests.len();
-        let result = store.write_batch(requests).await;
-        metrics.observe_commit(started.elapsed(), count);
-        match result {
-            Ok(outcomes) => {
-                let mut fresh = Vec::new();
-                let mut notifications = Vec::new();
-                for outcome in outcomes.iter().flatten() {
-                    if !outcome.duplicate {
-                        fresh.extend(outcome.events.iter().cloned());
-                        notifications.extend(outcome.notifications.iter().cloned());
-                    }
-                }
-                metrics.events_appended.inc_by(fresh.len() as u64);
-                listener.committed(&fresh, &notifications);
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    // A caller that went away no longer needs its answer.
-                    let _ = reply.send(outcome.map_err(WriteError::Refused));
+        in_flight.push(commit(&*store, &*listener, &metrics, batch));
+    }
+    // Closed and drained: wait for the batches still being written.
+    while in_flight.next().await.is_some() {}
+}
+
+/// Writes one batch, then hands its events to the listener and answers each caller.
+async fn commit(
+    store: &dyn Store,
+    listener: &dyn CommitListener,
+    metrics: &Metrics,
+    batch: Vec<Job>,
+) {
+    let (requests, replies): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|j| (j.request, j.reply)).unzip();
+    let started = Instant::now();
+    let count = requests.len();
+    let result = store.write_batch(requests).await;
+    metrics.observe_commit(started.elapsed(), count);
+    match result {
+        Ok(outcomes) => {
+            let mut fresh = Vec::new();
+            let mut notifications = Vec::new();
+            for outcome in outcomes.iter().flatten() {
+                if !outcome.duplicate {
+                    fresh.extend(outcome.events.iter().cloned());
+                    notifications.extend(outcome.notifications.iter().cloned());
                 }
             }
-            Err(e) => {
-                tracing::error!(batch = count, "append batch failed: {e}");
-                let message = e.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(WriteError::Store(message.clone())));
-                }
+            metrics.events_appended.inc_by(fresh.len() as u64);
+            listener.committed(&fresh, &notifications);
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // A caller that went away no longer needs its answer.
+                let _ = reply.send(outcome.map_err(WriteError::Refused));
+            }
+        }
+        Err(e) => {
+            tracing::error!(batch = count, "append batch failed: {e}");
+            let message = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(WriteError::Store(message.clone())));
             }
         }
     }
