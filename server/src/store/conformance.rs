@@ -145,6 +145,22 @@ impl Harness {
         node
     }
 
+    /// PostgreSQL only: a raw connection to the test database with a transaction open,
+    /// standing for another node mid-append (`COMMIT` on it to finish).
+    async fn other_node_transaction(&self) -> sqlx::PgConnection {
+        let Backend::Postgres { server, database } = &self.backend else {
+            unreachable!("a PostgreSQL harness")
+        };
+        let mut other = sqlx::PgConnection::connect(&format!("{server}/{database}"))
+            .await
+            .expect("connect to the test database");
+        sqlx::query("BEGIN")
+            .execute(&mut other)
+            .await
+            .expect("begin");
+        other
+    }
+
     /// Rewrites an event's stored payload directly, as someone with database access
     /// could.
     async fn tamper_payload(&self, event: EventId, payload: &str) {
@@ -2491,9 +2507,6 @@ store_tests! {
 async fn postgres_client_id_taken_by_another_node_mid_batch() {
     let h = Harness::postgres().await;
     let result = AssertUnwindSafe(async {
-        let Backend::Postgres { server, database } = &h.backend else {
-            unreachable!("a PostgreSQL harness")
-        };
         let ours = h.open("support", Some("cust-1")).await;
         let theirs = h.open("support", Some("cust-2")).await;
         let alice = agent("alice");
@@ -2505,27 +2518,8 @@ async fn postgres_client_id_taken_by_another_node_mid_batch() {
             .expect("exists");
 
         // The other node's transaction: stored, not yet committed.
-        let mut other = sqlx::PgConnection::connect(&format!("{server}/{database}"))
-            .await
-            .expect("connect to the test database");
-        sqlx::query("BEGIN")
-            .execute(&mut other)
-            .await
-            .expect("begin");
-        let theirs_id = EventId::new();
-        sqlx::query(
-            "INSERT INTO events (id, conversation_id, supervisor_seq, agent_seq, public_seq, \
-             kind, visibility, actor_id, actor_role, actor_name, client_id, payload, \
-             created_at, hash) VALUES ($1::uuid, $2::uuid, 1000, 1000, 1000, 'message', \
-             'public', 'alice', 'agent', NULL, 'retried-id', $3, 0, $4)",
-        )
-        .bind(theirs_id.to_string())
-        .bind(theirs.to_string())
-        .bind(serde_json::to_string(&message("sent through the other node")).expect("json"))
-        .bind(&[7u8; 32][..])
-        .execute(&mut other)
-        .await
-        .expect("the other node's insert");
+        let mut other = h.other_node_transaction().await;
+        let theirs_id = alices_event_in(&mut other, theirs, "retried-id").await;
 
         // Our batch looks the pair up (not there yet), then waits on the other's insert.
         let store = h.store.clone();
@@ -2698,21 +2692,12 @@ async fn postgres_a_locked_conversation_does_not_hold_up_appends_to_others() {
 
     let h = Harness::postgres().await;
     let result = AssertUnwindSafe(async {
-        let Backend::Postgres { server, database } = &h.backend else {
-            unreachable!("a PostgreSQL harness")
-        };
         let locked = h.open("support", Some("cust-1")).await;
         let free = h.open("support", Some("cust-2")).await;
         let alice = agent("alice");
 
         // Another node is mid-append to `locked`: its row is locked until it commits.
-        let mut other = sqlx::PgConnection::connect(&format!("{server}/{database}"))
-            .await
-            .expect("connect to the test database");
-        sqlx::query("BEGIN")
-            .execute(&mut other)
-            .await
-            .expect("begin");
+        let mut other = h.other_node_transaction().await;
         sqlx::query("SELECT 1 FROM conversations WHERE id = $1::uuid FOR UPDATE")
             .bind(locked.to_string())
             .execute(&mut other)
@@ -2773,6 +2758,92 @@ async fn postgres_a_locked_conversation_does_not_hold_up_appends_to_others() {
             "told in commit order"
         );
         writer.shutdown().await;
+    })
+    .catch_unwind()
+    .await;
+    h.finish(result).await;
+}
+
+/// Inserts, in `other`'s transaction, an event by `alice` under `client_id` in
+/// `conversation`, as another node's append would; returns its id.
+async fn alices_event_in(
+    other: &mut sqlx::PgConnection,
+    conversation: ConversationId,
+    client_id: &str,
+) -> EventId {
+    let id = EventId::new();
+    sqlx::query(
+        "INSERT INTO events (id, conversation_id, supervisor_seq, agent_seq, public_seq, \
+         kind, visibility, actor_id, actor_role, actor_name, client_id, payload, \
+         created_at, hash) VALUES ($1::uuid, $2::uuid, 1000, 1000, 1000, 'message', \
+         'public', 'alice', 'agent', NULL, $3, $4, 0, $5)",
+    )
+    .bind(id.to_string())
+    .bind(conversation.to_string())
+    .bind(client_id)
+    .bind(serde_json::to_string(&message("sent through the other node")).expect("json"))
+    .bind(&[7u8; 32][..])
+    .execute(other)
+    .await
+    .expect("the other node's insert");
+    id
+}
+
+/// PostgreSQL only. Another node holds an uncommitted event under the `(author,
+/// client_id)` this batch is about to store, so the batch waits on it while holding its
+/// conversation's row; then the other node asks for that row. PostgreSQL breaks the
+/// cycle by aborting the batch (the other node waits longer before it checks), and the
+/// batch is written again: it then finds the other node's event and answers as the
+/// retry it is, instead of failing its requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_batch_aborted_to_break_a_deadlock_is_written_again() {
+    let h = Harness::postgres().await;
+    let result = AssertUnwindSafe(async {
+        let ours = h.open("support", Some("cust-1")).await;
+        let theirs = h.open("support", Some("cust-2")).await;
+        let mut other = h.other_node_transaction().await;
+        // Our batch's backend checks for deadlocks after the default second; this one
+        // waits ten, so the cycle is always broken by aborting our batch.
+        sqlx::query("SET LOCAL deadlock_timeout = '10s'")
+            .execute(&mut other)
+            .await
+            .expect("set deadlock_timeout");
+        let theirs_id = alices_event_in(&mut other, theirs, "same-key").await;
+
+        let store = h.store.clone();
+        let request = WriteRequest::append(h.event(
+            ours,
+            &agent("alice"),
+            Some("same-key"),
+            message("sent through this node"),
+        ));
+        let ours_batch = tokio::spawn(async move { store.write_batch(vec![request]).await });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !ours_batch.is_finished(),
+            "the batch waits on the other's key"
+        );
+
+        // The other node now wants the row our batch holds: a cycle.
+        sqlx::query("SELECT 1 FROM conversations WHERE id = $1::uuid FOR UPDATE")
+            .bind(ours.to_string())
+            .execute(&mut other)
+            .await
+            .expect("the row, once our batch was aborted");
+        sqlx::query("COMMIT")
+            .execute(&mut other)
+            .await
+            .expect("commit");
+        let _ = other.close().await;
+
+        let mut outcomes = tokio::time::timeout(std::time::Duration::from_secs(10), ours_batch)
+            .await
+            .expect("the batch finishes")
+            .expect("the batch task")
+            .expect("written again after the deadlock, not failed");
+        let outcome = outcomes.remove(0).expect("accepted as a retry");
+        assert!(outcome.duplicate, "{outcome:?}");
+        assert_eq!(outcome.events[0].view.id, theirs_id);
     })
     .catch_unwind()
     .await;

@@ -37,27 +37,54 @@ use super::{
 /// What one batch comes to: an outcome per request, or an engine error for all of them.
 pub(super) type BatchResult = Result<Vec<Result<WriteOutcome, WriteRefusal>>, StoreError>;
 
-/// How many times a batch is written again after losing a `client_id` race.
-const RACE_RETRIES: usize = 3;
+/// How many times a batch is written at most: again after losing a `client_id` race, or
+/// after PostgreSQL broke a deadlock by aborting it.
+const ATTEMPTS: usize = 3;
 
 /// Writes `batch` in one transaction. A `client_id` can be taken by another node between
 /// the lookup and the insert only for another conversation (appends to one conversation
 /// hold its row lock); the insert then skips that row, the transaction is rolled back,
-/// and the batch is written again, finding the stored event this time.
+/// and the batch is written again, finding the stored event this time. Conversations
+/// are locked in id order, but another transaction (another node's, or this node's other
+/// lane) can still wait on a row this batch holds while this batch waits on a
+/// `client_id` or a field value it wrote; PostgreSQL then aborts one of the two, and an
+/// aborted batch is written again rather than failing its requests.
 pub(super) async fn write_batch(pool: &PgPool, batch: &[WriteRequest]) -> BatchResult {
-    for _ in 0..RACE_RETRIES {
+    let mut last_error = None;
+    for _ in 0..ATTEMPTS {
         // On any error the transaction is dropped uncommitted, which rolls it back: a
         // failed batch leaves nothing behind.
         let mut transaction = pool.begin().await?;
         let mut writer = BatchWriter::default();
-        if writer.write(&mut transaction, batch).await? == Written::Complete {
-            transaction.commit().await?;
-            return Ok(writer.outcomes);
+        let written = match writer.write(&mut transaction, batch).await {
+            Ok(Written::Complete) => transaction.commit().await.map_err(StoreError::from),
+            Ok(Written::LostRace) => continue,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => return Ok(writer.outcomes),
+            Err(e) if broke_a_deadlock(&e) => {
+                tracing::debug!("append batch aborted to break a deadlock; writing it again");
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e),
         }
     }
-    Err(StoreError::Corrupt(
-        "a client_id kept being taken by another node during the batch".into(),
-    ))
+    Err(last_error.unwrap_or_else(|| {
+        StoreError::Corrupt("a client_id kept being taken by another node during the batch".into())
+    }))
+}
+
+/// Whether PostgreSQL rolled the transaction back to break a deadlock (or a
+/// serialization conflict): nothing of it was written, and writing it again may succeed.
+fn broke_a_deadlock(error: &StoreError) -> bool {
+    let StoreError::Database(error) = error else {
+        return false;
+    };
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "40P01" || code == "40001")
 }
 
 #[derive(Debug, PartialEq, Eq)]
