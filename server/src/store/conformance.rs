@@ -2531,11 +2531,7 @@ async fn postgres_client_id_taken_by_another_node_mid_batch() {
         ));
         let ours_batch = tokio::spawn(async move { store.write_batch(vec![request]).await });
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        sqlx::query("COMMIT")
-            .execute(&mut other)
-            .await
-            .expect("commit");
-        let _ = other.close().await;
+        commit_other_node(other).await;
 
         let mut outcomes = ours_batch
             .await
@@ -2738,11 +2734,7 @@ async fn postgres_a_locked_conversation_does_not_hold_up_appends_to_others() {
         assert_eq!(written.events[0].conversation_id, free);
         assert!(!waiting.is_finished(), "the first batch still waits");
 
-        sqlx::query("COMMIT")
-            .execute(&mut other)
-            .await
-            .expect("release the lock");
-        let _ = other.close().await;
+        commit_other_node(other).await;
         let first = waiting
             .await
             .expect("the waiting task")
@@ -2762,6 +2754,16 @@ async fn postgres_a_locked_conversation_does_not_hold_up_appends_to_others() {
     .catch_unwind()
     .await;
     h.finish(result).await;
+}
+
+/// Ends the other node's transaction ([`Harness::other_node_transaction`]) with a commit
+/// and closes its connection.
+async fn commit_other_node(mut other: sqlx::PgConnection) {
+    sqlx::query("COMMIT")
+        .execute(&mut other)
+        .await
+        .expect("the other node commits");
+    let _ = other.close().await;
 }
 
 /// Inserts, in `other`'s transaction, an event by `alice` under `client_id` in
@@ -2830,11 +2832,7 @@ async fn postgres_a_batch_aborted_to_break_a_deadlock_is_written_again() {
             .execute(&mut other)
             .await
             .expect("the row, once our batch was aborted");
-        sqlx::query("COMMIT")
-            .execute(&mut other)
-            .await
-            .expect("commit");
-        let _ = other.close().await;
+        commit_other_node(other).await;
 
         let mut outcomes = tokio::time::timeout(std::time::Duration::from_secs(10), ours_batch)
             .await
