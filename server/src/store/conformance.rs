@@ -2756,6 +2756,84 @@ async fn postgres_a_locked_conversation_does_not_hold_up_appends_to_others() {
     h.finish(result).await;
 }
 
+/// PostgreSQL only (SQLite draws ids in its one writer's commit order). A user's
+/// notifications commit in the order of their ids, so `read_notifications` with `up_to`
+/// never marks read one that arrives after: while another node's transaction holds an
+/// id for bob, this node's mention of bob and assignment to bob wait for it to commit,
+/// then draw larger ids. A mention of someone else does not wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_users_notifications_commit_in_the_order_of_their_ids() {
+    let h = Harness::postgres().await;
+    let result = AssertUnwindSafe(async {
+        let first = h.open("support", Some("cust-1")).await;
+        let second = h.open("support", Some("cust-2")).await;
+        let alice = agent("alice");
+        let bob = user("bob");
+
+        for (attempt, data) in [
+            mentioning("@bob look", &["bob"]),
+            assigned(Some("bob"), None),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // Another node is writing a notification for bob: it drew its id, and has
+            // not committed.
+            let mut other = h.other_node_transaction().await;
+            super::postgres_append::lock_notified_users(&mut other, &[&bob])
+                .await
+                .expect("the other node takes bob's lock");
+            let theirs: i64 =
+                sqlx::query_scalar("SELECT nextval(pg_get_serial_sequence('notifications', 'id'))")
+                    .fetch_one(&mut other)
+                    .await
+                    .expect("the other node draws an id");
+
+            // Someone else's notification is not held up by bob's.
+            let to_carol = h
+                .store
+                .write_batch(vec![WriteRequest::append(h.event(
+                    second,
+                    &alice,
+                    None,
+                    mentioning("@carol look", &["carol"]),
+                ))])
+                .await
+                .expect("the batch commits")
+                .remove(0)
+                .expect("accepted");
+            assert_eq!(to_carol.notifications[0].user_id, user("carol"));
+
+            let store = h.store.clone();
+            let request = WriteRequest::append(h.event(first, &alice, None, data));
+            let ours = tokio::spawn(async move { store.write_batch(vec![request]).await });
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            assert!(
+                !ours.is_finished(),
+                "attempt {attempt}: bob's notification committed while an earlier id of his was uncommitted"
+            );
+            commit_other_node(other).await;
+
+            let outcome = ours
+                .await
+                .expect("the batch task")
+                .expect("the batch commits")
+                .remove(0)
+                .expect("accepted");
+            assert_eq!(outcome.notifications.len(), 1, "{outcome:?}");
+            assert_eq!(outcome.notifications[0].user_id, bob);
+            assert!(
+                outcome.notifications[0].notification.id > theirs as u64,
+                "attempt {attempt}: {} after {theirs}",
+                outcome.notifications[0].notification.id
+            );
+        }
+    })
+    .catch_unwind()
+    .await;
+    h.finish(result).await;
+}
+
 /// Ends the other node's transaction ([`Harness::other_node_transaction`]) with a commit
 /// and closes its connection.
 async fn commit_other_node(mut other: sqlx::PgConnection) {

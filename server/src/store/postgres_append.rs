@@ -94,6 +94,69 @@ enum Written {
     LostRace,
 }
 
+/// Everyone the batch may notify: the users its notes mention and the assignees of its
+/// assignments (the author and a retried request's users too; an extra lock costs
+/// nothing but a wait).
+fn notified_users(batch: &[WriteRequest]) -> Vec<&UserId> {
+    batch
+        .iter()
+        .flat_map(|request| match request {
+            WriteRequest::Append { events, .. } => events.as_slice(),
+            WriteRequest::Open(_) => &[],
+        })
+        .flat_map(|event| match &event.data {
+            EventData::Note { mentions, .. } => mentions.iter().collect(),
+            EventData::Assigned {
+                assignee_id: Some(assignee),
+                ..
+            } => vec![assignee],
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// Takes, until the transaction ends, the lock on drawing notification ids for each of
+/// `users`. Ids come from one sequence and are drawn before the commit, so without it
+/// two transactions (two nodes, or this node's two lanes) could commit a user's
+/// notifications out of id order, and a client that had shown id N and marked `up_to`
+/// N would mark read an N-1 that arrived after. Under the lock, a user's ids are drawn
+/// and committed one transaction at a time: in that user's commit order. Locks are taken
+/// after the conversations' rows and in key order, as every batch does, so two batches
+/// never wait on each other in a cycle.
+pub(super) async fn lock_notified_users(
+    conn: &mut PgConnection,
+    users: &[&UserId],
+) -> Result<(), StoreError> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let mut keys: Vec<i64> = users
+        .iter()
+        .map(|user| notification_lock_key(user))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    // A function scan returns the array's elements in order, so the locks are taken in it.
+    sqlx::query("SELECT pg_advisory_xact_lock(key) FROM UNNEST($1::int8[]) AS key")
+        .bind(&keys)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The advisory lock key of a user's notifications: the same on every node (a hash of the
+/// id, not Rust's per-process one). Two users sharing a key only wait for each other.
+fn notification_lock_key(user: &UserId) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"backchannel notifications\0")
+        .chain_update(pg_text(user.as_str()).as_bytes())
+        .finalize();
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(key)
+}
+
 /// A conversation's head as the batch moves it.
 struct Head {
     heads: Heads,
@@ -139,6 +202,7 @@ impl BatchWriter {
         batch: &[WriteRequest],
     ) -> Result<Written, StoreError> {
         self.lock_and_read_heads(conn, batch).await?;
+        lock_notified_users(conn, &notified_users(batch)).await?;
         self.read_claims(conn, batch).await?;
         for request in batch {
             let written = match request {
