@@ -17,6 +17,7 @@ mod postgres_append;
 mod rows;
 pub mod sqlite;
 mod sqlite_append;
+pub mod sqlite_page_cache;
 pub mod writer;
 
 use std::sync::Arc;

@@ -62,6 +62,8 @@ impl SqliteStore {
     /// Opens (creating if needed) the database in `data_dir` and brings its schema up to
     /// date.
     pub async fn open(data_dir: &Path) -> Result<Arc<Self>, StoreError> {
+        // Before the process's first SQLite connection, or never (see the module).
+        super::sqlite_page_cache::install();
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_owned(),
             source,
