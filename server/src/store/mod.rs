@@ -17,6 +17,7 @@ mod postgres_append;
 mod rows;
 pub mod sqlite;
 mod sqlite_append;
+mod sqlite_checkpoint;
 pub mod sqlite_page_cache;
 pub mod writer;
 
