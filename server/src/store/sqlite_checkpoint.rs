@@ -250,6 +250,20 @@ mod tests {
         checkpoint(&reader).expect("a pass").wal_frames
     }
 
+    /// Runs a background pass while a batch is in progress, as happens in use: the batch
+    /// commits after the pass, so the WAL is not all copied, and left alone it would never
+    /// start over.
+    fn pass_during_a_batch(writer: &Connection, checkpointer: &Checkpointer) {
+        writer
+            .execute_batch("BEGIN IMMEDIATE; INSERT INTO rows (body) VALUES (zeroblob(3000))")
+            .expect("a batch in progress");
+        checkpointer.request();
+        wait_until("the pass has copied the WAL", || {
+            checkpointer.progress.caught_up.load(Ordering::Acquire)
+        });
+        writer.execute_batch("COMMIT").expect("the batch commits");
+    }
+
     fn wait_until(what: &str, done: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !done() {
@@ -265,17 +279,8 @@ mod tests {
         let checkpointer = Checkpointer::start(&path).expect("start");
 
         write(&writer, REWIND_FRAMES as usize + 500);
-        // A batch in progress while the pass runs: it commits after the pass, so the WAL
-        // is not all copied, and left alone it would never start over.
-        writer
-            .execute_batch("BEGIN IMMEDIATE; INSERT INTO rows (body) VALUES (zeroblob(3000))")
-            .expect("a batch in progress");
-        checkpointer.request();
-        wait_until("the pass has copied the WAL", || {
-            checkpointer.progress.caught_up.load(Ordering::Acquire)
-        });
+        pass_during_a_batch(&writer, &checkpointer);
         assert!(checkpointer.progress.wal_frames.load(Ordering::Relaxed) >= REWIND_FRAMES);
-        writer.execute_batch("COMMIT").expect("the batch commits");
         // Between two batches, the append thread's turn.
         checkpointer.rewind_if_due(&writer);
         write(&writer, 1);
@@ -293,14 +298,7 @@ mod tests {
         let checkpointer = Checkpointer::start(&path).expect("start");
 
         write(&writer, 100);
-        writer
-            .execute_batch("BEGIN IMMEDIATE; INSERT INTO rows (body) VALUES (zeroblob(3000))")
-            .expect("a batch in progress");
-        checkpointer.request();
-        wait_until("the pass has copied the WAL", || {
-            checkpointer.progress.caught_up.load(Ordering::Acquire)
-        });
-        writer.execute_batch("COMMIT").expect("the batch commits");
+        pass_during_a_batch(&writer, &checkpointer);
         write(&writer, 50);
         checkpointer.rewind_if_due(&writer);
         write(&writer, 1);
