@@ -98,21 +98,25 @@ enum Written {
 /// assignments (the author and a retried request's users too; an extra lock costs
 /// nothing but a wait).
 fn notified_users(batch: &[WriteRequest]) -> Vec<&UserId> {
-    batch
-        .iter()
-        .flat_map(|request| match request {
-            WriteRequest::Append { events, .. } => events.as_slice(),
-            WriteRequest::Open(_) => &[],
-        })
+    appended_events(batch)
         .flat_map(|event| match &event.data {
-            EventData::Note { mentions, .. } => mentions.iter().collect(),
+            EventData::Note { mentions, .. } => mentions.as_slice(),
             EventData::Assigned {
                 assignee_id: Some(assignee),
                 ..
-            } => vec![assignee],
-            _ => Vec::new(),
+            } => std::slice::from_ref(assignee),
+            _ => &[],
         })
         .collect()
+}
+
+/// The events the batch's appends carry (an opening is its conversation's first event:
+/// nothing to lock, nobody to notify).
+fn appended_events(batch: &[WriteRequest]) -> impl Iterator<Item = &NewEvent> {
+    batch.iter().flat_map(|request| match request {
+        WriteRequest::Append { events, .. } => events.as_slice(),
+        WriteRequest::Open(_) => &[],
+    })
 }
 
 /// Takes, until the transaction ends, the lock on drawing notification ids for each of
@@ -226,12 +230,7 @@ impl BatchWriter {
         conn: &mut PgConnection,
         batch: &[WriteRequest],
     ) -> Result<(), StoreError> {
-        let mut ids: Vec<String> = batch
-            .iter()
-            .flat_map(|request| match request {
-                WriteRequest::Append { events, .. } => events.as_slice(),
-                WriteRequest::Open(_) => &[],
-            })
+        let mut ids: Vec<String> = appended_events(batch)
             .map(|event| event.conversation_id.to_string())
             .collect();
         if ids.is_empty() {

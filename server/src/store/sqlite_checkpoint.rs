@@ -134,15 +134,12 @@ impl Checkpointer {
             // Restart the clock: the next copy in line, if still starved, comes as late.
             progress.waiting_since.store(now, Ordering::Relaxed);
         }
-        match checkpoint(connection) {
-            // Everything is copied: the writer's next transaction starts the WAL over.
-            Some(pass) if pass.complete() => {
-                self.progress.wal_frames.store(0, Ordering::Relaxed);
-                self.progress.caught_up.store(false, Ordering::Relaxed);
-            }
-            // The background pass holds the checkpoint lock, or a reader holds frames:
-            // try again after the next batch.
-            _ => {}
+        // Unless the background pass holds the checkpoint lock or a reader holds frames
+        // (then again after the next batch), everything is copied and the writer's next
+        // transaction starts the WAL over.
+        if checkpoint(connection).is_some_and(|pass| pass.complete()) {
+            progress.wal_frames.store(0, Ordering::Relaxed);
+            progress.caught_up.store(false, Ordering::Relaxed);
         }
     }
 }
