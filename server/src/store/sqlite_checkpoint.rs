@@ -290,6 +290,14 @@ mod tests {
         checkpoint(&reader).expect("a pass").wal_frames
     }
 
+    /// The append thread's turn between two batches, then the next batch: returns the
+    /// frames the WAL holds after it (a handful if the WAL started over).
+    fn rewind_then_commit(checkpointer: &Checkpointer, writer: &Connection, path: &Path) -> i64 {
+        checkpointer.rewind_if_due(writer);
+        write(writer, 1);
+        wal_frames(path)
+    }
+
     /// Runs a background pass while a batch is in progress, as happens in use: the batch
     /// commits after the pass, so the WAL is not all copied, and left alone it would never
     /// start over.
@@ -321,10 +329,7 @@ mod tests {
         write(&writer, REWIND_FRAMES as usize + 500);
         pass_during_a_batch(&writer, &checkpointer);
         assert!(checkpointer.progress.wal_frames.load(Ordering::Relaxed) >= REWIND_FRAMES);
-        // Between two batches, the append thread's turn.
-        checkpointer.rewind_if_due(&writer);
-        write(&writer, 1);
-        let frames = wal_frames(&path);
+        let frames = rewind_then_commit(&checkpointer, &writer, &path);
         assert!(
             frames < 10,
             "the next commit starts the WAL over: {frames} frames"
@@ -415,10 +420,8 @@ mod tests {
         write(&writer, 100);
         pass_during_a_batch(&writer, &checkpointer);
         write(&writer, 50);
-        checkpointer.rewind_if_due(&writer);
-        write(&writer, 1);
         assert!(
-            wal_frames(&path) > 50,
+            rewind_then_commit(&checkpointer, &writer, &path) > 50,
             "no copy in line below {REWIND_FRAMES} frames"
         );
     }
@@ -442,17 +445,13 @@ mod tests {
 
         write(&writer, 1000);
         checkpointer.request();
-        checkpointer.rewind_if_due(&writer);
-        write(&writer, 1);
         assert!(
-            wal_frames(&path) > 1000,
+            rewind_then_commit(&checkpointer, &writer, &path) > 1000,
             "a request just made is waited for"
         );
 
         std::thread::sleep(STARVED_AFTER);
-        checkpointer.rewind_if_due(&writer);
-        write(&writer, 1);
-        let frames = wal_frames(&path);
+        let frames = rewind_then_commit(&checkpointer, &writer, &path);
         assert!(
             frames < 10,
             "copied in line and started over: {frames} frames"
