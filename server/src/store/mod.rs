@@ -19,6 +19,7 @@ pub mod sqlite;
 mod sqlite_append;
 mod sqlite_checkpoint;
 pub mod sqlite_page_cache;
+mod sqlite_wal_writes;
 pub mod writer;
 
 use std::sync::Arc;

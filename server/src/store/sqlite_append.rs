@@ -21,13 +21,14 @@ use std::time::{Duration, Instant};
 use backchannel_protocol::server::{Notification, NotificationKind};
 use backchannel_protocol::{ConversationId, EventData, UserId};
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::chain;
 use super::rows::{enum_text, event_from_row, stream_after};
 use super::sqlite::EVENT_COLUMNS;
 use super::sqlite_checkpoint::{checkpoint, Checkpointer};
+use super::sqlite_wal_writes;
 use super::{
     to_micros, Event, Heads, NewConversation, NewEvent, Precheck, ReplyGuard, StoreError,
     UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
@@ -87,7 +88,12 @@ impl AppendThread {
     /// Opens the write connection to `path` (the schema must already be migrated) and
     /// starts the thread.
     pub(super) fn start(path: &Path) -> Result<AppendThread, StoreError> {
-        let connection = Connection::open(path)?;
+        // Through the shim that writes each commit's WAL frames in one call, if it could
+        // be registered (`sqlite_wal_writes.rs`).
+        let connection = match sqlite_wal_writes::vfs_name() {
+            Some(vfs) => Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs)?,
+            None => Connection::open(path)?,
+        };
         connection.busy_timeout(Duration::from_secs(5))?;
         // WAL is a property of the file (set when it was created); synchronous and
         // foreign keys are per connection.
