@@ -15,14 +15,16 @@
 //! meaning in the files, is SQLite's own.
 //!
 //! Why this is safe, whatever `synchronous` says:
-//! - The file sees every byte in the order SQLite wrote it. Only appends at the end of
-//!   what was written, in header-then-page pairs, are held; any other write (the WAL's
-//!   header after a restart, a page overwritten in place, checksums rewritten, a partial
-//!   frame) first writes out what is held, then goes to the file directly.
+//! - The file sees every byte in the order SQLite wrote it. Only whole frames appended
+//!   at their place in the log are held (a 24-byte header where a frame starts, then a
+//!   page right behind it; the page size is learned from the first frame, which goes to
+//!   the file as it comes). Any other write (the WAL's header after a restart, a page
+//!   overwritten in place, checksums rewritten, a frame split at a sector boundary)
+//!   first writes out what is held, then goes to the file directly.
 //! - A commit is in the file before anyone can see it. SQLite publishes a commit in the
 //!   wal-index (shared memory, no VFS call) right after its last frame, so the shim
 //!   writes out what it holds when the commit frame's page arrives: padding frames carry
-//!   the mark too, and rewritten checksums go straight to the file.
+//!   the mark too, and rewritten checksums and split frames go straight to the file.
 //! - This connection never reads, syncs, truncates or sizes the WAL past a held byte:
 //!   each of those writes out what is held first. A failed write is reported by the
 //!   call that made it, and SQLite rolls the transaction back.
@@ -49,6 +51,8 @@ const HELD_BYTES: usize = 0x1ffff;
 /// after the commit, 0 in other frames) sits in it (sqlite.org/walformat.html).
 const FRAME_HEADER_BYTES: usize = 24;
 const COMMIT_MARK: std::ops::Range<usize> = 4..8;
+/// The WAL file's own header, before its first frame.
+const WAL_HEADER_BYTES: i64 = 32;
 
 /// The default VFS this one wraps, and this one, once registered.
 static VFS: OnceLock<Option<Registered>> = OnceLock::new();
@@ -130,8 +134,13 @@ struct Held {
     end: i64,
     /// What the next append is.
     next: Next,
-    /// The length of the last page held (the WAL's page size, once one was).
-    page_length: usize,
+    /// The log's page size, learned from its first frame written through this handle (a
+    /// header, then a page right behind it): only whole frames, at a frame's place in
+    /// the log, are held.
+    page_size: Option<usize>,
+    /// Where the last header written straight to the file ended, to learn the page size
+    /// from the write that follows it.
+    direct_header_end: Option<i64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -248,7 +257,8 @@ unsafe extern "C" fn open(
             start: 0,
             end: 0,
             next: Next::Header,
-            page_length: 0,
+            page_size: None,
+            direct_header_end: None,
         },
     );
     (*file).pMethods = &WAL_METHODS;
@@ -290,11 +300,14 @@ unsafe extern "C" fn wal_write(
         return ffi::SQLITE_IOERR_WRITE;
     };
     let data = std::slice::from_raw_parts(data.cast::<u8>(), length);
-    match held.next {
-        Next::Header if offset == held.end && length == FRAME_HEADER_BYTES => {
+    let appended = offset == held.end;
+    match (held.next, held.page_size) {
+        (Next::Header, Some(page_size))
+            if appended && length == FRAME_HEADER_BYTES && is_frame_start(offset, page_size) =>
+        {
             // A frame is written out whole: if it would not fit with its page, what is
             // held goes first.
-            if held.bytes.len() + length + held.page_length > HELD_BYTES {
+            if held.bytes.len() + FRAME_HEADER_BYTES + page_size > HELD_BYTES {
                 let rc = held.write_out(inner);
                 if rc != ffi::SQLITE_OK {
                     return rc;
@@ -305,15 +318,8 @@ unsafe extern "C" fn wal_write(
             held.next = Next::Page { commit };
             ffi::SQLITE_OK
         }
-        Next::Page { commit } if offset == held.end => {
-            if held.bytes.len() + length > HELD_BYTES {
-                let rc = held.write_out(inner);
-                if rc != ffi::SQLITE_OK {
-                    return rc;
-                }
-            }
+        (Next::Page { commit }, Some(page_size)) if appended && length == page_size => {
             held.hold(data, offset);
-            held.page_length = length;
             held.next = Next::Header;
             if commit {
                 held.write_out(inner)
@@ -322,22 +328,47 @@ unsafe extern "C" fn wal_write(
             }
         }
         _ => {
+            // Not a whole frame appended at its place: what is held, then this, go to
+            // the file as they are.
             let rc = held.write_out(inner);
             if rc != ffi::SQLITE_OK {
                 return rc;
             }
             let rc = write_to(inner, data, offset);
-            if rc == ffi::SQLITE_OK {
-                held.end = if offset == 0 {
-                    // The WAL's header: the log starts over after it.
-                    offset + i64::from(amount)
-                } else {
-                    held.end.max(offset + i64::from(amount))
-                };
+            if rc != ffi::SQLITE_OK {
+                return rc;
             }
-            rc
+            if length == FRAME_HEADER_BYTES {
+                held.direct_header_end = Some(offset + i64::from(amount));
+            } else {
+                if held.page_size.is_none()
+                    && held.direct_header_end == Some(offset)
+                    && is_page_size(length)
+                {
+                    held.page_size = Some(length);
+                }
+                held.direct_header_end = None;
+            }
+            held.end = if offset == 0 {
+                // The WAL's header: the log starts over after it.
+                offset + i64::from(amount)
+            } else {
+                held.end.max(offset + i64::from(amount))
+            };
+            ffi::SQLITE_OK
         }
     }
+}
+
+/// Whether a frame of the log starts at `offset`.
+fn is_frame_start(offset: i64, page_size: usize) -> bool {
+    let frame = (FRAME_HEADER_BYTES + page_size) as i64;
+    offset >= WAL_HEADER_BYTES && (offset - WAL_HEADER_BYTES) % frame == 0
+}
+
+/// Whether `length` is a page size SQLite allows.
+fn is_page_size(length: usize) -> bool {
+    length.is_power_of_two() && (512..=65536).contains(&length)
 }
 
 unsafe extern "C" fn wal_close(file: *mut ffi::sqlite3_file) -> c_int {
@@ -623,5 +654,27 @@ mod tests {
             .query_row("PRAGMA integrity_check", [], |row| row.get(0))
             .expect("integrity check");
         assert_eq!(check, "ok");
+    }
+
+    #[test]
+    fn padded_and_split_commits_are_whole_when_published() {
+        // Without power-safe overwrite SQLite pads each commit with copies of its last
+        // frame up to a sector boundary and splits the frame that crosses it around the
+        // sync: neither the padding nor the split parts may stay held.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.sqlite3");
+        let uri = format!("file:{}?psow=0", path.display());
+        let connection = writer(Path::new(&uri), "FULL");
+        let reader = Connection::open(&path).expect("reader");
+        let mut rows = 0;
+        for round in 0..100 {
+            let added = 1 + round % 5;
+            connection.execute_batch("BEGIN").expect("begin");
+            insert(&connection, rows, added, 300 + (round as usize % 7) * 700);
+            connection.execute_batch("COMMIT").expect("commit");
+            rows += added;
+            let (count, _, intact) = seen(&reader);
+            assert_eq!((count, intact), (rows, true), "after commit {round}");
+        }
     }
 }
