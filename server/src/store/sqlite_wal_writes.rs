@@ -542,6 +542,28 @@ mod tests {
             .expect("read")
     }
 
+    /// Commits `rounds` transactions of 1–7 rows of 300–4,300 bytes through `connection`,
+    /// and checks after each that `reader` sees every row, whole.
+    fn commit_and_read_back(connection: &Connection, reader: &Connection, rounds: i64) {
+        let mut rows = 0;
+        for round in 0..rounds {
+            let added = 1 + round % 7;
+            connection.execute_batch("BEGIN").expect("begin");
+            insert(connection, rows, added, 300 + (round as usize % 9) * 500);
+            connection.execute_batch("COMMIT").expect("commit");
+            rows += added;
+            let (count, _, intact) = seen(reader);
+            assert_eq!((count, intact), (rows, true), "after commit {round}");
+        }
+    }
+
+    fn assert_intact(connection: &Connection) {
+        let check: String = connection
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .expect("integrity check");
+        assert_eq!(check, "ok");
+    }
+
     fn insert(connection: &Connection, from: i64, rows: i64, size: usize) {
         let mut statement = connection
             .prepare_cached("INSERT INTO t (i, b) VALUES (?1, ?2)")
@@ -593,20 +615,8 @@ mod tests {
         let path = dir.path().join("db.sqlite3");
         let connection = writer(&path, "OFF");
         let reader = Connection::open(&path).expect("reader");
-        let mut rows = 0;
-        for round in 0..200 {
-            let added = 1 + round % 7;
-            connection.execute_batch("BEGIN").expect("begin");
-            insert(&connection, rows, added, 500 + (round as usize % 5) * 900);
-            connection.execute_batch("COMMIT").expect("commit");
-            rows += added;
-            let (count, _, intact) = seen(&reader);
-            assert_eq!((count, intact), (rows, true), "after commit {round}");
-        }
-        let check: String = reader
-            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-            .expect("integrity check");
-        assert_eq!(check, "ok");
+        commit_and_read_back(&connection, &reader, 200);
+        assert_intact(&reader);
     }
 
     #[test]
@@ -650,10 +660,7 @@ mod tests {
         .expect("copy WAL");
         let recovered = Connection::open(copy.path().join("db.sqlite3")).expect("open copy");
         assert_eq!(seen(&recovered), (320, 40 * 10 + 280 * 700, true));
-        let check: String = recovered
-            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-            .expect("integrity check");
-        assert_eq!(check, "ok");
+        assert_intact(&recovered);
     }
 
     #[test]
@@ -666,15 +673,6 @@ mod tests {
         let uri = format!("file:{}?psow=0", path.display());
         let connection = writer(Path::new(&uri), "FULL");
         let reader = Connection::open(&path).expect("reader");
-        let mut rows = 0;
-        for round in 0..100 {
-            let added = 1 + round % 5;
-            connection.execute_batch("BEGIN").expect("begin");
-            insert(&connection, rows, added, 300 + (round as usize % 7) * 700);
-            connection.execute_batch("COMMIT").expect("commit");
-            rows += added;
-            let (count, _, intact) = seen(&reader);
-            assert_eq!((count, intact), (rows, true), "after commit {round}");
-        }
+        commit_and_read_back(&connection, &reader, 100);
     }
 }
