@@ -908,6 +908,76 @@ async fn failed_batch_leaves_nothing(h: &Harness) {
     assert_eq!(chain::verify(&audit, head.as_deref()), Ok(()));
 }
 
+/// A retried request is answered with the event stored the first time whatever comes
+/// with it or has happened since: in a batch of new requests (which are written once,
+/// in order), and when what it was checked against has changed (a guarded reply whose
+/// guard would now trip). Its answer must not depend on whether the first was lost.
+async fn retries_are_answered_with_the_stored_event_in_any_batch(h: &Harness) {
+    let conv = h.open("support", Some("cust-1")).await;
+    let (cust, alice) = (customer("cust-1"), agent("alice"));
+    let question = h
+        .append(h.event(conv, &cust, Some("q-1"), message("first question")))
+        .await;
+    let seen = question.events[0].seqs.agent.expect("agent seq");
+    let reply = |client_id: &str| WriteRequest::Append {
+        events: vec![h.event(conv, &alice, Some(client_id), message("my reply"))],
+        guard: Some(ReplyGuard {
+            audience: Audience::Agents,
+            seen,
+        }),
+    };
+    let first = h.write(reply("r-1")).await.expect("accepted");
+
+    // The customer writes again: a new reply under the same guard trips it, the retry
+    // of the first does not.
+    h.add(conv, &cust, message("hello?")).await;
+    let refused = h.write(reply("r-2")).await;
+    assert!(
+        matches!(refused, Err(WriteRefusal::Unseen(_))),
+        "{refused:?}"
+    );
+    let retry = h.write(reply("r-1")).await.expect("answered");
+    assert!(retry.duplicate);
+    assert_eq!(*retry.events[0], *first.events[0]);
+
+    // A retry between two new requests.
+    let head = h
+        .store
+        .conversation(conv)
+        .await
+        .expect("read")
+        .expect("exists")
+        .heads
+        .supervisor;
+    let outcomes = h
+        .store
+        .write_batch(vec![
+            WriteRequest::append(h.event(conv, &alice, Some("n-1"), note("before"))),
+            WriteRequest::append(h.event(conv, &cust, Some("q-1"), message("again?"))),
+            WriteRequest::append(h.event(conv, &alice, Some("n-2"), note("after"))),
+        ])
+        .await
+        .expect("batch commits");
+    let outcomes: Vec<_> = outcomes
+        .into_iter()
+        .map(|outcome| outcome.expect("accepted"))
+        .collect();
+    assert!(!outcomes[0].duplicate && outcomes[1].duplicate && !outcomes[2].duplicate);
+    assert_eq!(*outcomes[1].events[0], *question.events[0]);
+    assert_eq!(outcomes[0].events[0].seqs.supervisor, head + 1);
+    assert_eq!(outcomes[2].events[0].seqs.supervisor, head + 2);
+    let after = h
+        .store
+        .conversation(conv)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(after.heads.supervisor, head + 2, "the retry wrote nothing");
+    let audit = h.store.audit_rows(conv).await.expect("audit rows");
+    let last = h.store.last_hash(conv).await.expect("head");
+    assert_eq!(chain::verify(&audit, last.as_deref()), Ok(()));
+}
+
 /// The reply guard refuses with the messages and notes by others the sender had not
 /// seen (in the sender's stream), and writes nothing.
 async fn reply_guard_refuses_with_unseen_events(h: &Harness) {
@@ -2480,6 +2550,7 @@ store_tests! {
     refusals_do_not_fail_the_batch,
     failed_batch_leaves_nothing,
     reply_guard_refuses_with_unseen_events,
+    retries_are_answered_with_the_stored_event_in_any_batch,
     note_projections,
     conversation_projections,
     notifications_for_mentions_and_assignment,

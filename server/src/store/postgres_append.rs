@@ -4,12 +4,13 @@
 //! statement at a time, a note cost about six of them, and a node's appends were bounded
 //! by those waits at a few thousand a second. Here a batch is written as: one statement
 //! that locks every conversation it appends to (in id order, so two nodes never wait on
-//! each other in a cycle) and reads their heads; one that finds the events already stored
-//! under the batch's `client_id`s; then, in memory, the seqs, the hash chain and the rows;
-//! then one statement that inserts the events and the notes (`UNNEST` of one array per
-//! column) and updates the conversations' heads (data-modifying `WITH` clauses), and one
-//! more for the mention notifications if there are any. With `BEGIN` and `COMMIT`, a
-//! batch of notes is five round trips.
+//! each other in a cycle) and reads their heads; then, in memory, the seqs, the hash
+//! chain and the rows; then one statement that inserts the events and the notes (`UNNEST`
+//! of one array per column) and updates the conversations' heads (data-modifying `WITH`
+//! clauses), and one more for the mention notifications if there are any. With `BEGIN`
+//! and `COMMIT`, a batch of notes is four round trips. A batch holding a retried request
+//! (a `client_id` stored before) is rolled back and written again with one more
+//! statement that finds the events already stored under its `client_id`s.
 //!
 //! The hot events (messages and notes, with their mention notifications) are what gets
 //! batched. A reply guard and the rarer events (edits, pins, assignment, status, tags,
@@ -37,28 +38,44 @@ use super::{
 /// What one batch comes to: an outcome per request, or an engine error for all of them.
 pub(super) type BatchResult = Result<Vec<Result<WriteOutcome, WriteRefusal>>, StoreError>;
 
-/// How many times a batch is written at most: again after losing a `client_id` race, or
-/// after PostgreSQL broke a deadlock by aborting it.
+/// How many times a batch is written at most after its first attempt: again after
+/// losing a `client_id` race, or after PostgreSQL broke a deadlock by aborting it.
 const ATTEMPTS: usize = 3;
 
-/// Writes `batch` in one transaction. A `client_id` can be taken by another node between
-/// the lookup and the insert only for another conversation (appends to one conversation
-/// hold its row lock); the insert then skips that row, the transaction is rolled back,
-/// and the batch is written again, finding the stored event this time. Conversations
-/// are locked in id order, but another transaction (another node's, or this node's other
-/// lane) can still wait on a row this batch holds while this batch waits on a
-/// `client_id` or a field value it wrote; PostgreSQL then aborts one of the two, and an
-/// aborted batch is written again rather than failing its requests.
+/// Writes `batch` in one transaction.
+///
+/// Unless a request in it could be refused (see [`may_refuse`]), the first attempt does
+/// not look up the batch's `client_id`s: almost every request is new, and the lookup is
+/// a round trip of five in a batch of notes (`BEGIN`, the locks, the lookup, the rows,
+/// `COMMIT`). A retried request's rows are then skipped by the insert (`ON CONFLICT DO
+/// NOTHING` on `(actor_id, client_id)`), the transaction is rolled back, and the batch
+/// is written again with the lookup, which answers the retry with the stored event.
+///
+/// A `client_id` can also be taken by another node between the lookup and the insert,
+/// only for another conversation (appends to one conversation hold its row lock); that
+/// is rolled back and written again the same way. Conversations are locked in id order,
+/// but another transaction (another node's, or this node's other lane) can still wait
+/// on a row this batch holds while this batch waits on a `client_id` or a field value
+/// it wrote; PostgreSQL then aborts one of the two, and an aborted batch is written
+/// again rather than failing its requests.
 pub(super) async fn write_batch(pool: &PgPool, batch: &[WriteRequest]) -> BatchResult {
     let mut last_error = None;
-    for _ in 0..ATTEMPTS {
+    let mut look_up_claims = may_refuse(batch);
+    let mut attempts = 0;
+    while attempts < ATTEMPTS {
         // On any error the transaction is dropped uncommitted, which rolls it back: a
         // failed batch leaves nothing behind.
         let mut transaction = pool.begin().await?;
         let mut writer = BatchWriter::default();
-        let written = match writer.write(&mut transaction, batch).await {
+        let written = match writer.write(&mut transaction, batch, look_up_claims).await {
             Ok(Written::Complete) => transaction.commit().await.map_err(StoreError::from),
-            Ok(Written::LostRace) => continue,
+            Ok(Written::LostRace) => {
+                if look_up_claims {
+                    attempts += 1;
+                }
+                look_up_claims = true;
+                continue;
+            }
             Err(e) => Err(e),
         };
         match written {
@@ -66,6 +83,7 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &[WriteRequest]) -> BatchR
             Err(e) if broke_a_deadlock(&e) => {
                 tracing::debug!("append batch aborted to break a deadlock; writing it again");
                 last_error = Some(e);
+                attempts += 1;
             }
             Err(e) => return Err(e),
         }
@@ -73,6 +91,20 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &[WriteRequest]) -> BatchR
     Err(last_error.unwrap_or_else(|| {
         StoreError::Corrupt("a client_id kept being taken by another node during the batch".into())
     }))
+}
+
+/// Whether a request of `batch` could be refused by the state it is written against (a
+/// reply guard, a tag limit, required fields, an inbox): a retry of such a request must
+/// find its stored event before that check, or a request that was written and whose
+/// answer was lost would now be refused. Appends of messages and notes are refused
+/// only for a missing conversation, which a retry's conversation never is.
+fn may_refuse(batch: &[WriteRequest]) -> bool {
+    batch.iter().any(|request| match request {
+        WriteRequest::Append { events, guard } => {
+            guard.is_some() || events.iter().any(|event| Precheck::of(event).is_some())
+        }
+        WriteRequest::Open(_) => true,
+    })
 }
 
 /// Whether PostgreSQL rolled the transaction back to break a deadlock (or a
@@ -200,14 +232,20 @@ struct BatchWriter {
 }
 
 impl BatchWriter {
+    /// Writes the batch's rows; `look_up_claims` first reads the events already stored
+    /// under its `client_id`s (without, a retried request makes the batch
+    /// [`Written::LostRace`]).
     async fn write(
         &mut self,
         conn: &mut PgConnection,
         batch: &[WriteRequest],
+        look_up_claims: bool,
     ) -> Result<Written, StoreError> {
         self.lock_and_read_heads(conn, batch).await?;
         lock_notified_users(conn, &notified_users(batch)).await?;
-        self.read_claims(conn, batch).await?;
+        if look_up_claims {
+            self.read_claims(conn, batch).await?;
+        }
         for request in batch {
             let written = match request {
                 WriteRequest::Append { events, guard } => {
