@@ -2624,6 +2624,65 @@ async fn postgres_client_id_taken_by_another_node_mid_batch() {
     h.finish(result).await;
 }
 
+/// PostgreSQL only: a batch of plain appends to a conversation whose head this node
+/// remembers is written in one statement, without the locking read; once another node
+/// has moved that head, the statement writes nothing and the batch is written on the
+/// locking path instead, with seqs that stay gap-free and a chain that verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_plain_appends_are_written_on_remembered_heads() {
+    let h = Harness::postgres().await;
+    let result = AssertUnwindSafe(async {
+        let Backend::Postgres { server, database } = &h.backend else {
+            unreachable!("a PostgreSQL harness")
+        };
+        let node = PgStore::open(&format!("{server}/{database}"))
+            .await
+            .expect("open a second PgStore");
+        let conv = h.open("support", Some("cust-1")).await;
+        let (alice, bob) = (agent("alice"), agent("bob"));
+        let append = |data| {
+            let node = node.clone();
+            let request = WriteRequest::append(h.event(conv, &alice, None, data));
+            async move {
+                let mut outcomes = node.write_batch(vec![request]).await.expect("commits");
+                outcomes.remove(0).expect("accepted").events[0]
+                    .seqs
+                    .supervisor
+            }
+        };
+
+        // This node has not seen the conversation: the locking path, which remembers.
+        assert_eq!(append(note("one")).await, 2);
+        assert_eq!(node.heads.counts(), (0, 0));
+        assert_eq!(append(message("two")).await, 3);
+        assert_eq!(node.heads.counts(), (1, 0));
+        // Another node moves the head: the remembered one is stale.
+        h.add(conv, &bob, note("from elsewhere")).await;
+        assert_eq!(append(note("three")).await, 5);
+        assert_eq!(node.heads.counts(), (1, 1));
+        assert_eq!(append(note("four")).await, 6);
+        assert_eq!(node.heads.counts(), (2, 1));
+        // Mentions, guards and rarer events always take the locking path.
+        let mentioned = append(mentioning("five @bob", &["bob"])).await;
+        assert_eq!((mentioned, node.heads.counts()), (7, (2, 1)));
+
+        let audit = h.store.audit_rows(conv).await.expect("audit rows");
+        assert_eq!(
+            audit
+                .iter()
+                .map(|row| row.supervisor_seq)
+                .collect::<Vec<_>>(),
+            (1..=7).collect::<Vec<i64>>()
+        );
+        let last = h.store.last_hash(conv).await.expect("head");
+        assert_eq!(chain::verify(&audit, last.as_deref()), Ok(()));
+        node.close().await;
+    })
+    .catch_unwind()
+    .await;
+    h.finish(result).await;
+}
+
 /// SQLite only: a data directory from before migration 0005 (an FTS5 table holding its
 /// own copy of every note) is upgraded to the contentless index, rebuilt from `notes`: old
 /// notes are found by their current text, and new notes and edits are indexed after.

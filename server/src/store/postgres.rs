@@ -65,6 +65,8 @@ const USER_COLUMNS: &str =
 
 pub struct PgStore {
     pool: PgPool,
+    /// The heads this node last wrote or read, for appends that skip the locking read.
+    pub(super) heads: postgres_append::HeadCache,
 }
 
 impl PgStore {
@@ -77,7 +79,10 @@ impl PgStore {
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Arc::new(PgStore { pool }))
+        Ok(Arc::new(PgStore {
+            pool,
+            heads: postgres_append::HeadCache::default(),
+        }))
     }
 }
 
@@ -87,7 +92,7 @@ impl Store for PgStore {
         &self,
         batch: Vec<WriteRequest>,
     ) -> Result<Vec<Result<WriteOutcome, WriteRefusal>>, StoreError> {
-        postgres_append::write_batch(&self.pool, &batch).await
+        postgres_append::write_batch(&self.pool, &self.heads, &batch).await
     }
 
     /// While one batch waits on its round trips and its commit's flush, the next is

@@ -12,6 +12,13 @@
 //! (a `client_id` stored before) is rolled back and written again with one more
 //! statement that finds the events already stored under its `client_id`s.
 //!
+//! A batch of plain appends (messages and notes without mentions, no reply guard) to
+//! conversations whose heads this node remembers from its last commit to them is one
+//! statement in a transaction of its own: it locks the rows in the same order, moves
+//! each head only if it is still the remembered one, and writes the rows only if every
+//! head moved, failing on purpose otherwise (a head another node moved, a retry), after
+//! which the batch takes the path above ([`write_on_cached_heads`]).
+//!
 //! The hot events (messages and notes, with their mention notifications) are what gets
 //! batched. A reply guard and the rarer events (edits, pins, assignment, status, tags,
 //! fields) first write out what is pending and then run their own statements, so every
@@ -58,7 +65,17 @@ const ATTEMPTS: usize = 3;
 /// on a row this batch holds while this batch waits on a `client_id` or a field value
 /// it wrote; PostgreSQL then aborts one of the two, and an aborted batch is written
 /// again rather than failing its requests.
-pub(super) async fn write_batch(pool: &PgPool, batch: &[WriteRequest]) -> BatchResult {
+pub(super) async fn write_batch(
+    pool: &PgPool,
+    cache: &HeadCache,
+    batch: &[WriteRequest],
+) -> BatchResult {
+    match write_on_cached_heads(pool, cache, batch).await {
+        Ok(Some(outcomes)) => return Ok(outcomes),
+        Ok(None) => {}
+        Err(e) if broke_a_deadlock(&e) => {}
+        Err(e) => return Err(e),
+    }
     let mut last_error = None;
     let mut look_up_claims = may_refuse(batch);
     let mut attempts = 0;
@@ -79,7 +96,10 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &[WriteRequest]) -> BatchR
             Err(e) => Err(e),
         };
         match written {
-            Ok(()) => return Ok(writer.outcomes),
+            Ok(()) => {
+                cache.remember(&writer.heads);
+                return Ok(writer.outcomes);
+            }
             Err(e) if broke_a_deadlock(&e) => {
                 tracing::debug!("append batch aborted to break a deadlock; writing it again");
                 last_error = Some(e);
@@ -91,6 +111,174 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &[WriteRequest]) -> BatchR
     Err(last_error.unwrap_or_else(|| {
         StoreError::Corrupt("a client_id kept being taken by another node during the batch".into())
     }))
+}
+
+/// Conversations whose head a node remembers; past this many the memory is emptied and
+/// refilled by the locking reads (a hundred bytes each).
+const HEAD_CACHE_CONVERSATIONS: usize = 16 * 1024;
+
+/// The heads of the conversations this node last wrote to, as they were committed: a
+/// batch of plain appends to them is written in one statement that checks them, instead
+/// of locking and reading them first (see [`write_on_cached_heads`]).
+#[derive(Default)]
+pub(super) struct HeadCache {
+    heads: parking_lot::Mutex<HashMap<ConversationId, CachedHead>>,
+    /// Batches written on remembered heads, and batches that tried and found a head
+    /// moved (or a retry among them), for the tests.
+    written: std::sync::atomic::AtomicU64,
+    fell_back: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Clone)]
+struct CachedHead {
+    heads: Heads,
+    last_hash: [u8; 32],
+    contact_id: Option<String>,
+}
+
+impl HeadCache {
+    /// Remembers the heads a committed batch left, unless a later commit (the other lane)
+    /// already left newer ones.
+    fn remember(&self, heads: &HashMap<ConversationId, Head>) {
+        let mut cache = self.heads.lock();
+        if cache.len() + heads.len() > HEAD_CACHE_CONVERSATIONS {
+            cache.clear();
+        }
+        for (id, head) in heads {
+            let newer = cache
+                .get(id)
+                .is_some_and(|cached| cached.heads.supervisor > head.heads.supervisor);
+            if !newer {
+                cache.insert(
+                    *id,
+                    CachedHead {
+                        heads: head.heads,
+                        last_hash: head.last_hash,
+                        contact_id: head.contact_id.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// How many batches were written on remembered heads, and how many fell back.
+    #[cfg(test)]
+    pub(super) fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.written.load(Relaxed), self.fell_back.load(Relaxed))
+    }
+
+    fn forget(&self, ids: &[ConversationId]) {
+        let mut cache = self.heads.lock();
+        for id in ids {
+            cache.remove(id);
+        }
+    }
+}
+
+/// Writes a batch of plain appends (messages and notes without mentions, no reply guard,
+/// to conversations whose heads this node remembers) as one statement in its own
+/// transaction: the events, the notes and the heads, the heads updated only where they
+/// are still the remembered ones. One round trip instead of four (`BEGIN`, the locking
+/// read, the rows, `COMMIT`).
+///
+/// If another node (or this node's other lane) moved a head meanwhile, or a request is
+/// a retry (its `(actor, client_id)` is stored), the statement fails on purpose (a
+/// division by zero, so nothing of it is written), the batch's heads are forgotten, and
+/// `None` sends the batch down the locking path. Row locks are taken by the `UPDATE`, so
+/// two nodes writing the same conversations may deadlock; PostgreSQL then aborts one,
+/// which the caller treats the same way.
+async fn write_on_cached_heads(
+    pool: &PgPool,
+    cache: &HeadCache,
+    batch: &[WriteRequest],
+) -> Result<Option<Vec<Result<WriteOutcome, WriteRefusal>>>, StoreError> {
+    let plain = batch.iter().all(|request| match request {
+        WriteRequest::Append {
+            events,
+            guard: None,
+        } => events.iter().all(|event| match &event.data {
+            EventData::Message { .. } => true,
+            EventData::Note { mentions, .. } => mentions.is_empty(),
+            _ => false,
+        }),
+        _ => false,
+    });
+    if !plain || batch.is_empty() {
+        return Ok(None);
+    }
+    let mut writer = BatchWriter::default();
+    let mut expected = HashMap::new();
+    {
+        let cached = cache.heads.lock();
+        for event in appended_events(batch) {
+            let Some(head) = cached.get(&event.conversation_id) else {
+                return Ok(None);
+            };
+            expected.insert(event.conversation_id, head.heads.supervisor);
+            writer.heads.insert(
+                event.conversation_id,
+                Head {
+                    heads: head.heads,
+                    last_hash: head.last_hash,
+                    contact_id: head.contact_id.clone(),
+                    dirty: false,
+                    last_at: 0,
+                    last_public_at: None,
+                },
+            );
+        }
+    }
+    let mut conn = pool.acquire().await?;
+    for request in batch {
+        if let WriteRequest::Append { events, guard } = request {
+            let events: Vec<Cow<'_, NewEvent>> = events.iter().map(pg_event).collect();
+            // Plain appends run no statement here: no guard, no precheck, and their
+            // projections wait for the one below.
+            if writer.append(&mut conn, &events, *guard).await? == Written::LostRace {
+                return Ok(None);
+            }
+        }
+    }
+    let pending = std::mem::take(&mut writer.pending);
+    let heads = writer.take_dirty_heads();
+    let expected: Vec<i64> = heads
+        .conversations
+        .iter()
+        .map(|id| expected.get(id).map_or(-1, |seq: &u64| *seq as i64))
+        .collect();
+    let events = EventColumns::of(&pending.events);
+    let notes = NoteColumns::of(&pending.notes)?;
+    match insert_rows_on_heads(&mut conn, &events, &notes, &heads, &expected).await {
+        Ok(()) => {
+            cache.remember(&writer.heads);
+            cache
+                .written
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Some(writer.outcomes))
+        }
+        Err(e) if heads_moved(&e) || broke_a_deadlock(&e) => {
+            let ids: Vec<ConversationId> = writer.heads.keys().copied().collect();
+            cache.forget(&ids);
+            cache
+                .fell_back
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether [`insert_rows_on_heads`] failed because a head had moved or an event was a
+/// retry (its check divides by zero; a stale seq can also collide with a stored one).
+fn heads_moved(error: &StoreError) -> bool {
+    let StoreError::Database(error) = error else {
+        return false;
+    };
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "22012" || code == "23505")
 }
 
 /// Whether a request of `batch` could be refused by the state it is written against (a
@@ -608,6 +796,7 @@ impl BatchWriter {
     fn take_dirty_heads(&mut self) -> HeadColumns {
         let mut columns = HeadColumns::default();
         for (id, head) in self.heads.iter_mut().filter(|(_, head)| head.dirty) {
+            columns.conversations.push(*id);
             columns.ids.push(id.to_string());
             columns.public.push(head.heads.public as i64);
             columns.agent.push(head.heads.agent as i64);
@@ -723,6 +912,8 @@ impl<'a> NoteColumns<'a> {
 /// Conversation heads to write back, one array per column.
 #[derive(Default)]
 struct HeadColumns {
+    /// The conversations, in the columns' order (not bound: `ids` is their text).
+    conversations: Vec<ConversationId>,
     ids: Vec<String>,
     public: Vec<i64>,
     agent: Vec<i64>,
@@ -731,6 +922,32 @@ struct HeadColumns {
     last_at: Vec<i64>,
     last_public_at: Vec<Option<i64>>,
 }
+
+/// The events (`$1`–`$14`); a row whose `(actor, client_id)` is stored already is
+/// skipped. Followed by a `WHERE` or nothing, then [`SKIP_RETRIES`].
+const INSERT_EVENTS: &str = "INSERT INTO events (id, conversation_id, supervisor_seq, \
+     agent_seq, public_seq, kind, visibility, actor_id, actor_role, actor_name, client_id, \
+     payload, created_at, hash) \
+     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::int8[], $5::int8[], \
+     $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+     $13::int8[], $14::bytea[]) ";
+const SKIP_RETRIES: &str =
+    "ON CONFLICT (actor_id, client_id) WHERE client_id IS NOT NULL DO NOTHING RETURNING id";
+
+/// The notes (`$15`–`$24`). Followed by a `WHERE` or nothing.
+const INSERT_NOTES: &str = "INSERT INTO notes (id, conversation_id, contact_id, author_id, \
+     author_role, author_name, note_type, audience, body, created_at) \
+     SELECT * FROM UNNEST($15::uuid[], $16::uuid[], $17::text[], $18::text[], $19::text[], \
+     $20::text[], $21::text[], $22::text[], $23::text[], $24::int8[]) ";
+
+/// The heads' new values (`$25`–`$31`) set on the conversations' rows, as `u`; the
+/// caller adds `$32` and the `WHERE`.
+const SET_HEADS: &str = "UPDATE conversations AS c SET public_seq = u.public_seq, \
+     agent_seq = u.agent_seq, supervisor_seq = u.supervisor_seq, last_hash = u.last_hash, \
+     last_activity_at = u.last_activity_at, \
+     last_public_at = COALESCE(u.last_public_at, c.last_public_at) \
+     FROM UNNEST($25::uuid[], $26::int8[], $27::int8[], $28::int8[], $29::bytea[], \
+     $30::int8[], $31::int8[]";
 
 /// Inserts the events and the notes and writes back the heads, in one statement: one
 /// round trip instead of three, which is most of a small commit's time (a single note's
@@ -743,66 +960,94 @@ async fn insert_rows(
     notes: &NoteColumns<'_>,
     heads: &HeadColumns,
 ) -> Result<usize, StoreError> {
-    let inserted: i64 = sqlx::query_scalar(
-        "WITH inserted AS ( \
-           INSERT INTO events (id, conversation_id, supervisor_seq, agent_seq, public_seq, \
-           kind, visibility, actor_id, actor_role, actor_name, client_id, payload, \
-           created_at, hash) \
-           SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::int8[], \
-           $5::int8[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
-           $11::text[], $12::text[], $13::int8[], $14::bytea[]) \
-           ON CONFLICT (actor_id, client_id) WHERE client_id IS NOT NULL DO NOTHING \
-           RETURNING id), \
-         noted AS ( \
-           INSERT INTO notes (id, conversation_id, contact_id, author_id, author_role, \
-           author_name, note_type, audience, body, created_at) \
-           SELECT * FROM UNNEST($15::uuid[], $16::uuid[], $17::text[], $18::text[], \
-           $19::text[], $20::text[], $21::text[], $22::text[], $23::text[], $24::int8[])), \
-         moved AS ( \
-           UPDATE conversations AS c SET public_seq = u.public_seq, \
-           agent_seq = u.agent_seq, supervisor_seq = u.supervisor_seq, \
-           last_hash = u.last_hash, last_activity_at = u.last_activity_at, \
-           last_public_at = COALESCE(u.last_public_at, c.last_public_at) \
-           FROM UNNEST($25::uuid[], $26::int8[], $27::int8[], $28::int8[], $29::bytea[], \
-           $30::int8[], $31::int8[]) \
-           AS u (id, public_seq, agent_seq, supervisor_seq, last_hash, last_activity_at, \
-           last_public_at) WHERE c.id = u.id) \
-         SELECT count(*) FROM inserted",
-    )
-    .bind(&events.ids)
-    .bind(&events.conversations)
-    .bind(&events.supervisor)
-    .bind(&events.agent)
-    .bind(&events.public)
-    .bind(&events.kinds)
-    .bind(&events.visibilities)
-    .bind(&events.actor_ids)
-    .bind(&events.actor_roles)
-    .bind(&events.actor_names)
-    .bind(&events.client_ids)
-    .bind(&events.payloads)
-    .bind(&events.created)
-    .bind(&events.hashes)
-    .bind(&notes.ids)
-    .bind(&notes.conversations)
-    .bind(&notes.contacts)
-    .bind(&notes.author_ids)
-    .bind(&notes.author_roles)
-    .bind(&notes.author_names)
-    .bind(&notes.types)
-    .bind(&notes.audiences)
-    .bind(&notes.bodies)
-    .bind(&notes.created)
-    .bind(&heads.ids)
-    .bind(&heads.public)
-    .bind(&heads.agent)
-    .bind(&heads.supervisor)
-    .bind(&heads.hashes)
-    .bind(&heads.last_at)
-    .bind(&heads.last_public_at)
-    .fetch_one(&mut *conn)
-    .await?;
+    let sql = format!(
+        "WITH inserted AS ({INSERT_EVENTS} {SKIP_RETRIES}), \
+         noted AS ({INSERT_NOTES}), \
+         moved AS ({SET_HEADS}) AS u (id, public_seq, agent_seq, supervisor_seq, last_hash, \
+         last_activity_at, last_public_at) WHERE c.id = u.id) \
+         SELECT count(*) FROM inserted"
+    );
+    let inserted: i64 = bind_rows(sqlx::query_scalar(&sql), events, notes, heads)
+        .fetch_one(&mut *conn)
+        .await?;
     usize::try_from(inserted).map_err(|_| StoreError::Corrupt("a negative row count".into()))
+}
+
+/// The same rows as [`insert_rows`], in a statement of its own (no transaction around
+/// it), each head written only if its conversation's `supervisor_seq` is still the one
+/// in `expected` (`$32`, in the heads' order). The statement first locks the
+/// conversations' rows in id order, as the locking path does, then moves the heads,
+/// and inserts the rows only if every head moved: so the event rows are written, as on
+/// the locking path, only by the holder of their conversation's lock, and two writers
+/// never wait on each other in a cycle. If a head had moved or an event was skipped as
+/// a retry, the statement divides by zero, and nothing of it is written.
+async fn insert_rows_on_heads(
+    conn: &mut PgConnection,
+    events: &EventColumns<'_>,
+    notes: &NoteColumns<'_>,
+    heads: &HeadColumns,
+    expected: &[i64],
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "WITH locked AS (SELECT id FROM conversations WHERE id = ANY($25::uuid[]) \
+         ORDER BY id FOR UPDATE), \
+         moved AS ({SET_HEADS}, $32::int8[]) AS u (id, public_seq, agent_seq, \
+         supervisor_seq, last_hash, last_activity_at, last_public_at, expected) \
+         WHERE c.id = u.id AND c.supervisor_seq = u.expected \
+         AND (SELECT count(*) FROM locked) = cardinality($25::uuid[]) RETURNING c.id), \
+         inserted AS ({INSERT_EVENTS} \
+         WHERE (SELECT count(*) FROM moved) = cardinality($25::uuid[]) {SKIP_RETRIES}), \
+         noted AS ({INSERT_NOTES} \
+         WHERE (SELECT count(*) FROM moved) = cardinality($25::uuid[])) \
+         SELECT 1 / ((SELECT count(*) FROM inserted) = cardinality($1::uuid[]) \
+         AND (SELECT count(*) FROM moved) = cardinality($25::uuid[]))::int4"
+    );
+    let _: i32 = bind_rows(sqlx::query_scalar(&sql), events, notes, heads)
+        .bind(expected)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Binds `$1`–`$31`: the events', the notes' and the heads' columns.
+fn bind_rows<'q, O>(
+    query: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    events: &'q EventColumns<'_>,
+    notes: &'q NoteColumns<'_>,
+    heads: &'q HeadColumns,
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
+        .bind(&events.ids)
+        .bind(&events.conversations)
+        .bind(&events.supervisor)
+        .bind(&events.agent)
+        .bind(&events.public)
+        .bind(&events.kinds)
+        .bind(&events.visibilities)
+        .bind(&events.actor_ids)
+        .bind(&events.actor_roles)
+        .bind(&events.actor_names)
+        .bind(&events.client_ids)
+        .bind(&events.payloads)
+        .bind(&events.created)
+        .bind(&events.hashes)
+        .bind(&notes.ids)
+        .bind(&notes.conversations)
+        .bind(&notes.contacts)
+        .bind(&notes.author_ids)
+        .bind(&notes.author_roles)
+        .bind(&notes.author_names)
+        .bind(&notes.types)
+        .bind(&notes.audiences)
+        .bind(&notes.bodies)
+        .bind(&notes.created)
+        .bind(&heads.ids)
+        .bind(&heads.public)
+        .bind(&heads.agent)
+        .bind(&heads.supervisor)
+        .bind(&heads.hashes)
+        .bind(&heads.last_at)
+        .bind(&heads.last_public_at)
 }
 
 /// Notification rows, one array per column.
