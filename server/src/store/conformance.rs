@@ -274,6 +274,15 @@ impl Harness {
             .expect("append accepted")
     }
 
+    /// The conversation's row as the store holds it now.
+    async fn record(&self, conversation: ConversationId) -> super::ConversationRecord {
+        self.store
+            .conversation(conversation)
+            .await
+            .expect("read")
+            .expect("the conversation exists")
+    }
+
     /// Appends one event by `actor` and returns the stored event.
     async fn add(&self, conversation: ConversationId, actor: &Actor, data: EventData) -> Event {
         let outcome = self
@@ -941,14 +950,7 @@ async fn retries_are_answered_with_the_stored_event_in_any_batch(h: &Harness) {
     assert_eq!(*retry.events[0], *first.events[0]);
 
     // A retry between two new requests.
-    let head = h
-        .store
-        .conversation(conv)
-        .await
-        .expect("read")
-        .expect("exists")
-        .heads
-        .supervisor;
+    let head = h.record(conv).await.heads.supervisor;
     let outcomes = h
         .store
         .write_batch(vec![
@@ -966,12 +968,7 @@ async fn retries_are_answered_with_the_stored_event_in_any_batch(h: &Harness) {
     assert_eq!(*outcomes[1].events[0], *question.events[0]);
     assert_eq!(outcomes[0].events[0].seqs.supervisor, head + 1);
     assert_eq!(outcomes[2].events[0].seqs.supervisor, head + 2);
-    let after = h
-        .store
-        .conversation(conv)
-        .await
-        .expect("read")
-        .expect("exists");
+    let after = h.record(conv).await;
     assert_eq!(after.heads.supervisor, head + 2, "the retry wrote nothing");
     let audit = h.store.audit_rows(conv).await.expect("audit rows");
     let last = h.store.last_hash(conv).await.expect("head");

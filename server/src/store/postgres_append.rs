@@ -272,13 +272,18 @@ async fn write_on_cached_heads(
 /// Whether [`insert_rows_on_heads`] failed because a head had moved or an event was a
 /// retry (its check divides by zero; a stale seq can also collide with a stored one).
 fn heads_moved(error: &StoreError) -> bool {
+    has_code(error, &["22012", "23505"])
+}
+
+/// Whether `error` is PostgreSQL's, with one of `codes` (SQLSTATE).
+fn has_code(error: &StoreError, codes: &[&str]) -> bool {
     let StoreError::Database(error) = error else {
         return false;
     };
     error
         .as_database_error()
         .and_then(|e| e.code())
-        .is_some_and(|code| code == "22012" || code == "23505")
+        .is_some_and(|code| codes.contains(&code.as_ref()))
 }
 
 /// Whether a request of `batch` could be refused by the state it is written against (a
@@ -298,13 +303,7 @@ fn may_refuse(batch: &[WriteRequest]) -> bool {
 /// Whether PostgreSQL rolled the transaction back to break a deadlock (or a
 /// serialization conflict): nothing of it was written, and writing it again may succeed.
 fn broke_a_deadlock(error: &StoreError) -> bool {
-    let StoreError::Database(error) = error else {
-        return false;
-    };
-    error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code == "40P01" || code == "40001")
+    has_code(error, &["40P01", "40001"])
 }
 
 #[derive(Debug, PartialEq, Eq)]
