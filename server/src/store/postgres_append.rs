@@ -185,9 +185,10 @@ impl HeadCache {
 /// If another node (or this node's other lane) moved a head meanwhile, or a request is
 /// a retry (its `(actor, client_id)` is stored), the statement fails on purpose (a
 /// division by zero, so nothing of it is written), the batch's heads are forgotten, and
-/// `None` sends the batch down the locking path. Row locks are taken by the `UPDATE`, so
-/// two nodes writing the same conversations may deadlock; PostgreSQL then aborts one,
-/// which the caller treats the same way.
+/// `None` sends the batch down the locking path. The rows are locked in id order, as on
+/// the locking path; a `client_id` raced by another node's batch over two conversations
+/// can still make a deadlock there as here, and PostgreSQL's abort of this statement
+/// sends the batch down the locking path too.
 async fn write_on_cached_heads(
     pool: &PgPool,
     cache: &HeadCache,
