@@ -267,6 +267,11 @@ unsafe extern "C" fn open(
 
 /// A WAL's methods: writes held as described in the module, the rest the default VFS's
 /// after writing out what is held.
+///
+/// Safety of the functions below: SQLite calls them only with a file whose methods are
+/// these, which [`open`] sets after initializing the file's [`Held`] and opening the
+/// default VFS's file behind it; `wal_close` is the last call, and it drops both. A
+/// connection's calls on a file come from one thread at a time (SQLite's own mutex).
 static WAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     iVersion: 1,
     xClose: Some(wal_close),
