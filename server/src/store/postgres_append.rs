@@ -27,7 +27,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use backchannel_protocol::server::{Notification, NotificationKind};
 use backchannel_protocol::{ConversationId, EventData, UserId};
@@ -70,11 +70,8 @@ pub(super) async fn write_batch(
     cache: &HeadCache,
     batch: &[WriteRequest],
 ) -> BatchResult {
-    match write_on_cached_heads(pool, cache, batch).await {
-        Ok(Some(outcomes)) => return Ok(outcomes),
-        Ok(None) => {}
-        Err(e) if broke_a_deadlock(&e) => {}
-        Err(e) => return Err(e),
+    if let Some(outcomes) = write_on_cached_heads(pool, cache, batch).await? {
+        return Ok(outcomes);
     }
     let mut last_error = None;
     let mut look_up_claims = may_refuse(batch);
@@ -960,14 +957,16 @@ async fn insert_rows(
     notes: &NoteColumns<'_>,
     heads: &HeadColumns,
 ) -> Result<usize, StoreError> {
-    let sql = format!(
-        "WITH inserted AS ({INSERT_EVENTS} {SKIP_RETRIES}), \
-         noted AS ({INSERT_NOTES}), \
-         moved AS ({SET_HEADS}) AS u (id, public_seq, agent_seq, supervisor_seq, last_hash, \
-         last_activity_at, last_public_at) WHERE c.id = u.id) \
-         SELECT count(*) FROM inserted"
-    );
-    let inserted: i64 = bind_rows(sqlx::query_scalar(&sql), events, notes, heads)
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH inserted AS ({INSERT_EVENTS} {SKIP_RETRIES}), \
+             noted AS ({INSERT_NOTES}), \
+             moved AS ({SET_HEADS}) AS u (id, public_seq, agent_seq, supervisor_seq, \
+             last_hash, last_activity_at, last_public_at) WHERE c.id = u.id) \
+             SELECT count(*) FROM inserted"
+        )
+    });
+    let inserted: i64 = bind_rows(sqlx::query_scalar(SQL.as_str()), events, notes, heads)
         .fetch_one(&mut *conn)
         .await?;
     usize::try_from(inserted).map_err(|_| StoreError::Corrupt("a negative row count".into()))
@@ -988,8 +987,9 @@ async fn insert_rows_on_heads(
     heads: &HeadColumns,
     expected: &[i64],
 ) -> Result<(), StoreError> {
-    let sql = format!(
-        "WITH locked AS (SELECT id FROM conversations WHERE id = ANY($25::uuid[]) \
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH locked AS (SELECT id FROM conversations WHERE id = ANY($25::uuid[]) \
          ORDER BY id FOR UPDATE), \
          moved AS ({SET_HEADS}, $32::int8[]) AS u (id, public_seq, agent_seq, \
          supervisor_seq, last_hash, last_activity_at, last_public_at, expected) \
@@ -1001,8 +1001,9 @@ async fn insert_rows_on_heads(
          WHERE (SELECT count(*) FROM moved) = cardinality($25::uuid[])) \
          SELECT 1 / ((SELECT count(*) FROM inserted) = cardinality($1::uuid[]) \
          AND (SELECT count(*) FROM moved) = cardinality($25::uuid[]))::int4"
-    );
-    let _: i32 = bind_rows(sqlx::query_scalar(&sql), events, notes, heads)
+        )
+    });
+    let _: i32 = bind_rows(sqlx::query_scalar(SQL.as_str()), events, notes, heads)
         .bind(expected)
         .fetch_one(&mut *conn)
         .await?;
