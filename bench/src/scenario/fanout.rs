@@ -7,6 +7,13 @@
 //! Backchannel delivers a note to the room's agents (the sender included) and a message
 //! to them and the customer; the relay delivers every frame to the other members. CPU
 //! per delivery is compared at the fixed step.
+//!
+//! The machine this runs on is shared, and its speed drifts within minutes (the relay's
+//! cost per delivery has moved by a third within an hour). So both targets are set up
+//! side by side first, and the fixed step runs in rounds, the relay then Backchannel,
+//! `--rounds` times: each figure of `fixed` is the median over the rounds, and each
+//! ratio to the relay the median of the rounds' ratios, every pair measured a few
+//! seconds apart. The searches run after the rounds, one target at a time.
 
 use std::time::Duration;
 
@@ -14,10 +21,10 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use super::{
-    close_all, header, run_step, search, settled_rss, Common, Env, Plan, RoomConns, StepParams,
-    Targets,
+    close_all, header, run_step, search, settled_rss, Common, Env, Plan, RoomConns, Step,
+    StepParams, Targets,
 };
-use crate::client::{Proto, Spec};
+use crate::client::{Handle, Proto, Spec};
 use crate::procs::{self, Server};
 use crate::stats::round;
 
@@ -41,6 +48,10 @@ pub struct FanoutArgs {
     /// gets the same sends per second).
     #[arg(long, default_value_t = 22_500.0)]
     pub rate: f64,
+    /// Rounds of the fixed step (the relay's, then Backchannel's): its figures are the
+    /// medians over them.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// The p99 the fixed step is judged against, in ms.
     #[arg(long, default_value_t = 2.0)]
     pub fixed_p99_ms: f64,
@@ -81,11 +92,34 @@ pub async fn run(args: FanoutArgs) -> Result<Value, String> {
         "body_pad": args.common.body_pad,
         "fixed_sends_per_s": round(sends_per_s, 1),
     });
+    // Relay first, so a round's pair is the floor then Backchannel.
+    let mut prepared = Vec::new();
     if args.targets != "backchannel" {
-        out["relay"] = one_target(&args, false, sends_per_s).await?;
+        prepared.push(Prepared::new(&args, false).await?);
     }
     if args.targets != "relay" {
-        out["backchannel"] = one_target(&args, true, sends_per_s).await?;
+        prepared.push(Prepared::new(&args, true).await?);
+    }
+    let fixed = StepParams {
+        sends_per_s,
+        warmup: Duration::from_secs(args.warmup_s),
+        duration: Duration::from_secs(args.duration_s),
+        drain: Duration::from_secs(args.drain_s),
+        p99_limit_ms: args.fixed_p99_ms,
+    };
+    let mut rounds: Vec<Vec<Value>> = vec![Vec::new(); prepared.len()];
+    for round in 1..=args.rounds.max(1) {
+        for (target, steps) in prepared.iter().zip(&mut rounds) {
+            eprintln!(
+                "bc-load: {}: fixed step at {sends_per_s:.0} sends/s, round {round}",
+                target.name()
+            );
+            steps.push(target.step(fixed).await.json);
+        }
+    }
+    for (target, steps) in prepared.into_iter().zip(rounds) {
+        let name = target.name();
+        out[name] = target.finish(&args, steps).await;
     }
     let ratio = |path: &[&str]| -> Value {
         let get = |v: &Value| {
@@ -98,11 +132,41 @@ pub async fn run(args: FanoutArgs) -> Result<Value, String> {
             _ => Value::Null,
         }
     };
-    let cpu_ratio = ratio(&["fixed", "server_cpu_us_per_delivery"]);
+    // A fixed-step ratio is the median of the rounds' ratios: each pair ran seconds apart.
+    let round_ratios = |path: &[&str]| -> Vec<f64> {
+        let rounds = |target: &str| -> Vec<Option<f64>> {
+            out[target]["fixed_rounds"]
+                .as_array()
+                .map(|steps| {
+                    steps
+                        .iter()
+                        .map(|step| {
+                            path.iter()
+                                .try_fold(step, |v, k| v.get(*k))
+                                .and_then(Value::as_f64)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        rounds("backchannel")
+            .into_iter()
+            .zip(rounds("relay"))
+            .filter_map(|pair| match pair {
+                (Some(b), Some(r)) if r > 0.0 => Some(round(b / r, 2)),
+                _ => None,
+            })
+            .collect()
+    };
+    let fixed_ratio = |path: &[&str]| -> Value {
+        median(round_ratios(path)).map_or(Value::Null, |m| json!(round(m, 2)))
+    };
+    let cpu_ratio = fixed_ratio(&["server_cpu_us_per_delivery"]);
     out["ratio_to_relay"] = json!({
         "cpu_us_per_delivery_fixed": cpu_ratio,
-        "p50_fixed": ratio(&["fixed", "latency", "p50_ms"]),
-        "p99_fixed": ratio(&["fixed", "latency", "p99_ms"]),
+        "cpu_us_per_delivery_fixed_rounds": round_ratios(&["server_cpu_us_per_delivery"]),
+        "p50_fixed": fixed_ratio(&["latency", "p50_ms"]),
+        "p99_fixed": fixed_ratio(&["latency", "p99_ms"]),
         "max_deliveries_per_s": ratio(&["search", "best", "deliveries_per_s"]),
         "cpu_us_per_delivery_at_max": ratio(&["search", "best", "server_cpu_us_per_delivery"]),
         "rss_kib_per_connection": ratio(&["rss_kib_per_connection"]),
@@ -118,127 +182,236 @@ pub async fn run(args: FanoutArgs) -> Result<Value, String> {
     Ok(out)
 }
 
-/// Sets up one target (`backchannel` true: Backchannel, else the relay), runs the fixed
-/// step and the search, and tears it down.
-async fn one_target(
-    args: &FanoutArgs,
+/// One target set up for the run: its server, the fleet connected to it, and who sends
+/// what.
+struct Prepared {
     backchannel: bool,
-    sends_per_s: f64,
-) -> Result<Value, String> {
-    let env = Env::new(args.common.clone());
-    let server: Server = if backchannel {
-        env.backchannel("fanout", &[])?
-    } else {
-        env.relay()?
-    };
-    let targets = Targets::of(&[&server], backchannel);
-    let per_room = args.agents + args.customers;
-    let connections = args.rooms * per_room;
-    let sources = env.sources(connections);
-    let conversations: Vec<String> = if backchannel {
-        let contacts: Vec<String> = (0..args.rooms).map(|r| format!("c{r}")).collect();
-        procs::open_conversations(&server.base_url(), &env.common.jwt_secret, &contacts, 16).await?
-    } else {
-        (0..args.rooms)
-            .map(|r| format!("00000000-0000-4000-8000-{r:012}"))
-            .collect()
-    };
-    let rss_before = settled_rss(server.pid).await;
-    let mut specs = Vec::with_capacity(connections);
-    let mut rooms = Vec::with_capacity(args.rooms);
-    for (r, conversation) in conversations.iter().enumerate() {
-        let mut room = RoomConns::default();
-        for k in 0..per_room {
-            let customer = k >= args.agents;
-            let id = specs.len() as u32;
-            let proto = if backchannel {
-                let (role, sub) = if customer {
-                    ("customer", format!("c{r}"))
-                } else {
-                    ("agent", format!("a{r}-{k}"))
-                };
-                Proto::Backchannel {
-                    token: env.token(role, &sub),
-                    conversation: conversation.clone(),
-                    since: None,
-                    subscribe: true,
-                }
-            } else {
-                Proto::Relay {
-                    room: conversation.clone(),
-                }
-            };
-            if customer {
-                room.customer = Some(specs.len());
-            } else {
-                room.agents.push(specs.len());
-            }
-            specs.push(Spec {
-                server: server.addr,
-                source: sources[specs.len() % sources.len()],
-                proto,
-                leak_check: customer && backchannel,
-                latency: !customer,
-                group: 0,
-                id,
-                body_pad: args.common.body_pad,
-                catch_up_to: None,
-            });
-        }
-        rooms.push(room);
-    }
-    let handles = env.connect(specs).await?;
-    let rss_after = settled_rss(server.pid).await;
-    let plan = Plan {
-        rooms,
-        note_pct: args.note_pct,
-        note_fanout: if backchannel {
-            args.agents as u32
+    env: Env,
+    server: Server,
+    targets: Targets,
+    handles: Vec<Handle>,
+    plan: Plan,
+    rss_kib_before: Option<u64>,
+    rss_kib_after: Option<u64>,
+    connections: usize,
+}
+
+impl Prepared {
+    /// Starts the target (`backchannel` true: Backchannel, else the relay), opens its
+    /// conversations and connects the rooms.
+    async fn new(args: &FanoutArgs, backchannel: bool) -> Result<Prepared, String> {
+        let env = Env::new(args.common.clone());
+        let server: Server = if backchannel {
+            env.backchannel("fanout", &[])?
         } else {
-            (per_room - 1) as u32
-        },
-        msg_fanout: if backchannel {
-            per_room as u32
-        } else {
-            (per_room - 1) as u32
-        },
-    };
-    let base = StepParams {
-        sends_per_s,
-        warmup: Duration::from_secs(args.warmup_s),
-        duration: Duration::from_secs(args.duration_s),
-        drain: Duration::from_secs(args.drain_s),
-        p99_limit_ms: args.fixed_p99_ms,
-    };
-    let name = if backchannel { "backchannel" } else { "relay" };
-    eprintln!("bc-load: {name}: fixed step at {sends_per_s:.0} sends/s");
-    let fixed = run_step(&env, &handles, &plan, base, &targets).await;
-    let mut result = json!({
-        "fixed": fixed.json,
-        "server_rss_kib_before": rss_before,
-        "server_rss_kib_after": rss_after,
-        "rss_kib_per_connection": match (rss_before, rss_after) {
-            (Some(b), Some(a)) => json!(round(a.saturating_sub(b) as f64 / connections as f64, 2)),
-            _ => Value::Null,
-        },
-    });
-    if !args.no_search {
-        eprintln!("bc-load: {name}: saturation search");
-        let start = StepParams {
-            sends_per_s: args.search_start / bc_mean(args),
-            duration: Duration::from_secs(args.search_duration_s),
-            warmup: Duration::from_secs(1),
-            p99_limit_ms: args.p99_ms,
-            // An overloaded step leaves a backlog in the server: let it clear fully so
-            // it does not spill into the next step.
-            drain: base.drain.max(Duration::from_secs(30)),
+            env.relay()?
         };
-        result["search"] = search(&env, &handles, &plan, start, args.search_steps, &targets).await;
+        let targets = Targets::of(&[&server], backchannel);
+        let per_room = args.agents + args.customers;
+        let connections = args.rooms * per_room;
+        let sources = env.sources(connections);
+        let conversations: Vec<String> = if backchannel {
+            let contacts: Vec<String> = (0..args.rooms).map(|r| format!("c{r}")).collect();
+            procs::open_conversations(&server.base_url(), &env.common.jwt_secret, &contacts, 16)
+                .await?
+        } else {
+            (0..args.rooms)
+                .map(|r| format!("00000000-0000-4000-8000-{r:012}"))
+                .collect()
+        };
+        let rss_kib_before = settled_rss(server.pid).await;
+        let mut specs = Vec::with_capacity(connections);
+        let mut rooms = Vec::with_capacity(args.rooms);
+        for (r, conversation) in conversations.iter().enumerate() {
+            let mut room = RoomConns::default();
+            for k in 0..per_room {
+                let customer = k >= args.agents;
+                let id = specs.len() as u32;
+                let proto = if backchannel {
+                    let (role, sub) = if customer {
+                        ("customer", format!("c{r}"))
+                    } else {
+                        ("agent", format!("a{r}-{k}"))
+                    };
+                    Proto::Backchannel {
+                        token: env.token(role, &sub),
+                        conversation: conversation.clone(),
+                        since: None,
+                        subscribe: true,
+                    }
+                } else {
+                    Proto::Relay {
+                        room: conversation.clone(),
+                    }
+                };
+                if customer {
+                    room.customer = Some(specs.len());
+                } else {
+                    room.agents.push(specs.len());
+                }
+                specs.push(Spec {
+                    server: server.addr,
+                    source: sources[specs.len() % sources.len()],
+                    proto,
+                    leak_check: customer && backchannel,
+                    latency: !customer,
+                    group: 0,
+                    id,
+                    body_pad: args.common.body_pad,
+                    catch_up_to: None,
+                });
+            }
+            rooms.push(room);
+        }
+        let handles = env.connect(specs).await?;
+        let rss_kib_after = settled_rss(server.pid).await;
+        let plan = Plan {
+            rooms,
+            note_pct: args.note_pct,
+            note_fanout: if backchannel {
+                args.agents as u32
+            } else {
+                (per_room - 1) as u32
+            },
+            msg_fanout: if backchannel {
+                per_room as u32
+            } else {
+                (per_room - 1) as u32
+            },
+        };
+        Ok(Prepared {
+            backchannel,
+            env,
+            server,
+            targets,
+            handles,
+            plan,
+            rss_kib_before,
+            rss_kib_after,
+            connections,
+        })
     }
-    close_all(handles).await;
-    result["correctness"] = env.ctx.stats.borrow().correctness();
-    drop(server);
-    Ok(result)
+
+    fn name(&self) -> &'static str {
+        if self.backchannel {
+            "backchannel"
+        } else {
+            "relay"
+        }
+    }
+
+    async fn step(&self, params: StepParams) -> Step {
+        run_step(&self.env, &self.handles, &self.plan, params, &self.targets).await
+    }
+
+    /// The target's figures: the fixed step's medians over `rounds` (and each round),
+    /// then the saturation search unless it is skipped; then tears the target down.
+    async fn finish(self, args: &FanoutArgs, rounds: Vec<Value>) -> Value {
+        let name = self.name();
+        let mut result = json!({
+            "fixed": median_step(&rounds, args.fixed_p99_ms),
+            "fixed_rounds": rounds,
+            "server_rss_kib_before": self.rss_kib_before,
+            "server_rss_kib_after": self.rss_kib_after,
+            "rss_kib_per_connection": match (self.rss_kib_before, self.rss_kib_after) {
+                (Some(b), Some(a)) => json!(round(a.saturating_sub(b) as f64 / self.connections as f64, 2)),
+                _ => Value::Null,
+            },
+        });
+        if !args.no_search {
+            eprintln!("bc-load: {name}: saturation search");
+            let start = StepParams {
+                sends_per_s: args.search_start / bc_mean(args),
+                duration: Duration::from_secs(args.search_duration_s),
+                warmup: Duration::from_secs(1),
+                p99_limit_ms: args.p99_ms,
+                // An overloaded step leaves a backlog in the server: let it clear fully
+                // so it does not spill into the next step.
+                drain: Duration::from_secs(args.drain_s.max(30)),
+            };
+            result["search"] = search(
+                &self.env,
+                &self.handles,
+                &self.plan,
+                start,
+                args.search_steps,
+                &self.targets,
+            )
+            .await;
+        }
+        close_all(self.handles).await;
+        result["correctness"] = self.env.ctx.stats.borrow().correctness();
+        drop(self.server);
+        result
+    }
+}
+
+/// The fixed step's rounds summed up: every number the median of the rounds' (a `max_ms`
+/// the largest, `samples`, `lost` and `new_closes` the sum), lists element by element;
+/// `passed` again from those: the median p99 under `p99_limit_ms`, nothing lost or
+/// closed.
+fn median_step(rounds: &[Value], p99_limit_ms: f64) -> Value {
+    fn combine(key: &str, values: &[&Value]) -> Value {
+        let Some(first) = values.first() else {
+            return Value::Null;
+        };
+        match first {
+            Value::Object(fields) => Value::Object(
+                fields
+                    .keys()
+                    .map(|k| {
+                        let inner: Vec<&Value> = values.iter().filter_map(|v| v.get(k)).collect();
+                        (k.clone(), combine(k, &inner))
+                    })
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(
+                (0..items.len())
+                    .map(|i| {
+                        let inner: Vec<&Value> = values.iter().filter_map(|v| v.get(i)).collect();
+                        combine(key, &inner)
+                    })
+                    .collect(),
+            ),
+            Value::Number(_) => {
+                let numbers: Vec<f64> = values.iter().filter_map(|v| v.as_f64()).collect();
+                match key {
+                    "samples" | "lost" | "new_closes" => {
+                        json!(values.iter().filter_map(|v| v.as_u64()).sum::<u64>())
+                    }
+                    "max_ms" => numbers
+                        .iter()
+                        .copied()
+                        .reduce(f64::max)
+                        .map_or(Value::Null, |n| json!(n)),
+                    _ => median(numbers).map_or(Value::Null, |n| json!(round(n, 3))),
+                }
+            }
+            other => (*other).clone(),
+        }
+    }
+    let all: Vec<&Value> = rounds.iter().collect();
+    let mut summary = combine("", &all);
+    let p99 = summary["latency"]["p99_ms"]
+        .as_f64()
+        .unwrap_or(f64::INFINITY);
+    let clean =
+        summary["lost"].as_f64() == Some(0.0) && summary["new_closes"].as_f64() == Some(0.0);
+    summary["passed"] = json!(clean && p99 <= p99_limit_ms);
+    summary["rounds"] = json!(rounds.len());
+    summary
+}
+
+/// The median of `values` (the mean of the middle two for an even count); `None` if
+/// empty.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
 }
 
 /// Backchannel's mean deliveries per send for this shape: the relay is offered the same
@@ -246,4 +419,58 @@ async fn one_target(
 fn bc_mean(args: &FanoutArgs) -> f64 {
     let p = args.note_pct as f64 / 100.0;
     p * args.agents as f64 + (1.0 - p) * (args.agents + args.customers) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fixed_step_is_the_median_of_its_rounds() {
+        let round = |cpu: f64, p99: f64, max: f64, lost: u64| {
+            json!({
+                "server_cpu_us_per_delivery": cpu,
+                "latency": {"p50_ms": p99 / 4.0, "p99_ms": p99, "max_ms": max, "samples": 100},
+                "cores_busy": [cpu / 100.0, 0.3],
+                "lost": lost,
+                "new_closes": 0,
+                "passed": true,
+            })
+        };
+        let rounds = [
+            round(20.0, 1.5, 9.0, 0),
+            round(30.0, 2.5, 4.0, 0),
+            round(22.0, 1.8, 5.0, 0),
+        ];
+        let summary = median_step(&rounds, 2.0);
+        assert_eq!(summary["server_cpu_us_per_delivery"], json!(22.0));
+        assert_eq!(summary["latency"]["p99_ms"], json!(1.8));
+        assert_eq!(summary["latency"]["max_ms"], json!(9.0));
+        assert_eq!(summary["latency"]["samples"], json!(300));
+        assert_eq!(summary["cores_busy"], json!([0.22, 0.3]));
+        assert_eq!(summary["rounds"], json!(3));
+        assert_eq!(
+            summary["passed"],
+            json!(true),
+            "median p99 1.8 ms is under 2 ms"
+        );
+        assert_eq!(median_step(&rounds, 1.7)["passed"], json!(false));
+
+        // One lost delivery in any round fails the summary, whatever the medians.
+        let lossy = [
+            rounds[0].clone(),
+            round(21.0, 1.0, 2.0, 1),
+            rounds[2].clone(),
+        ];
+        let summary = median_step(&lossy, 2.0);
+        assert_eq!(summary["lost"], json!(1));
+        assert_eq!(summary["passed"], json!(false));
+    }
+
+    #[test]
+    fn median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(vec![7.0]), Some(7.0));
+        assert_eq!(median(Vec::new()), None);
+    }
 }
