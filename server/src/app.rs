@@ -79,7 +79,7 @@ pub async fn run(
         Some(url) => PgStore::open(url).await?,
         None => SqliteStore::open(&config.data_dir).await?,
     };
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_store(store.append_shortcut_counters()));
     let (broker, redis): (Arc<dyn Broker>, _) = match &config.redis_url {
         None => (Arc::new(LocalBroker), None),
         Some(url) => {

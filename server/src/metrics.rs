@@ -11,6 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::store::AppendShortcutCounters;
+
 pub struct Metrics {
     registry: Registry,
     /// Open WebSockets.
@@ -34,6 +36,11 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_store(None)
+    }
+
+    /// The metrics, with the store's own counters if its engine keeps any.
+    pub fn with_store(shortcut: Option<AppendShortcutCounters>) -> Self {
         let mut registry = Registry::with_prefix("backchannel");
         let connections = Gauge::default();
         let frames_in = Counter::default();
@@ -69,6 +76,20 @@ impl Metrics {
             "Appends per group-commit transaction",
             commit_batch_size.clone(),
         );
+        if let Some(shortcut) = shortcut {
+            registry.register(
+                "store_appends_on_remembered_heads",
+                "Batches of plain appends written in one statement on the conversation \
+                 heads this node remembered (PostgreSQL)",
+                shortcut.written,
+            );
+            registry.register(
+                "store_appends_fell_back",
+                "Batches of plain appends that found a remembered head moved by another \
+                 node and took the locking path instead (PostgreSQL)",
+                shortcut.fell_back,
+            );
+        }
         Metrics {
             registry,
             connections,

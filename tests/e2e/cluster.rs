@@ -7,8 +7,9 @@
 //! acknowledged note arrives exactly once and in order; a Redis outage degrades
 //! `/readyz` but loses and repeats nothing; a dead node's users turn offline within the
 //! presence TTL and conversation presence crosses nodes (never to customers); writers on
-//! two nodes share one gap-free order; and `backchannel audit verify --database-url`
-//! checks the chains of the PostgreSQL store. The last three tests pin bugs this suite
+//! two nodes share one gap-free order; `backchannel audit verify --database-url`
+//! checks the chains of the PostgreSQL store; and `/metrics` counts the appends written
+//! on remembered heads and those that fell back. The last three tests pin bugs this suite
 //! found and that are fixed (each described above it): subscriptions renewed during a
 //! Redis outage, notes whose node died before publishing them, and notifications
 //! published while a node was cut off from Redis.
@@ -1057,6 +1058,61 @@ async fn writers_on_two_nodes_are_seen_in_one_order_by_subscribers_on_both() {
         let extra = events_only(client.take_pending());
         assert!(extra.is_empty(), "{name}: events after the head: {extra:?}");
     }
+}
+
+// ---- 8. what /metrics tells an operator about appends on remembered heads -------------
+
+/// A counter's value in a Prometheus text exposition (0 if it is not there).
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Each node counts the batches it wrote in one statement on the heads it remembered,
+/// and those that found a head moved by the other node and took the locking path: an
+/// operator sees how often nodes write to the same conversations.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_appends_on_remembered_heads_and_their_fallbacks() {
+    let cluster = Cluster::on_shared_redis().await;
+    let (a, b) = cluster.two_nodes().await;
+    let conv = b.http.open_as_customer(&customer(&cluster.id("lou"))).await;
+    let mut agent_a = a.client(&agent(&cluster.id("amy"))).await;
+    let mut agent_b = b.client(&agent(&cluster.id("bo"))).await;
+    const WRITTEN: &str = "backchannel_store_appends_on_remembered_heads_total";
+    const FELL_BACK: &str = "backchannel_store_appends_fell_back_total";
+    let counts = |node: &Node| {
+        let node = node.http.clone();
+        async move {
+            let text = node.get("/metrics", None).await.text;
+            assert!(text.contains(WRITTEN) && text.contains(FELL_BACK), "{text}");
+            (counter(&text, WRITTEN), counter(&text, FELL_BACK))
+        }
+    };
+
+    // A's first note reads the head (B opened the conversation); its second is written
+    // on the head the first left.
+    agent_a.note(&conv, "a1", "first from A").await;
+    assert_eq!(counts(&a).await, (0, 0));
+    agent_a.note(&conv, "a2", "second from A").await;
+    assert_eq!(counts(&a).await, (1, 0));
+    // B remembers the head its open left, which A has moved since.
+    let ok = agent_b.note(&conv, "b1", "from B").await;
+    assert_eq!(ok["seq"], 4, "{ok}");
+    assert_eq!(counts(&b).await, (0, 1));
+    // And now A's memory is stale: one fallback, then the shortcut again.
+    agent_a.note(&conv, "a3", "third from A").await;
+    assert_eq!(counts(&a).await, (1, 1));
+    let ok = agent_a.note(&conv, "a4", "fourth from A").await;
+    assert_eq!(ok["seq"], 6, "{ok}");
+    assert_eq!(counts(&a).await, (2, 1));
 }
 
 // ---- server bugs found by this suite (see each test's comment) -------------------------

@@ -563,8 +563,24 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// The counters of an engine's shortcut for appends, for `/metrics`; `None` for an
+    /// engine without one.
+    fn append_shortcut_counters(&self) -> Option<AppendShortcutCounters> {
+        None
+    }
+
     /// Waits for in-flight work and closes connections.
     async fn close(&self);
+}
+
+/// How often PostgreSQL's batches of plain appends were written in one statement on the
+/// heads the node remembered, and how often they found a head moved by another node
+/// (or a retry among them) and took the locking path. Clones count into the same
+/// totals: the store increments them, `/metrics` shows them.
+#[derive(Clone, Debug, Default)]
+pub struct AppendShortcutCounters {
+    pub written: prometheus_client::metrics::counter::Counter,
+    pub fell_back: prometheus_client::metrics::counter::Counter,
 }
 
 /// `now`, truncated to the microsecond the store keeps, so an event read back equals the

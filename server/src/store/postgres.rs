@@ -38,8 +38,9 @@ use super::rows::{
     tag_from_row, team_from_row,
 };
 use super::{
-    to_micros, AuditRow, ConversationFilter, ConversationRecord, DirectoryEntry, Event, MarkRead,
-    NewEvent, NoteRecord, NoteSearch, Store, StoreError, WriteOutcome, WriteRefusal, WriteRequest,
+    to_micros, AppendShortcutCounters, AuditRow, ConversationFilter, ConversationRecord,
+    DirectoryEntry, Event, MarkRead, NewEvent, NoteRecord, NoteSearch, Store, StoreError,
+    WriteOutcome, WriteRefusal, WriteRequest,
 };
 
 /// Connections per node.
@@ -661,6 +662,10 @@ impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    fn append_shortcut_counters(&self) -> Option<AppendShortcutCounters> {
+        Some(self.heads.counters.clone())
     }
 
     async fn close(&self) {

@@ -38,8 +38,8 @@ use super::chain;
 use super::postgres::{pg_event, pg_text, EVENT_COLUMNS};
 use super::rows::{enum_text, event_from_row, get_u64, parse_uuid, stream_after};
 use super::{
-    to_micros, Event, Heads, NewConversation, NewEvent, Precheck, ReplyGuard, StoreError,
-    UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
+    to_micros, AppendShortcutCounters, Event, Heads, NewConversation, NewEvent, Precheck,
+    ReplyGuard, StoreError, UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
 };
 
 /// What one batch comes to: an outcome per request, or an engine error for all of them.
@@ -121,9 +121,8 @@ const HEAD_CACHE_CONVERSATIONS: usize = 16 * 1024;
 pub(super) struct HeadCache {
     heads: parking_lot::Mutex<HashMap<ConversationId, CachedHead>>,
     /// Batches written on remembered heads, and batches that tried and found a head
-    /// moved (or a retry among them), for the tests.
-    written: std::sync::atomic::AtomicU64,
-    fell_back: std::sync::atomic::AtomicU64,
+    /// moved (or a retry among them): shown in `/metrics`.
+    pub(super) counters: AppendShortcutCounters,
 }
 
 #[derive(Clone)]
@@ -161,8 +160,7 @@ impl HeadCache {
     /// How many batches were written on remembered heads, and how many fell back.
     #[cfg(test)]
     pub(super) fn counts(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (self.written.load(Relaxed), self.fell_back.load(Relaxed))
+        (self.counters.written.get(), self.counters.fell_back.get())
     }
 
     fn forget(&self, ids: &[ConversationId]) {
@@ -250,17 +248,13 @@ async fn write_on_cached_heads(
     match insert_rows_on_heads(&mut conn, &events, &notes, &heads, &expected).await {
         Ok(()) => {
             cache.remember(&writer.heads);
-            cache
-                .written
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cache.counters.written.inc();
             Ok(Some(writer.outcomes))
         }
         Err(e) if heads_moved(&e) || broke_a_deadlock(&e) => {
             let ids: Vec<ConversationId> = writer.heads.keys().copied().collect();
             cache.forget(&ids);
-            cache
-                .fell_back
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cache.counters.fell_back.inc();
             Ok(None)
         }
         Err(e) => Err(e),
