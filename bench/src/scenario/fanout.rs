@@ -21,8 +21,8 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use super::{
-    close_all, header, run_step, search, settled_rss, Common, Env, Plan, RoomConns, Step,
-    StepParams, Targets,
+    close_all, header, median, median_step, run_step, search, settled_rss, Common, Env, Plan,
+    RoomConns, Step, StepParams, Targets,
 };
 use crate::client::{Handle, Proto, Spec};
 use crate::procs::{self, Server};
@@ -346,131 +346,9 @@ impl Prepared {
     }
 }
 
-/// The fixed step's rounds summed up: every number the median of the rounds' (a `max_ms`
-/// the largest, `samples`, `lost` and `new_closes` the sum), lists element by element;
-/// `passed` again from those: the median p99 under `p99_limit_ms`, nothing lost or
-/// closed.
-fn median_step(rounds: &[Value], p99_limit_ms: f64) -> Value {
-    fn combine(key: &str, values: &[&Value]) -> Value {
-        let Some(first) = values.first() else {
-            return Value::Null;
-        };
-        match first {
-            Value::Object(fields) => Value::Object(
-                fields
-                    .keys()
-                    .map(|k| {
-                        let inner: Vec<&Value> = values.iter().filter_map(|v| v.get(k)).collect();
-                        (k.clone(), combine(k, &inner))
-                    })
-                    .collect(),
-            ),
-            Value::Array(items) => Value::Array(
-                (0..items.len())
-                    .map(|i| {
-                        let inner: Vec<&Value> = values.iter().filter_map(|v| v.get(i)).collect();
-                        combine(key, &inner)
-                    })
-                    .collect(),
-            ),
-            Value::Number(_) => {
-                let numbers: Vec<f64> = values.iter().filter_map(|v| v.as_f64()).collect();
-                match key {
-                    "samples" | "lost" | "new_closes" => {
-                        json!(values.iter().filter_map(|v| v.as_u64()).sum::<u64>())
-                    }
-                    "max_ms" => numbers
-                        .iter()
-                        .copied()
-                        .reduce(f64::max)
-                        .map_or(Value::Null, |n| json!(n)),
-                    _ => median(numbers).map_or(Value::Null, |n| json!(round(n, 3))),
-                }
-            }
-            other => (*other).clone(),
-        }
-    }
-    let all: Vec<&Value> = rounds.iter().collect();
-    let mut summary = combine("", &all);
-    let p99 = summary["latency"]["p99_ms"]
-        .as_f64()
-        .unwrap_or(f64::INFINITY);
-    let clean =
-        summary["lost"].as_f64() == Some(0.0) && summary["new_closes"].as_f64() == Some(0.0);
-    summary["passed"] = json!(clean && p99 <= p99_limit_ms);
-    summary["rounds"] = json!(rounds.len());
-    summary
-}
-
-/// The median of `values` (the mean of the middle two for an even count); `None` if
-/// empty.
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(values[n / 2]),
-        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
-    }
-}
-
 /// Backchannel's mean deliveries per send for this shape: the relay is offered the same
 /// sends per second.
 fn bc_mean(args: &FanoutArgs) -> f64 {
     let p = args.note_pct as f64 / 100.0;
     p * args.agents as f64 + (1.0 - p) * (args.agents + args.customers) as f64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_fixed_step_is_the_median_of_its_rounds() {
-        let round = |cpu: f64, p99: f64, max: f64, lost: u64| {
-            json!({
-                "server_cpu_us_per_delivery": cpu,
-                "latency": {"p50_ms": p99 / 4.0, "p99_ms": p99, "max_ms": max, "samples": 100},
-                "cores_busy": [cpu / 100.0, 0.3],
-                "lost": lost,
-                "new_closes": 0,
-                "passed": true,
-            })
-        };
-        let rounds = [
-            round(20.0, 1.5, 9.0, 0),
-            round(30.0, 2.5, 4.0, 0),
-            round(22.0, 1.8, 5.0, 0),
-        ];
-        let summary = median_step(&rounds, 2.0);
-        assert_eq!(summary["server_cpu_us_per_delivery"], json!(22.0));
-        assert_eq!(summary["latency"]["p99_ms"], json!(1.8));
-        assert_eq!(summary["latency"]["max_ms"], json!(9.0));
-        assert_eq!(summary["latency"]["samples"], json!(300));
-        assert_eq!(summary["cores_busy"], json!([0.22, 0.3]));
-        assert_eq!(summary["rounds"], json!(3));
-        assert_eq!(
-            summary["passed"],
-            json!(true),
-            "median p99 1.8 ms is under 2 ms"
-        );
-        assert_eq!(median_step(&rounds, 1.7)["passed"], json!(false));
-
-        // One lost delivery in any round fails the summary, whatever the medians.
-        let lossy = [
-            rounds[0].clone(),
-            round(21.0, 1.0, 2.0, 1),
-            rounds[2].clone(),
-        ];
-        let summary = median_step(&lossy, 2.0);
-        assert_eq!(summary["lost"], json!(1));
-        assert_eq!(summary["passed"], json!(false));
-    }
-
-    #[test]
-    fn median_of_an_even_count_is_the_mean_of_the_middle_two() {
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
-        assert_eq!(median(vec![7.0]), Some(7.0));
-        assert_eq!(median(Vec::new()), None);
-    }
 }
