@@ -1062,20 +1062,6 @@ async fn writers_on_two_nodes_are_seen_in_one_order_by_subscribers_on_both() {
 
 // ---- 8. what /metrics tells an operator about appends on remembered heads -------------
 
-/// A counter's value in a Prometheus text exposition (0 if it is not there).
-fn counter(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
 /// Each node counts the batches it wrote in one statement on the heads it remembered,
 /// and those that found a head moved by the other node and took the locking path: an
 /// operator sees how often nodes write to the same conversations.

@@ -60,12 +60,7 @@ async fn slow_consumers_closed(http: &Http) -> u64 {
     let reply = http
         .send(http.client.get(format!("{}/metrics", http.base)))
         .await;
-    reply
-        .text
-        .lines()
-        .find_map(|line| line.strip_prefix("backchannel_slow_consumers_closed_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+    counter(&reply.text, "backchannel_slow_consumers_closed_total")
 }
 
 fn event_seqs(frames: &[Value]) -> Vec<u64> {

@@ -263,6 +263,20 @@ pub fn range(from: u64, to: u64) -> Vec<u64> {
     (from..=to).collect()
 }
 
+/// A counter's value in a Prometheus text exposition (`/metrics`), 0 if it is not there.
+pub fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 /// The keys of a JSON object.
 pub fn keys(value: &Value) -> BTreeSet<String> {
     value
