@@ -122,12 +122,10 @@ pub async fn run(args: FanoutArgs) -> Result<Value, String> {
         out[name] = target.finish(&args, steps).await;
     }
     let ratio = |path: &[&str]| -> Value {
-        let get = |v: &Value| {
-            path.iter()
-                .try_fold(v, |v, k| v.get(*k))
-                .and_then(Value::as_f64)
-        };
-        match (get(&out["backchannel"]), get(&out["relay"])) {
+        match (
+            number_at(&out["backchannel"], path),
+            number_at(&out["relay"], path),
+        ) {
             (Some(b), Some(r)) if r > 0.0 => json!(round(b / r, 2)),
             _ => Value::Null,
         }
@@ -137,16 +135,7 @@ pub async fn run(args: FanoutArgs) -> Result<Value, String> {
         let rounds = |target: &str| -> Vec<Option<f64>> {
             out[target]["fixed_rounds"]
                 .as_array()
-                .map(|steps| {
-                    steps
-                        .iter()
-                        .map(|step| {
-                            path.iter()
-                                .try_fold(step, |v, k| v.get(*k))
-                                .and_then(Value::as_f64)
-                        })
-                        .collect()
-                })
+                .map(|steps| steps.iter().map(|step| number_at(step, path)).collect())
                 .unwrap_or_default()
         };
         rounds("backchannel")
@@ -180,6 +169,13 @@ pub async fn run(args: FanoutArgs) -> Result<Value, String> {
         "sustained_100k_with_p99_under_100ms": best.map(|d| d >= 100_000.0),
     });
     Ok(out)
+}
+
+/// The number at `path` (object keys) inside `value`, if there is one.
+fn number_at(value: &Value, path: &[&str]) -> Option<f64> {
+    path.iter()
+        .try_fold(value, |v, k| v.get(*k))
+        .and_then(Value::as_f64)
 }
 
 /// One target set up for the run: its server, the fleet connected to it, and who sends
