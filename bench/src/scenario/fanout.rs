@@ -14,6 +14,12 @@
 //! `--rounds` times: each figure of `fixed` is the median over the rounds, and each
 //! ratio to the relay the median of the rounds' ratios, every pair measured a few
 //! seconds apart. The searches run after the rounds, one target at a time.
+//!
+//! Before the rounds, Backchannel's rooms are given `--history` events (a paced step at
+//! `--history-rate` whose figures are kept apart), so the rounds measure a database with
+//! history, as a deployment's is. On an empty one the first ~150,000 events cost less:
+//! the stream and `(author, client_id)` indexes are a page or two per conversation and
+//! per author, so a commit rewrites fewer pages (docs/benchmarks.md, "DB growth").
 
 use std::time::Duration;
 
@@ -55,6 +61,13 @@ pub struct FanoutArgs {
     /// The p99 the fixed step is judged against, in ms.
     #[arg(long, default_value_t = 2.0)]
     pub fixed_p99_ms: f64,
+    /// Events written to Backchannel's rooms before the rounds, so they measure a
+    /// database with history rather than an empty one (0: none).
+    #[arg(long, default_value_t = 200_000)]
+    pub history: u64,
+    /// Offered deliveries per second while the history is written.
+    #[arg(long, default_value_t = 40_000.0)]
+    pub history_rate: f64,
     #[arg(long, default_value_t = 2)]
     pub warmup_s: u64,
     #[arg(long, default_value_t = 10)]
@@ -107,6 +120,9 @@ pub async fn run(args: FanoutArgs) -> Result<Value, String> {
         drain: Duration::from_secs(args.drain_s),
         p99_limit_ms: args.fixed_p99_ms,
     };
+    for target in prepared.iter().filter(|target| target.backchannel) {
+        out["history"] = target.write_history(&args).await;
+    }
     let mut rounds: Vec<Vec<Value>> = vec![Vec::new(); prepared.len()];
     for round in 1..=args.rounds.max(1) {
         for (target, steps) in prepared.iter().zip(&mut rounds) {
@@ -298,6 +314,31 @@ impl Prepared {
 
     async fn step(&self, params: StepParams) -> Step {
         run_step(&self.env, &self.handles, &self.plan, params, &self.targets).await
+    }
+
+    /// Writes `--history` events to the rooms at `--history-rate` (one paced step, its
+    /// deliveries checked like any other's) and says how it went.
+    async fn write_history(&self, args: &FanoutArgs) -> Value {
+        if args.history == 0 {
+            return json!({ "events": 0 });
+        }
+        let sends_per_s = args.history_rate / bc_mean(args);
+        let seconds = args.history as f64 / sends_per_s;
+        eprintln!(
+            "bc-load: {}: writing {} events of history at {sends_per_s:.0} sends/s ({seconds:.0} s)",
+            self.name(),
+            args.history
+        );
+        let step = self
+            .step(StepParams {
+                sends_per_s,
+                warmup: Duration::ZERO,
+                duration: Duration::from_secs_f64(seconds),
+                drain: Duration::from_secs(args.drain_s.max(30)),
+                p99_limit_ms: args.p99_ms,
+            })
+            .await;
+        json!({ "events": args.history, "step": step.json })
     }
 
     /// The target's figures: the fixed step's medians over `rounds` (and each round),
