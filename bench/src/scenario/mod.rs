@@ -331,22 +331,23 @@ async fn commit_metrics(urls: &[String]) -> Option<(f64, f64, f64)> {
             .text()
             .await
             .ok()?;
-        let value = |name: &str| {
-            text.lines()
-                .find_map(|l| {
-                    l.strip_prefix(name)?
-                        .strip_prefix(' ')?
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                })
-                .unwrap_or(0.0)
-        };
+        let value = |name: &str| metric_value(&text, name).unwrap_or(0.0);
         total.0 += value("backchannel_store_commit_seconds_count");
         total.1 += value("backchannel_store_commit_seconds_sum");
         total.2 += value("backchannel_store_commit_batch_size_sum");
     }
     Some(total)
+}
+
+/// The value of the unlabelled metric `name` in a Prometheus text exposition.
+pub fn metric_value(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse::<f64>()
+            .ok()
+    })
 }
 
 /// Processes whose CPU a step also reports: the databases a cluster runs on.
@@ -731,6 +732,23 @@ pub fn clock() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_metric_is_read_by_its_whole_name() {
+        let exposition = "# HELP backchannel_connections Open WebSockets.\n\
+            backchannel_connections_total 9\n\
+            backchannel_connections 1120\n\
+            backchannel_store_commit_seconds_sum 0.25\n";
+        assert_eq!(
+            metric_value(exposition, "backchannel_connections"),
+            Some(1120.0)
+        );
+        assert_eq!(
+            metric_value(exposition, "backchannel_store_commit_seconds_sum"),
+            Some(0.25)
+        );
+        assert_eq!(metric_value(exposition, "backchannel_store_commit"), None);
+    }
 
     #[test]
     fn the_fixed_step_is_the_median_of_its_rounds() {

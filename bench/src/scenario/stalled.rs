@@ -47,8 +47,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::{
-    close_all, header, run_step, settled_rss, wait_until, Common, Env, Plan, RoomConns, StepParams,
-    Targets,
+    close_all, header, metric_value, run_step, settled_rss, wait_until, Common, Env, Plan,
+    RoomConns, StepParams, Targets,
 };
 use crate::client::{Proto, Spec};
 use crate::procs;
@@ -520,14 +520,7 @@ async fn read_metrics(http: &reqwest::Client, url: &str) -> Result<ServerMetrics
         .await
         .map_err(|e| format!("GET {url}: {e}"))?;
     let value = |name: &str| -> Result<u64, String> {
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
+        metric_value(&text, name)
             .map(|v| v as u64)
             .ok_or_else(|| format!("no `{name}` in {url}"))
     };
