@@ -234,6 +234,41 @@ pub async fn open_conversations(
     results.into_iter().collect()
 }
 
+/// The head of each conversation's agent stream, read over HTTP
+/// (`GET /v1/conversations/{id}/events`) as the agent `agents[i]` of `conversations[i]`.
+pub async fn agent_stream_heads(
+    base_url: &str,
+    secret: &str,
+    conversations: &[String],
+    agents: &[String],
+) -> Result<Vec<u64>, String> {
+    let http = reqwest::Client::new();
+    let mut heads = Vec::with_capacity(conversations.len());
+    for (conversation, agent) in conversations.iter().zip(agents) {
+        let url = format!("{base_url}/v1/conversations/{conversation}/events?after=0&limit=1");
+        let response = http
+            .get(&url)
+            .bearer_auth(token(secret, "agent", agent))
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let status = response.status();
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("GET {url}: {status} {body}"));
+        }
+        heads.push(
+            body["head"]
+                .as_u64()
+                .ok_or_else(|| format!("no head in {body}"))?,
+        );
+    }
+    Ok(heads)
+}
+
 /// Creates a PostgreSQL database with `psql` and returns its URL; `base` is
 /// `postgres://user@host:port`.
 pub fn create_database(base: &str, name: &str) -> Result<String, String> {
@@ -250,10 +285,18 @@ pub fn drop_database(base: &str, name: &str) {
     }
 }
 
+/// `VACUUM (ANALYZE)` of the database at `url` (the one `create_database` returned).
+pub fn vacuum_analyze(url: &str) -> Result<(), String> {
+    run_psql(url, "VACUUM (ANALYZE)")
+}
+
 fn psql(base: &str, sql: &str) -> Result<(), String> {
-    let url = format!("{}/postgres", base.trim_end_matches('/'));
+    run_psql(&format!("{}/postgres", base.trim_end_matches('/')), sql)
+}
+
+fn run_psql(url: &str, sql: &str) -> Result<(), String> {
     let output = Command::new("psql")
-        .args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qc", sql])
         .output()
         .map_err(|e| format!("psql: {e}"))?;
     if output.status.success() {

@@ -4,6 +4,17 @@
 //! a paced rate given in deliveries per second on node B. The step runs `--rounds`
 //! times on the same nodes; `step` holds the medians over the rounds (the cross-node p99
 //! is the noisiest figure the benchmarks report), `rounds` each one.
+//!
+//! Before node B's agents connect, each room's sender writes `--history` events in all
+//! (its own deliveries only, so the history costs what its appends cost), and node B's
+//! agents then subscribe from the heads it left: the rounds measure a database with
+//! history, as `fanout`'s do. The history is then vacuumed and analyzed, as autovacuum
+//! would have done by then in a deployment (it visits each database every minute by
+//! default, and a fresh benchmark database is minutes younger than that): every append
+//! rewrites its conversation's row, which three indexes order by `last_activity_at`, so
+//! none of those updates is heap-only, and unvacuumed they leave the small, hot
+//! `conversations` table hundreds of pages of dead rows (docs/benchmarks.md, ninth
+//! session). `--no-vacuum` measures that instead.
 
 use std::time::Duration;
 
@@ -45,6 +56,15 @@ pub struct ClusterArgs {
     /// The cross-node p99 the step is judged against, in ms.
     #[arg(long, default_value_t = 5.0)]
     pub p99_ms: f64,
+    /// Events written to the rooms before node B's agents connect (0: none).
+    #[arg(long, default_value_t = 200_000)]
+    pub history: u64,
+    /// Appends per second while the history is written.
+    #[arg(long, default_value_t = 5_000.0)]
+    pub history_rate: f64,
+    /// Do not vacuum and analyze the database after the history.
+    #[arg(long)]
+    pub no_vacuum: bool,
 }
 
 pub async fn run(args: ClusterArgs) -> Result<Value, String> {
@@ -90,41 +110,92 @@ async fn measure(env: &Env, args: &ClusterArgs, url: &str) -> Result<Value, Stri
         procs::open_conversations(&a.base_url(), &env.common.jwt_secret, &contacts, 16).await?;
     let per_room = 1 + args.remote_agents;
     let sources = env.sources(args.rooms * per_room);
-    let mut specs = Vec::new();
-    let mut rooms = Vec::new();
-    for (r, conversation) in conversations.iter().enumerate() {
-        rooms.push(RoomConns {
-            agents: vec![specs.len()],
-            customer: None,
-        });
-        for k in 0..per_room {
-            let on_b = k > 0;
-            specs.push(Spec {
-                server: if on_b { b.addr } else { a.addr },
-                source: sources[specs.len() % sources.len()],
-                proto: Proto::Backchannel {
-                    token: env.token("agent", &format!("a{r}-{k}")),
-                    conversation: conversation.clone(),
-                    since: None,
-                    subscribe: true,
-                },
-                leak_check: false,
-                latency: true,
-                group: usize::from(on_b),
-                id: specs.len() as u32,
-                body_pad: env.common.body_pad,
-                catch_up_to: None,
-            });
-        }
-    }
-    let handles = env.connect(specs).await?;
-    let plan = Plan {
-        rooms,
+    let spec = |id: usize, on_b: bool, room: usize, k: usize, since: Option<u64>| Spec {
+        server: if on_b { b.addr } else { a.addr },
+        source: sources[id % sources.len()],
+        proto: Proto::Backchannel {
+            token: env.token("agent", &format!("a{room}-{k}")),
+            conversation: conversations[room].clone(),
+            since,
+            subscribe: true,
+        },
+        leak_check: false,
+        latency: true,
+        group: usize::from(on_b),
+        id: id as u32,
+        body_pad: env.common.body_pad,
+        catch_up_to: None,
+    };
+    // The senders (agent 0 of each room, on node A) first: handle r is room r's sender.
+    let mut handles = env
+        .connect(
+            (0..args.rooms)
+                .map(|r| spec(r, false, r, 0, None))
+                .collect(),
+        )
+        .await?;
+    let senders = |fanout: u32| Plan {
+        rooms: (0..args.rooms)
+            .map(|r| RoomConns {
+                agents: vec![r],
+                customer: None,
+            })
+            .collect(),
         note_pct: 100,
-        note_fanout: per_room as u32,
-        msg_fanout: per_room as u32,
+        note_fanout: fanout,
+        msg_fanout: fanout,
     };
     let targets = Targets::of(&[&a, &b], true);
+    let history = if args.history > 0 {
+        let seconds = args.history as f64 / args.history_rate;
+        eprintln!(
+            "bc-load: cluster: writing {} events of history at {:.0} appends/s ({seconds:.0} s)",
+            args.history, args.history_rate
+        );
+        let step = run_step(
+            env,
+            &handles,
+            &senders(1),
+            StepParams {
+                sends_per_s: args.history_rate,
+                warmup: Duration::ZERO,
+                duration: Duration::from_secs_f64(seconds),
+                drain: Duration::from_secs(args.drain_s.max(30)),
+                p99_limit_ms: args.p99_ms,
+            },
+            &targets,
+        )
+        .await;
+        let vacuumed = !args.no_vacuum;
+        if vacuumed {
+            procs::vacuum_analyze(url)?;
+        }
+        json!({ "events": args.history, "step": step.json, "vacuumed": vacuumed })
+    } else {
+        json!({ "events": 0 })
+    };
+    // Node B's agents subscribe from the heads the history left, so none replays it.
+    let heads = if args.history > 0 {
+        let agents: Vec<String> = (0..args.rooms).map(|r| format!("a{r}-1")).collect();
+        procs::agent_stream_heads(
+            &b.base_url(),
+            &env.common.jwt_secret,
+            &conversations,
+            &agents,
+        )
+        .await?
+    } else {
+        vec![0; args.rooms]
+    };
+    let mut remote = Vec::with_capacity(args.rooms * args.remote_agents);
+    for (r, head) in heads.iter().enumerate() {
+        for k in 1..per_room {
+            let since = (args.history > 0).then_some(*head);
+            remote.push(spec(args.rooms + remote.len(), true, r, k, since));
+        }
+    }
+    handles.extend(env.connect(remote).await?);
+    let plan = senders(per_room as u32);
     let params = StepParams {
         sends_per_s: args.rate / args.remote_agents.max(1) as f64,
         warmup: Duration::from_secs(args.warmup_s),
@@ -142,6 +213,7 @@ async fn measure(env: &Env, args: &ClusterArgs, url: &str) -> Result<Value, Stri
     drop(a);
     drop(b);
     Ok(json!({
+        "history": history,
         "step": median_step(&rounds, args.p99_ms),
         "rounds": rounds,
         "note": "latency = sender's own note on node A (local); latency_remote = agents on node B; deliveries_per_s counts both nodes",
