@@ -11,7 +11,7 @@
 //! history, as `fanout`'s do. The history is then vacuumed and analyzed, as autovacuum
 //! would have done by then in a deployment (it visits each database every minute by
 //! default, and a fresh benchmark database is minutes younger than that): every append
-//! rewrites its conversation's row, which three indexes order by `last_activity_at`, so
+//! rewrites its conversation's row, which four indexes order by `last_activity_at`, so
 //! none of those updates is heap-only, and unvacuumed they leave the small, hot
 //! `conversations` table hundreds of pages of dead rows (docs/benchmarks.md, ninth
 //! session). `--no-vacuum` measures that instead.
