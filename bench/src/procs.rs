@@ -204,24 +204,11 @@ pub async fn open_conversations(
             let url = url.clone();
             let token = token(secret, "customer", contact);
             async move {
-                let response = http
-                    .post(&url)
-                    .bearer_auth(token)
-                    .json(&serde_json::json!({
-                        "inbox_id": "support",
-                        "subject": format!("bench {contact}"),
-                    }))
-                    .send()
-                    .await
-                    .map_err(|e| format!("POST /v1/conversations: {e}"))?;
-                let status = response.status();
-                let body: serde_json::Value = response
-                    .json()
-                    .await
-                    .map_err(|e| format!("POST /v1/conversations: {e}"))?;
-                if !status.is_success() {
-                    return Err(format!("POST /v1/conversations: {status} {body}"));
-                }
+                let request = http.post(&url).bearer_auth(token).json(&serde_json::json!({
+                    "inbox_id": "support",
+                    "subject": format!("bench {contact}"),
+                }));
+                let body = json_answer(request, "POST /v1/conversations").await?;
                 body["id"]
                     .as_str()
                     .map(str::to_owned)
@@ -232,6 +219,21 @@ pub async fn open_conversations(
         .collect()
         .await;
     results.into_iter().collect()
+}
+
+/// Sends `request` and returns its JSON body, or an error naming `what` if it could not
+/// be sent or read, or was answered with anything but success.
+async fn json_answer(
+    request: reqwest::RequestBuilder,
+    what: &str,
+) -> Result<serde_json::Value, String> {
+    let response = request.send().await.map_err(|e| format!("{what}: {e}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.map_err(|e| format!("{what}: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("{what}: {status} {body}"));
+    }
+    Ok(body)
 }
 
 /// The head of each conversation's agent stream, read over HTTP
@@ -246,20 +248,8 @@ pub async fn agent_stream_heads(
     let mut heads = Vec::with_capacity(conversations.len());
     for (conversation, agent) in conversations.iter().zip(agents) {
         let url = format!("{base_url}/v1/conversations/{conversation}/events?after=0&limit=1");
-        let response = http
-            .get(&url)
-            .bearer_auth(token(secret, "agent", agent))
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        let status = response.status();
-        let body: serde_json::Value = response
-            .json()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        if !status.is_success() {
-            return Err(format!("GET {url}: {status} {body}"));
-        }
+        let request = http.get(&url).bearer_auth(token(secret, "agent", agent));
+        let body = json_answer(request, &format!("GET {url}")).await?;
         heads.push(
             body["head"]
                 .as_u64()
