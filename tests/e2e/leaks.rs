@@ -477,6 +477,60 @@ async fn a_note_does_not_move_the_customers_updated_at_or_head() {
     assert_eq!(customer_final["head"], 2);
 }
 
+/// The ids of a list answer, in its order.
+fn list_ids(body: &Value) -> Vec<String> {
+    list_items(body)
+        .iter()
+        .map(|item| item["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_note_does_not_reorder_the_customers_list() {
+    // The list is ordered by latest activity: for a customer, public activity only. A
+    // note that moved its conversation up the customer's list (or into a `limit`ed page
+    // of it) would tell the customer a note was written.
+    let server = TestServer::start().await;
+    let cust = customer("carol");
+    let alice = agent("alice");
+    let older = server.open_as_customer(&cust).await;
+    let newer = server.open_as_customer(&cust).await;
+    let mut a = server.client(&alice).await;
+    assert_eq!(
+        list_ids(&server.list(&cust, "").await.json()),
+        [newer.clone(), older.clone()]
+    );
+
+    a.note(&older, "n-1", "refund flagged by billing").await;
+    // Control: the staff list moved.
+    let staff = list_ids(&server.list(&alice, "").await.json());
+    let position = |id: &String| staff.iter().position(|s| s == id);
+    assert!(
+        position(&older) < position(&newer),
+        "staff list should put the noted conversation first: {staff:?}"
+    );
+    // The customer's did not, whole or in a page of one.
+    assert_eq!(
+        list_ids(&server.list(&cust, "").await.json()),
+        [newer.clone(), older.clone()]
+    );
+    assert_eq!(
+        list_ids(&server.list(&cust, "limit=1").await.json()),
+        [newer.as_str()]
+    );
+
+    // A public reply moves it for both.
+    a.message(&older, "m-1", "We're on it").await;
+    assert_eq!(
+        list_ids(&server.list(&cust, "").await.json()),
+        [older.clone(), newer.clone()]
+    );
+    assert_eq!(
+        list_ids(&server.list(&cust, "limit=1").await.json()),
+        [older]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn internal_typing_reaches_staff_only() {
     let server = TestServer::start().await;

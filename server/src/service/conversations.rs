@@ -131,7 +131,7 @@ impl Service {
         };
         let filter = ConversationFilter {
             inboxes,
-            contact_id: customer.then(|| who.user_id.clone()),
+            customer: customer.then(|| who.user_id.clone()),
             status: query.status,
             assignee_id: query.assignee,
             tag: query.tag,

@@ -1873,11 +1873,6 @@ async fn conversation_list_filters(h: &Harness) {
         listed(h, inboxes(&["nope"])).await,
         Vec::<ConversationId>::new()
     );
-    let contact = ConversationFilter {
-        contact_id: Some(user("cust-a")),
-        ..listing()
-    };
-    assert_eq!(listed(h, contact).await, vec![c1, c3]);
     let pending = ConversationFilter {
         status: Some("pending".into()),
         ..listing()
@@ -1958,6 +1953,23 @@ async fn conversation_list_filters(h: &Harness) {
     )
     .await;
     assert_eq!(open_for("bob").await, 1);
+
+    // A customer's list follows public activity only: c3 was opened after c1, and
+    // everything written to either since (status, assignment) is internal.
+    let customer = ConversationFilter {
+        customer: Some(user("cust-a")),
+        ..listing()
+    };
+    assert_eq!(listed(h, customer.clone()).await, vec![c3, c1]);
+    h.add(c1, &alice, note("not for the customer")).await;
+    assert_eq!(listed(h, customer.clone()).await, vec![c3, c1]);
+    assert_eq!(
+        listed(h, listing()).await[0],
+        c1,
+        "staff see the note move c1"
+    );
+    h.add(c1, &alice, message("for the customer")).await;
+    assert_eq!(listed(h, customer).await, vec![c1, c3]);
 }
 
 /// Listing conversations narrowed by tag and by a custom field's value.

@@ -323,7 +323,10 @@ pub struct ConversationRecord {
 pub struct ConversationFilter {
     /// Only these inboxes (`None`: all).
     pub inboxes: Option<Vec<InboxId>>,
-    pub contact_id: Option<UserId>,
+    /// A customer's own conversations, newest *public* activity first: a note must not
+    /// move a conversation up its customer's list (or into a page of it). `None`: a
+    /// staff list, newest activity of any kind first.
+    pub customer: Option<UserId>,
     pub status: Option<String>,
     pub assignee_id: Option<UserId>,
     pub tag: Option<String>,

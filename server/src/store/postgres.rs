@@ -178,10 +178,10 @@ impl Store for PgStore {
                 .push_bind(inboxes)
                 .push(")");
         }
-        if let Some(contact) = &filter.contact_id {
+        if let Some(customer) = &filter.customer {
             query
                 .push(" AND c.contact_id = ")
-                .push_bind(pg_text(contact.as_str()).into_owned());
+                .push_bind(pg_text(customer.as_str()).into_owned());
         }
         if let Some(status) = &filter.status {
             query
@@ -211,7 +211,11 @@ impl Store for PgStore {
                 .push(")");
         }
         query
-            .push(" ORDER BY c.last_activity_at DESC, c.id LIMIT ")
+            .push(if filter.customer.is_some() {
+                " ORDER BY c.last_public_at DESC, c.id LIMIT "
+            } else {
+                " ORDER BY c.last_activity_at DESC, c.id LIMIT "
+            })
             .push_bind(filter.limit as i64);
         let rows = query.build().fetch_all(&self.pool).await?;
         rows.iter().map(conversation_from_row).collect()

@@ -182,10 +182,10 @@ impl Store for SqliteStore {
             }
             query.push(")");
         }
-        if let Some(contact) = &filter.contact_id {
+        if let Some(customer) = &filter.customer {
             query
                 .push(" AND contact_id = ")
-                .push_bind(contact.as_str().to_owned());
+                .push_bind(customer.as_str().to_owned());
         }
         if let Some(status) = &filter.status {
             query.push(" AND status = ").push_bind(status.clone());
@@ -213,7 +213,11 @@ impl Store for SqliteStore {
                 .push(")");
         }
         query
-            .push(" ORDER BY last_activity_at DESC, id DESC LIMIT ")
+            .push(if filter.customer.is_some() {
+                " ORDER BY last_public_at DESC, id DESC LIMIT "
+            } else {
+                " ORDER BY last_activity_at DESC, id DESC LIMIT "
+            })
             .push_bind(filter.limit as i64);
         let rows = query.build().fetch_all(&self.readers).await?;
         rows.iter().map(conversation_from_row).collect()
