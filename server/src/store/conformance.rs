@@ -163,6 +163,78 @@ impl Harness {
 
     /// Rewrites an event's stored payload directly, as someone with database access
     /// could.
+    /// How many conversations' `activity_bucket` is not the ten-second slot of their
+    /// `last_activity_at` (SQLite's append writes it, PostgreSQL computes it).
+    async fn misfiled_activity_buckets(&self) -> i64 {
+        const SQL: &str =
+            "SELECT count(*) FROM conversations WHERE activity_bucket <> last_activity_at / 10000000";
+        match &self.backend {
+            Backend::Sqlite { dir } => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(dir.path().join(DATABASE_FILE));
+                let mut conn = sqlx::SqliteConnection::connect_with(&options)
+                    .await
+                    .expect("connect to the SQLite file");
+                let count = sqlx::query_scalar(SQL).fetch_one(&mut conn).await;
+                let _ = conn.close().await;
+                count.expect("count")
+            }
+            Backend::Postgres { server, database } => {
+                let mut conn = sqlx::PgConnection::connect(&format!("{server}/{database}"))
+                    .await
+                    .expect("connect to the test database");
+                let count = sqlx::query_scalar(SQL).fetch_one(&mut conn).await;
+                let _ = conn.close().await;
+                count.expect("count")
+            }
+        }
+    }
+
+    /// The columns of `conversations` that some index (its primary key included) keys
+    /// on, reads or filters by; `<expression>` stands for an expression or a predicate.
+    async fn indexed_conversation_columns(&self) -> BTreeSet<String> {
+        let names: Vec<String> = match &self.backend {
+            Backend::Sqlite { dir } => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(dir.path().join(DATABASE_FILE));
+                let mut conn = sqlx::SqliteConnection::connect_with(&options)
+                    .await
+                    .expect("connect to the SQLite file");
+                let names = sqlx::query_scalar(
+                    "SELECT COALESCE(ii.name, '<expression>') \
+                     FROM pragma_index_list('conversations') il, pragma_index_info(il.name) ii \
+                     UNION SELECT '<expression>' FROM pragma_index_list('conversations') \
+                     WHERE partial",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .expect("index columns");
+                let _ = conn.close().await;
+                names
+            }
+            Backend::Postgres { server, database } => {
+                let mut conn = sqlx::PgConnection::connect(&format!("{server}/{database}"))
+                    .await
+                    .expect("connect to the test database");
+                let names = sqlx::query_scalar(
+                    "SELECT COALESCE(a.attname::text, '<expression>') FROM pg_index i \
+                     CROSS JOIN LATERAL unnest(i.indkey) AS k(attnum) \
+                     LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                     WHERE i.indrelid = 'conversations'::regclass \
+                     UNION SELECT '<expression>' FROM pg_index i \
+                     WHERE i.indrelid = 'conversations'::regclass \
+                     AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .expect("index columns");
+                let _ = conn.close().await;
+                names
+            }
+        };
+        names.into_iter().collect()
+    }
+
     async fn tamper_payload(&self, event: EventId, payload: &str) {
         let changed = match &self.backend {
             Backend::Sqlite { dir } => {
@@ -202,6 +274,11 @@ impl Harness {
     fn at(&self) -> OffsetDateTime {
         let ms = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
         base_time() + time::Duration::milliseconds(ms)
+    }
+
+    /// Moves this test's clock on by `seconds` (into later slots of `activity_bucket`).
+    fn advance(&self, seconds: i64) {
+        self.clock.fetch_add(seconds * 1000, Ordering::SeqCst);
     }
 
     fn event(
@@ -1972,6 +2049,98 @@ async fn conversation_list_filters(h: &Harness) {
     assert_eq!(listed(h, customer).await, vec![c1, c3]);
 }
 
+/// Lists order by latest activity exactly, whether or not an event moved its
+/// conversation into a new ten-second slot of `activity_bucket` (which the list indexes
+/// key on; an event in its conversation's current slot leaves them alone).
+async fn conversation_list_order_is_exact_within_and_across_activity_slots(h: &Harness) {
+    let alice = agent("alice");
+    // Opened in three slots, oldest first.
+    let c1 = h.open("support", Some("cust-a")).await;
+    h.advance(25);
+    let c2 = h.open("support", Some("cust-b")).await;
+    h.advance(25);
+    let c3 = h.open("support", Some("cust-c")).await;
+    let bobs = ConversationFilter {
+        assignee_id: Some(user("bob")),
+        ..listing()
+    };
+    let support = ConversationFilter {
+        inboxes: Some(vec![InboxId("support".into())]),
+        ..listing()
+    };
+    let first_of = |filter: &ConversationFilter| ConversationFilter {
+        limit: 1,
+        ..filter.clone()
+    };
+    let check = |expected: Vec<ConversationId>| {
+        let (bobs, support) = (bobs.clone(), support.clone());
+        async move {
+            assert_eq!(listed(h, listing()).await, expected);
+            assert_eq!(listed(h, support.clone()).await, expected);
+            assert_eq!(listed(h, first_of(&support)).await, expected[..1]);
+            assert_eq!(listed(h, bobs.clone()).await, expected);
+            assert_eq!(listed(h, first_of(&bobs)).await, expected[..1]);
+        }
+    };
+    for c in [c1, c2, c3] {
+        h.add(c, &alice, assigned(Some("bob"), None)).await;
+    }
+    check(vec![c3, c2, c1]).await;
+
+    // c1 into a new slot, then c2 into the same one.
+    h.advance(25);
+    h.add(c1, &alice, note("one")).await;
+    check(vec![c1, c3, c2]).await;
+    h.add(c2, &alice, note("two")).await;
+    check(vec![c2, c1, c3]).await;
+    // c1 again, within its slot: only its exact time moves.
+    h.add(c1, &alice, note("three")).await;
+    check(vec![c1, c2, c3]).await;
+    // c3, left behind two slots ago, overtakes both.
+    h.advance(25);
+    h.add(c3, &alice, note("four")).await;
+    check(vec![c3, c1, c2]).await;
+    h.add(c1, &alice, note("five")).await;
+    h.add(c3, &alice, note("six")).await;
+    check(vec![c3, c1, c2]).await;
+    assert_eq!(h.misfiled_activity_buckets().await, 0);
+    let record = h
+        .store
+        .conversation(c3)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert!(
+        record.last_activity_at
+            > h.store
+                .conversation(c1)
+                .await
+                .expect("read")
+                .expect("exists")
+                .last_activity_at
+    );
+}
+
+/// An append changes its conversation's heads, chain link, `last_activity_at` and
+/// `last_public_at` at every event. None of them may be in an index: PostgreSQL could
+/// not make the update heap-only (a dead row and an entry in every index per event), and
+/// SQLite would rewrite the index's pages at every note. What the lists order by is the
+/// activity's slot, which moves at most once per ten seconds.
+async fn columns_an_append_changes_are_in_no_index(h: &Harness) {
+    let indexed = h.indexed_conversation_columns().await;
+    let expected: BTreeSet<String> = [
+        "id",
+        "inbox_id",
+        "contact_id",
+        "assignee_id",
+        "activity_bucket",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(indexed, expected);
+}
+
 /// Listing conversations narrowed by tag and by a custom field's value.
 async fn conversation_list_filters_by_tag_and_field(h: &Harness) {
     let alice = agent("alice");
@@ -2568,6 +2737,8 @@ store_tests! {
     search_index_follows_edits_within_one_batch,
     audit_chain_verifies_and_detects_tampering,
     conversation_list_filters,
+    conversation_list_order_is_exact_within_and_across_activity_slots,
+    columns_an_append_changes_are_in_no_index,
     conversation_list_filters_by_tag_and_field,
     mention_candidates_by_handle_and_team,
     directory_and_definitions_round_trip,
@@ -2763,6 +2934,60 @@ async fn sqlite_search_index_is_rebuilt_by_the_contentless_migration() {
             .await;
         assert_eq!(found(&h, search(&["kettle"])).await, set([later]));
         assert_eq!(found(&h, search(&["toaster"])).await, set([kept]));
+    })
+    .catch_unwind()
+    .await;
+    h.finish(result).await;
+}
+
+/// SQLite only: a data directory from before migration 0007 gets every conversation's
+/// `activity_bucket` filled from its `last_activity_at`, so old and new rows list in one
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_activity_buckets_are_filled_by_their_migration() {
+    let h = Harness::sqlite().await;
+    let Backend::Sqlite { dir } = &h.backend else {
+        unreachable!("a SQLite harness")
+    };
+    let alice = agent("alice");
+    let c1 = h.open("support", Some("cust-1")).await;
+    h.advance(25);
+    let c2 = h.open("support", Some("cust-2")).await;
+    h.advance(25);
+    h.add(c1, &alice, note("latest")).await;
+    h.store.close().await;
+
+    // Put the data directory back as migration 0006 left it.
+    let file = dir.path().join(DATABASE_FILE);
+    {
+        let db = rusqlite::Connection::open(&file).expect("open the database file");
+        db.execute_batch(
+            "DROP INDEX conversations_inbox;
+             DROP INDEX conversations_contact;
+             DROP INDEX conversations_assignee;
+             ALTER TABLE conversations DROP COLUMN activity_bucket;
+             CREATE INDEX conversations_inbox ON conversations (inbox_id, last_activity_at);
+             CREATE INDEX conversations_contact ON conversations (contact_id, last_activity_at);
+             CREATE INDEX conversations_assignee ON conversations (assignee_id, last_activity_at);
+             DELETE FROM _sqlx_migrations WHERE version = 7;",
+        )
+        .expect("recreate the schema of migration 0006");
+    }
+
+    let store = SqliteStore::open(dir.path())
+        .await
+        .expect("reopen and migrate");
+    let clock = h.clock.load(Ordering::SeqCst);
+    let h = Harness::new(store, h.backend);
+    h.clock.store(clock, Ordering::SeqCst);
+    let result = AssertUnwindSafe(async {
+        assert_eq!(h.misfiled_activity_buckets().await, 0);
+        assert_eq!(listed(&h, listing()).await, vec![c1, c2]);
+        h.add(c2, &alice, note("later still")).await;
+        assert_eq!(listed(&h, listing()).await, vec![c2, c1]);
+        // A new conversation in the same slot as c2's latest note.
+        let c3 = h.open("support", Some("cust-3")).await;
+        assert_eq!(listed(&h, listing()).await, vec![c3, c2, c1]);
     })
     .catch_unwind()
     .await;

@@ -210,11 +210,13 @@ impl Store for PgStore {
                 .push_bind(value.to_string())
                 .push(")");
         }
+        // `activity_bucket` (the slot of `last_activity_at`) first, so that the inbox
+        // and assignee indexes give the order and only a slot's rows are sorted.
         query
             .push(if filter.customer.is_some() {
                 " ORDER BY c.last_public_at DESC, c.id LIMIT "
             } else {
-                " ORDER BY c.last_activity_at DESC, c.id LIMIT "
+                " ORDER BY c.activity_bucket DESC, c.last_activity_at DESC, c.id LIMIT "
             })
             .push_bind(filter.limit as i64);
         let rows = query.build().fetch_all(&self.pool).await?;

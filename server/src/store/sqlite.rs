@@ -212,11 +212,13 @@ impl Store for SqliteStore {
                 .push_bind(value.to_string())
                 .push(")");
         }
+        // `activity_bucket` (the slot of `last_activity_at`) first, so that the inbox
+        // and assignee indexes give the order and only a slot's rows are sorted.
         query
             .push(if filter.customer.is_some() {
                 " ORDER BY last_public_at DESC, id DESC LIMIT "
             } else {
-                " ORDER BY last_activity_at DESC, id DESC LIMIT "
+                " ORDER BY activity_bucket DESC, last_activity_at DESC, id DESC LIMIT "
             })
             .push_bind(filter.limit as i64);
         let rows = query.build().fetch_all(&self.readers).await?;

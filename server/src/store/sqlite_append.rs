@@ -171,11 +171,20 @@ impl AppendThread {
     }
 }
 
-/// A conversation's counters and chain link, and its contact (which never changes).
+/// The width of `conversations.activity_bucket`'s slots (ten seconds; migration
+/// `0007_activity_bucket.sql` backfilled with it, and PostgreSQL's generated column uses
+/// the same). The list indexes key on the slot, so an append updates them only when its
+/// conversation's latest activity moves into a new slot, not at every event; lists
+/// order by the slot, then by the exact time, which is the same order.
+const ACTIVITY_BUCKET_MICROS: i64 = 10_000_000;
+
+/// A conversation's counters and chain link, its latest activity's slot, and its
+/// contact (which never changes).
 #[derive(Clone)]
 struct Head {
     heads: Heads,
     last_hash: [u8; 32],
+    activity_bucket: i64,
     contact_id: Option<String>,
 }
 
@@ -265,7 +274,8 @@ fn open_conversation(
     let at = to_micros(new.opened.at);
     db.prepare_cached(
         "INSERT INTO conversations (id, inbox_id, contact_id, subject, last_hash, \
-         created_at, last_activity_at, last_public_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         created_at, last_activity_at, last_public_at, activity_bucket) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?
     .execute(params![
         new.id.to_string(),
@@ -276,6 +286,7 @@ fn open_conversation(
         at,
         at,
         at,
+        at / ACTIVITY_BUCKET_MICROS,
     ])?;
     append(db, heads, std::slice::from_ref(&new.opened), None, search)
 }
@@ -358,25 +369,36 @@ fn append(
         )?;
         stored.push(Arc::new(event));
     }
-    db.prepare_cached(
-        "UPDATE conversations SET public_seq = ?, agent_seq = ?, supervisor_seq = ?, \
-         last_hash = ?, last_activity_at = ?, \
-         last_public_at = COALESCE(?, last_public_at) WHERE id = ?",
-    )?
-    .execute(params![
-        heads.public as i64,
-        heads.agent as i64,
-        heads.supervisor as i64,
-        &previous[..],
-        last_at,
-        last_public_at,
-        conversation_text,
-    ])?;
+    // SQLite rewrites an index's entry whenever its column is assigned, even the same
+    // value: the slot is assigned only when it changed.
+    let activity_bucket = last_at / ACTIVITY_BUCKET_MICROS;
+    let new_slot = activity_bucket != head.activity_bucket;
+    let mut statement = db.prepare_cached(if new_slot {
+        "UPDATE conversations SET public_seq = ?1, agent_seq = ?2, supervisor_seq = ?3, \
+         last_hash = ?4, last_activity_at = ?5, \
+         last_public_at = COALESCE(?6, last_public_at), activity_bucket = ?8 WHERE id = ?7"
+    } else {
+        "UPDATE conversations SET public_seq = ?1, agent_seq = ?2, supervisor_seq = ?3, \
+         last_hash = ?4, last_activity_at = ?5, \
+         last_public_at = COALESCE(?6, last_public_at) WHERE id = ?7"
+    })?;
+    statement.raw_bind_parameter(1, heads.public as i64)?;
+    statement.raw_bind_parameter(2, heads.agent as i64)?;
+    statement.raw_bind_parameter(3, heads.supervisor as i64)?;
+    statement.raw_bind_parameter(4, &previous[..])?;
+    statement.raw_bind_parameter(5, last_at)?;
+    statement.raw_bind_parameter(6, last_public_at)?;
+    statement.raw_bind_parameter(7, &conversation_text)?;
+    if new_slot {
+        statement.raw_bind_parameter(8, activity_bucket)?;
+    }
+    statement.raw_execute()?;
     cache.batch.insert(
         conversation,
         Head {
             heads,
             last_hash: previous,
+            activity_bucket,
             contact_id: head.contact_id,
         },
     );
@@ -391,18 +413,19 @@ fn append(
 fn read_head(db: &Connection, conversation: &str) -> Result<Option<Head>, StoreError> {
     let row = db
         .prepare_cached(
-            "SELECT public_seq, agent_seq, supervisor_seq, last_hash, contact_id \
-             FROM conversations WHERE id = ?",
+            "SELECT public_seq, agent_seq, supervisor_seq, last_hash, contact_id, \
+             activity_bucket FROM conversations WHERE id = ?",
         )?
         .query_row([conversation], |row| {
             Ok((
                 [row.get::<_, i64>(0)?, row.get(1)?, row.get(2)?],
                 row.get::<_, Vec<u8>>(3)?,
                 row.get::<_, Option<String>>(4)?,
+                row.get::<_, i64>(5)?,
             ))
         })
         .optional()?;
-    let Some((seqs, last_hash, contact_id)) = row else {
+    let Some((seqs, last_hash, contact_id, activity_bucket)) = row else {
         return Ok(None);
     };
     let [public, agent, supervisor] =
@@ -416,6 +439,7 @@ fn read_head(db: &Connection, conversation: &str) -> Result<Option<Head>, StoreE
         last_hash: last_hash
             .try_into()
             .map_err(|_| StoreError::Corrupt("last_hash is not 32 bytes".into()))?,
+        activity_bucket,
         contact_id,
     }))
 }
