@@ -2,7 +2,7 @@
 -- `last_activity_at`, and an index keyed by it has its entry moved by every append:
 -- pages of three indexes rewritten per note. The indexes now key on `activity_bucket`,
 -- the latest activity's ten-second slot (`last_activity_at / 10000000`; the append
--- writes it only when it changes, `ACTIVITY_BUCKET_MICROS` in `sqlite_append.rs`), and
+-- writes it only when it changes, `ACTIVITY_BUCKET_MICROS` in `store/mod.rs`), and
 -- lists break ties within a slot by `last_activity_at`: the same order, exactly, with an
 -- index write per conversation per slot instead of per event. A customer's list orders
 -- by public activity and a contact holds few conversations: its index needs no time.

@@ -164,7 +164,7 @@ impl Harness {
     /// Rewrites an event's stored payload directly, as someone with database access
     /// could.
     /// How many conversations' `activity_bucket` is not the ten-second slot of their
-    /// `last_activity_at` (SQLite's append writes it, PostgreSQL computes it).
+    /// `last_activity_at`: the append writes it, in both engines.
     async fn misfiled_activity_buckets(&self) -> i64 {
         const SQL: &str =
             "SELECT count(*) FROM conversations WHERE activity_bucket <> last_activity_at / 10000000";

@@ -594,6 +594,22 @@ pub fn now() -> OffsetDateTime {
     from_micros(micros as i64).unwrap_or(now)
 }
 
+/// The width of `conversations.activity_bucket`'s slots, ten seconds. The list indexes
+/// key on the slot of a conversation's latest activity (`last_activity_at /
+/// ACTIVITY_BUCKET_MICROS`) instead of the time itself, so an append touches them only
+/// when it moves its conversation into a new slot, not at every event; lists order by
+/// the slot, then the exact time, which is the same order. PostgreSQL's append
+/// statement and both engines' migrations spell the number out;
+/// `conformance::conversation_list_order_is_exact_within_and_across_activity_slots`
+/// checks that every stored slot agrees with it.
+pub(crate) const ACTIVITY_BUCKET_MICROS: i64 = 10_000_000;
+
+/// The slot of `activity_bucket` a time in microseconds falls in (integer division, as
+/// SQL's `/` on integers).
+pub(crate) fn activity_bucket(micros: i64) -> i64 {
+    micros / ACTIVITY_BUCKET_MICROS
+}
+
 pub(crate) fn to_micros(at: OffsetDateTime) -> i64 {
     (at.unix_timestamp_nanos() / 1_000) as i64
 }

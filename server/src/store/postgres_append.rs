@@ -557,8 +557,8 @@ impl BatchWriter {
             .map(|c| pg_text(c.as_str()).into_owned());
         sqlx::query(
             "INSERT INTO conversations (id, inbox_id, contact_id, subject, last_hash, \
-             created_at, last_activity_at, last_public_at) \
-             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8)",
+             created_at, last_activity_at, last_public_at, activity_bucket) \
+             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(new.id.to_string())
         .bind(pg_text(new.inbox_id.as_str()))
@@ -568,6 +568,7 @@ impl BatchWriter {
         .bind(at)
         .bind(at)
         .bind(at)
+        .bind(super::activity_bucket(at))
         .execute(&mut *conn)
         .await?;
         self.heads.insert(
@@ -932,10 +933,14 @@ const INSERT_NOTES: &str = "INSERT INTO notes (id, conversation_id, contact_id, 
      $20::text[], $21::text[], $22::text[], $23::text[], $24::int8[]) ";
 
 /// The heads' new values (`$25`–`$31`) set on the conversations' rows, as `u`; the
-/// caller adds `$32` and the `WHERE`.
+/// caller adds `$32` and the `WHERE`. `activity_bucket` is assigned at every append
+/// (10000000 is `ACTIVITY_BUCKET_MICROS`), but PostgreSQL compares values: within the
+/// conversation's slot no indexed column changes and the update is heap-only. (Not a
+/// generated column: that re-reads its expression's definition at every statement.)
 const SET_HEADS: &str = "UPDATE conversations AS c SET public_seq = u.public_seq, \
      agent_seq = u.agent_seq, supervisor_seq = u.supervisor_seq, last_hash = u.last_hash, \
      last_activity_at = u.last_activity_at, \
+     activity_bucket = u.last_activity_at / 10000000, \
      last_public_at = COALESCE(u.last_public_at, c.last_public_at) \
      FROM UNNEST($25::uuid[], $26::int8[], $27::int8[], $28::int8[], $29::bytea[], \
      $30::int8[], $31::int8[]";

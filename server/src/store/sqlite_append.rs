@@ -171,13 +171,6 @@ impl AppendThread {
     }
 }
 
-/// The width of `conversations.activity_bucket`'s slots (ten seconds; migration
-/// `0007_activity_bucket.sql` backfilled with it, and PostgreSQL's generated column uses
-/// the same). The list indexes key on the slot, so an append updates them only when its
-/// conversation's latest activity moves into a new slot, not at every event; lists
-/// order by the slot, then by the exact time, which is the same order.
-const ACTIVITY_BUCKET_MICROS: i64 = 10_000_000;
-
 /// A conversation's counters and chain link, its latest activity's slot, and its
 /// contact (which never changes).
 #[derive(Clone)]
@@ -286,7 +279,7 @@ fn open_conversation(
         at,
         at,
         at,
-        at / ACTIVITY_BUCKET_MICROS,
+        super::activity_bucket(at),
     ])?;
     append(db, heads, std::slice::from_ref(&new.opened), None, search)
 }
@@ -371,7 +364,7 @@ fn append(
     }
     // SQLite rewrites an index's entry whenever its column is assigned, even the same
     // value: the slot is assigned only when it changed.
-    let activity_bucket = last_at / ACTIVITY_BUCKET_MICROS;
+    let activity_bucket = super::activity_bucket(last_at);
     let new_slot = activity_bucket != head.activity_bucket;
     let mut statement = db.prepare_cached(if new_slot {
         "UPDATE conversations SET public_seq = ?1, agent_seq = ?2, supervisor_seq = ?3, \
