@@ -280,6 +280,12 @@ pub fn vacuum_analyze(url: &str) -> Result<(), String> {
     run_psql(url, "VACUUM (ANALYZE)")
 }
 
+/// `CHECKPOINT`: PostgreSQL writes and syncs every page it holds dirty, so none of it is
+/// left for the kernel to write back later, in the middle of a measurement.
+pub fn checkpoint(url: &str) -> Result<(), String> {
+    run_psql(url, "CHECKPOINT")
+}
+
 fn psql(base: &str, sql: &str) -> Result<(), String> {
     run_psql(&format!("{}/postgres", base.trim_end_matches('/')), sql)
 }
