@@ -161,80 +161,68 @@ impl Harness {
         other
     }
 
-    /// Rewrites an event's stored payload directly, as someone with database access
-    /// could.
-    /// How many conversations' `activity_bucket` is not the ten-second slot of their
-    /// `last_activity_at`: the append writes it, in both engines.
-    async fn misfiled_activity_buckets(&self) -> i64 {
-        const SQL: &str =
-            "SELECT count(*) FROM conversations WHERE activity_bucket <> last_activity_at / 10000000";
-        match &self.backend {
+    /// The first column of every row a query returns, as text, read on a connection of
+    /// its own. The engines' catalogs differ, so each gets its own spelling.
+    async fn read_column(&self, sqlite: &str, postgres: &str) -> Vec<String> {
+        let rows = match &self.backend {
             Backend::Sqlite { dir } => {
                 let options = sqlx::sqlite::SqliteConnectOptions::new()
                     .filename(dir.path().join(DATABASE_FILE));
                 let mut conn = sqlx::SqliteConnection::connect_with(&options)
                     .await
                     .expect("connect to the SQLite file");
-                let count = sqlx::query_scalar(SQL).fetch_one(&mut conn).await;
+                let rows = sqlx::query_scalar(sqlite).fetch_all(&mut conn).await;
                 let _ = conn.close().await;
-                count.expect("count")
+                rows
             }
             Backend::Postgres { server, database } => {
                 let mut conn = sqlx::PgConnection::connect(&format!("{server}/{database}"))
                     .await
                     .expect("connect to the test database");
-                let count = sqlx::query_scalar(SQL).fetch_one(&mut conn).await;
+                let rows = sqlx::query_scalar(postgres).fetch_all(&mut conn).await;
                 let _ = conn.close().await;
-                count.expect("count")
+                rows
             }
-        }
+        };
+        rows.expect("read")
+    }
+
+    /// How many conversations' `activity_bucket` is not the ten-second slot of their
+    /// `last_activity_at`: the append writes it, in both engines.
+    async fn misfiled_activity_buckets(&self) -> usize {
+        const MISFILED: &str =
+            "FROM conversations WHERE activity_bucket <> last_activity_at / 10000000";
+        self.read_column(
+            &format!("SELECT id {MISFILED}"),
+            &format!("SELECT id::text {MISFILED}"),
+        )
+        .await
+        .len()
     }
 
     /// The columns of `conversations` that some index (its primary key included) keys
     /// on, reads or filters by; `<expression>` stands for an expression or a predicate.
     async fn indexed_conversation_columns(&self) -> BTreeSet<String> {
-        let names: Vec<String> = match &self.backend {
-            Backend::Sqlite { dir } => {
-                let options = sqlx::sqlite::SqliteConnectOptions::new()
-                    .filename(dir.path().join(DATABASE_FILE));
-                let mut conn = sqlx::SqliteConnection::connect_with(&options)
-                    .await
-                    .expect("connect to the SQLite file");
-                let names = sqlx::query_scalar(
-                    "SELECT COALESCE(ii.name, '<expression>') \
-                     FROM pragma_index_list('conversations') il, pragma_index_info(il.name) ii \
-                     UNION SELECT '<expression>' FROM pragma_index_list('conversations') \
-                     WHERE partial",
-                )
-                .fetch_all(&mut conn)
-                .await
-                .expect("index columns");
-                let _ = conn.close().await;
-                names
-            }
-            Backend::Postgres { server, database } => {
-                let mut conn = sqlx::PgConnection::connect(&format!("{server}/{database}"))
-                    .await
-                    .expect("connect to the test database");
-                let names = sqlx::query_scalar(
-                    "SELECT COALESCE(a.attname::text, '<expression>') FROM pg_index i \
-                     CROSS JOIN LATERAL unnest(i.indkey) AS k(attnum) \
-                     LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                     WHERE i.indrelid = 'conversations'::regclass \
-                     UNION SELECT '<expression>' FROM pg_index i \
-                     WHERE i.indrelid = 'conversations'::regclass \
-                     AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)",
-                )
-                .fetch_all(&mut conn)
-                .await
-                .expect("index columns");
-                let _ = conn.close().await;
-                names
-            }
-        };
-        names.into_iter().collect()
+        self.read_column(
+            "SELECT COALESCE(ii.name, '<expression>') \
+             FROM pragma_index_list('conversations') il, pragma_index_info(il.name) ii \
+             UNION SELECT '<expression>' FROM pragma_index_list('conversations') \
+             WHERE partial",
+            "SELECT COALESCE(a.attname::text, '<expression>') FROM pg_index i \
+             CROSS JOIN LATERAL unnest(i.indkey) AS k(attnum) \
+             LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = 'conversations'::regclass \
+             UNION SELECT '<expression>' FROM pg_index i \
+             WHERE i.indrelid = 'conversations'::regclass \
+             AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)",
+        )
+        .await
+        .into_iter()
+        .collect()
     }
 
+    /// Rewrites an event's stored payload directly, as someone with database access
+    /// could.
     async fn tamper_payload(&self, event: EventId, payload: &str) {
         let changed = match &self.backend {
             Backend::Sqlite { dir } => {
