@@ -2109,6 +2109,37 @@ async fn conversation_list_order_is_exact_within_and_across_activity_slots(h: &H
     );
 }
 
+/// Conversations whose latest activity is the same microsecond list in the same order
+/// on both engines: newest id first.
+async fn conversation_list_ties_break_by_newest_id(h: &Harness) {
+    let alice = agent("alice");
+    let c1 = h.open("support", Some("cust-a")).await;
+    let c2 = h.open("support", Some("cust-a")).await;
+    let at = h.at();
+    for c in [c1, c2] {
+        let mut event = h.event(c, &alice, None, message("same moment"));
+        event.at = at;
+        h.append(event).await;
+    }
+    let mut newest_first = vec![c1, c2];
+    newest_first.sort_by_key(|c| std::cmp::Reverse(c.0));
+    assert_eq!(listed(h, listing()).await, newest_first);
+    let customer = ConversationFilter {
+        customer: Some(user("cust-a")),
+        ..listing()
+    };
+    assert_eq!(listed(h, customer).await, newest_first);
+    let of_contact: Vec<ConversationId> = h
+        .store
+        .contact_conversations(&user("cust-a"), 10)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(of_contact, newest_first);
+}
+
 /// An append changes its conversation's heads, chain link, `last_activity_at` and
 /// `last_public_at` at every event. None of them may be in an index: PostgreSQL could
 /// not make the update heap-only (a dead row and an entry in every index per event), and
@@ -2727,6 +2758,7 @@ store_tests! {
     conversation_list_filters,
     conversation_list_order_is_exact_within_and_across_activity_slots,
     columns_an_append_changes_are_in_no_index,
+    conversation_list_ties_break_by_newest_id,
     conversation_list_filters_by_tag_and_field,
     mention_candidates_by_handle_and_team,
     directory_and_definitions_round_trip,

@@ -214,9 +214,9 @@ impl Store for PgStore {
         // and assignee indexes give the order and only a slot's rows are sorted.
         query
             .push(if filter.customer.is_some() {
-                " ORDER BY c.last_public_at DESC, c.id LIMIT "
+                " ORDER BY c.last_public_at DESC, c.id DESC LIMIT "
             } else {
-                " ORDER BY c.activity_bucket DESC, c.last_activity_at DESC, c.id LIMIT "
+                " ORDER BY c.activity_bucket DESC, c.last_activity_at DESC, c.id DESC LIMIT "
             })
             .push_bind(filter.limit as i64);
         let rows = query.build().fetch_all(&self.pool).await?;
@@ -492,7 +492,7 @@ impl Store for PgStore {
     ) -> Result<Vec<ConversationRecord>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.contact_id = $1 \
-             ORDER BY c.last_activity_at DESC, c.id LIMIT $2"
+             ORDER BY c.last_activity_at DESC, c.id DESC LIMIT $2"
         ))
         .bind(pg_text(contact.as_str()))
         .bind(limit as i64)

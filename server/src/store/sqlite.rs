@@ -501,7 +501,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<ConversationRecord>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE contact_id = ? \
-             ORDER BY last_activity_at DESC LIMIT ?"
+             ORDER BY last_activity_at DESC, id DESC LIMIT ?"
         ))
         .bind(contact.as_str())
         .bind(limit as i64)
