@@ -518,6 +518,17 @@ async fn listed(h: &Harness, filter: ConversationFilter) -> Vec<ConversationId> 
         .collect()
 }
 
+/// The ids of a contact's conversations as the staff's contact view lists them.
+async fn contact_listed(h: &Harness, contact: &str, limit: u32) -> Vec<ConversationId> {
+    h.store
+        .contact_conversations(&user(contact), limit)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
 async fn found(h: &Harness, search: NoteSearch) -> BTreeSet<EventId> {
     note_ids(&h.store.search_notes(&search).await.expect("search notes"))
 }
@@ -1959,14 +1970,7 @@ async fn conversation_list_filters(h: &Harness) {
     };
     assert_eq!(listed(h, bobs_support).await, vec![c1]);
 
-    let of_contact: Vec<ConversationId> = h
-        .store
-        .contact_conversations(&user("cust-a"), 10)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
+    let of_contact = contact_listed(h, "cust-a", 10).await;
     assert_eq!(of_contact, vec![c1, c3]);
     let first = h
         .store
@@ -2129,14 +2133,7 @@ async fn conversation_list_ties_break_by_newest_id(h: &Harness) {
         ..listing()
     };
     assert_eq!(listed(h, customer).await, newest_first);
-    let of_contact: Vec<ConversationId> = h
-        .store
-        .contact_conversations(&user("cust-a"), 10)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
+    let of_contact = contact_listed(h, "cust-a", 10).await;
     assert_eq!(of_contact, newest_first);
 }
 
