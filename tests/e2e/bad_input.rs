@@ -447,6 +447,30 @@ async fn a_frame_over_64_kib_closes_the_socket_with_1009() {
     ws.sync().await;
 }
 
+/// `after` is any u64: one past every seq, however large, reads an empty page with the
+/// head, never the stream from its start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_history_bound_past_the_head_reads_nothing() {
+    let scene = Scene::new().await;
+    for (who, token) in [("customer", &scene.cust), ("agent", &scene.alice)] {
+        let head = scene.server.head(token, &scene.conv).await;
+        for after in [head, 1 << 63, u64::MAX] {
+            let reply = scene
+                .server
+                .http
+                .get(
+                    &format!("/v1/conversations/{}/events?after={after}", scene.conv),
+                    Some(token),
+                )
+                .await;
+            assert_eq!(reply.status, 200, "{who} after={after}: {}", reply.text);
+            let page = reply.json();
+            assert_eq!(page["events"], json!([]), "{who} after={after}: {page}");
+            assert_eq!(page["head"], head, "{who} after={after}: {page}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn http_bad_input_is_refused_and_changes_nothing() {
     let scene = Scene::new().await;

@@ -209,6 +209,15 @@ async fn offline_mentions_are_stored_never_replaced_and_marked_read() {
     check_notification(&n, "mention", &conv, &event_id(&fourth), "alice");
     assert!(n["id"].as_u64().unwrap() > id_n3);
     assert_eq!(notifications(&server, &bob_t, true).await["unread"], 1);
+    // `up_to` past every id, however large, marks it too.
+    let ok = bob
+        .ok(json!({"type": "read_notifications", "up_to": u64::MAX}))
+        .await;
+    assert_eq!(
+        (ok["marked"].clone(), ok["unread"].clone()),
+        (json!(1), json!(0)),
+        "{ok}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

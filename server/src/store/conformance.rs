@@ -693,6 +693,19 @@ async fn seqs_are_gap_free_per_audience(h: &Harness) {
             .await
             .expect("read a page");
         assert_eq!(seqs_of(&page, audience), vec![3, 4]);
+        // A bound past every seq reads nothing, however large (a client's `after`).
+        for past in [head, i64::MAX as u64, u64::MAX] {
+            let page = h
+                .store
+                .events_after(conv, audience, past, 100)
+                .await
+                .expect("read past the head");
+            assert!(
+                page.is_empty(),
+                "after {past}: {:?}",
+                seqs_of(&page, audience)
+            );
+        }
     }
     let customer_stream = h
         .store
@@ -1558,6 +1571,16 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
             .expect("count"),
         0
     );
+
+    // `up_to` past every id, however large (a client's number), marks all.
+    h.add(conv, &dave, mentioning("@bob once more", &["bob"]))
+        .await;
+    let marked = h
+        .store
+        .mark_notifications_read(&user("bob"), &MarkRead::UpTo(u64::MAX))
+        .await
+        .expect("mark");
+    assert_eq!(marked, 1);
     assert_eq!(
         h.store
             .mark_notifications_read(&user("bob"), &MarkRead::All)

@@ -34,8 +34,8 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use super::postgres_append;
 use super::rows::{
     audit_row_from_row, conversation_from_row, directory_from_row, enum_text, event_from_row,
-    field_from_row, get_u64, note_from_row, notification_from_row, parse_uuid, stream_after,
-    tag_from_row, team_from_row,
+    field_from_row, get_u64, note_from_row, notification_from_row, parse_uuid, sql_int,
+    stream_after, tag_from_row, team_from_row,
 };
 use super::{
     to_micros, AppendShortcutCounters, AuditRow, ConversationFilter, ConversationRecord,
@@ -116,7 +116,7 @@ impl Store for PgStore {
              AND {after_seq} ORDER BY {order} LIMIT $3"
         ))
         .bind(conversation.to_string())
-        .bind(after as i64)
+        .bind(sql_int(after))
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
@@ -614,13 +614,13 @@ impl Store for PgStore {
         match which {
             MarkRead::All => {}
             MarkRead::UpTo(id) => {
-                query.push(" AND id <= ").push_bind(clamp_i64(*id));
+                query.push(" AND id <= ").push_bind(sql_int(*id));
             }
             MarkRead::Ids(ids) => {
                 if ids.is_empty() {
                     return Ok(0);
                 }
-                let ids: Vec<i64> = ids.iter().map(|id| clamp_i64(*id)).collect();
+                let ids: Vec<i64> = ids.iter().map(|id| sql_int(*id)).collect();
                 query.push(" AND id = ANY(").push_bind(ids).push(")");
             }
         }
@@ -704,9 +704,4 @@ pub(super) fn pg_event(new: &NewEvent) -> Cow<'_, NewEvent> {
     clean.actor.name = new.actor.name.as_deref().map(|n| pg_text(n).into_owned());
     clean.client_id = new.client_id.as_deref().map(|c| pg_text(c).into_owned());
     Cow::Owned(clean)
-}
-
-/// A notification id from a client, as PostgreSQL's BIGINT (ids never exceed it).
-fn clamp_i64(id: u64) -> i64 {
-    i64::try_from(id).unwrap_or(i64::MAX)
 }

@@ -114,6 +114,14 @@ pub(crate) fn stream_after(audience: Audience, after: &str) -> (String, &'static
     }
 }
 
+/// A client's number (a `seq` bound, a notification id) as SQL's signed 64-bit integer.
+/// No stored seq or id reaches `i64::MAX`, so a larger value becomes `i64::MAX` and a
+/// comparison keeps its meaning: `after` past every seq reads nothing, `up_to` past every
+/// id marks all. (A cast would wrap it negative and turn both around.)
+pub(crate) fn sql_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
 /// The snake_case name serde gives a unit enum variant.
 pub(crate) fn enum_text<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     match serde_json::to_value(value) {

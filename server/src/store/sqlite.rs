@@ -27,8 +27,8 @@ use sqlx::{QueryBuilder, Row};
 
 use super::rows::{
     audit_row_from_row, conversation_from_row, directory_from_row, enum_text, event_from_row,
-    field_from_row, get_u64, note_from_row, notification_from_row, parse_uuid, stream_after,
-    tag_from_row, team_from_row,
+    field_from_row, get_u64, note_from_row, notification_from_row, parse_uuid, sql_int,
+    stream_after, tag_from_row, team_from_row,
 };
 use super::sqlite_append::AppendThread;
 use super::{
@@ -118,7 +118,7 @@ impl Store for SqliteStore {
              AND {after_seq} ORDER BY {order} LIMIT ?3"
         ))
         .bind(conversation.to_string())
-        .bind(after as i64)
+        .bind(sql_int(after))
         .bind(limit as i64)
         .fetch_all(&self.readers)
         .await?;
@@ -609,7 +609,7 @@ impl Store for SqliteStore {
         match which {
             MarkRead::All => {}
             MarkRead::UpTo(id) => {
-                query.push(" AND id <= ").push_bind(*id as i64);
+                query.push(" AND id <= ").push_bind(sql_int(*id));
             }
             MarkRead::Ids(ids) => {
                 if ids.is_empty() {
@@ -618,7 +618,7 @@ impl Store for SqliteStore {
                 query.push(" AND id IN (");
                 let mut list = query.separated(", ");
                 for id in ids {
-                    list.push_bind(*id as i64);
+                    list.push_bind(sql_int(*id));
                 }
                 query.push(")");
             }
