@@ -198,3 +198,49 @@ async fn search_finds_what_the_caller_may_read_with_filters() {
         .await
         .assert_error(403, "forbidden");
 }
+
+/// Results come newest first: an order that depends on the matching notes alone. A
+/// relevance score that weighs a word by how many notes in the whole index hold it
+/// (SQLite's bm25) let an agent learn the words of notes they cannot read from the order
+/// of their own: two notes "W W C" and "W C C" swapped places once hidden notes held W.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_order_of_results_says_nothing_of_notes_the_caller_cannot_read() {
+    let server = TestServer::start().await;
+    let ivy_t = agent("ivy");
+    let conv = server.open_as_customer(&customer("carol")).await;
+    let mut ivy = online(&server, &ivy_t).await;
+    let mut sam = online(&server, &supervisor("sam")).await;
+    // A word only supervisors-only coaching notes hold, and one no hidden note holds.
+    for i in 0..3 {
+        sam.ok(coaching(
+            &conv,
+            &format!("coach-{i}"),
+            &format!("ivy plover again, escalate {i}"),
+        ))
+        .await;
+    }
+    for (word, control) in [("plover", "quokka"), ("marmot", "wombat")] {
+        let a = event_id(
+            &ivy.note(
+                &conv,
+                &format!("{word}-a"),
+                &format!("{word} {word} {control}"),
+            )
+            .await,
+        );
+        let b = event_id(
+            &ivy.note(
+                &conv,
+                &format!("{word}-b"),
+                &format!("{word} {control} {control}"),
+            )
+            .await,
+        );
+        let hits = search(&server, &ivy_t, &format!("q={word}%20{control}")).await;
+        let order: Vec<&str> = hits
+            .iter()
+            .map(|h| h["note_id"].as_str().expect("note_id"))
+            .collect();
+        assert_eq!(order, vec![b.as_str(), a.as_str()], "{word}: {hits:?}");
+    }
+}

@@ -477,6 +477,62 @@ async fn a_note_does_not_move_the_customers_updated_at_or_head() {
     assert_eq!(customer_final["head"], 2);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_supervisors_only_note_does_not_move_the_agents_view_or_list() {
+    // Agents see a conversation's activity in their own stream: a coaching note that
+    // moved their `updated_at`, or their list's order (or a `limit`ed page of it), would
+    // tell them one was written, with their `head` unchanged.
+    let server = TestServer::start().await;
+    let cust = customer("carol");
+    let alice = agent("alice");
+    let older = server.open_as_customer(&cust).await;
+    let newer = server.open_as_customer(&cust).await;
+    let mut sam = server.client(&supervisor("sam")).await;
+    let agent_before = server.conversation(&alice, &older).await.json();
+    assert_eq!(
+        list_ids(&server.list(&alice, "").await.json()),
+        [newer.clone(), older.clone()]
+    );
+
+    // Not synchronization: let the clock move far enough that a moved `updated_at` is
+    // visible at the stored resolution.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sam.ok(
+        json!({"type": "note", "conversation_id": older, "client_id": "coach-1",
+                  "body": "tone was off", "note_type": "coaching",
+                  "audience": "supervisors"}),
+    )
+    .await;
+    // Control: the supervisor's stream moved.
+    assert_eq!(server.head(&supervisor("sam"), &older).await, 2);
+
+    let agent_after = server.conversation(&alice, &older).await.json();
+    assert_eq!(agent_after["head"], agent_before["head"]);
+    assert_eq!(agent_after["updated_at"], agent_before["updated_at"]);
+    for query in ["", "limit=1", "inbox=support"] {
+        let ids = list_ids(&server.list(&alice, query).await.json());
+        let expected = if query == "limit=1" {
+            vec![newer.clone()]
+        } else {
+            vec![newer.clone(), older.clone()]
+        };
+        assert_eq!(ids, expected, "agent's list `{query}`");
+    }
+
+    // A note agents see moves it for them.
+    let mut a = server.client(&alice).await;
+    a.note(&older, "n-1", "refund flagged by billing").await;
+    let agent_final = server.conversation(&alice, &older).await.json();
+    assert!(
+        timestamp(&agent_final["updated_at"]) > timestamp(&agent_before["updated_at"]),
+        "an agents' note should move the agent's updated_at: {agent_final}"
+    );
+    assert_eq!(
+        list_ids(&server.list(&alice, "limit=1").await.json()),
+        [older]
+    );
+}
+
 /// The ids of a list answer, in its order.
 fn list_ids(body: &Value) -> Vec<String> {
     list_items(body)

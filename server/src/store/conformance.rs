@@ -1624,7 +1624,7 @@ async fn search_notes_with_filters(h: &Harness) {
             s,
             &bob,
             typed_note(
-                "Refund policy explained; VIP",
+                "Refund policy explained; refund in full; VIP",
                 NoteType::Context,
                 NoteAudience::Agents,
             ),
@@ -1653,6 +1653,16 @@ async fn search_notes_with_filters(h: &Harness) {
         .id;
 
     assert_eq!(found(h, search(&["refund"])).await, set([n1, n2, n3, n4]));
+    // Newest first, whatever the words' weight: "refund" twice in n2 does not lift it.
+    let ordered: Vec<EventId> = h
+        .store
+        .search_notes(&search(&["refund"]))
+        .await
+        .expect("search")
+        .iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(ordered, vec![n4, n3, n2, n1]);
     assert_eq!(found(h, search(&["REFUND"])).await, set([n1, n2, n3, n4]));
     assert_eq!(found(h, search(&["refund", "annual"])).await, set([n1]));
     assert_eq!(found(h, search(&["refun"])).await, set([]));
@@ -2134,6 +2144,44 @@ async fn conversation_list_order_is_exact_within_and_across_activity_slots(h: &H
                 .expect("exists")
                 .last_activity_at
     );
+}
+
+/// Staff's activity (`last_activity_at`: their view's `updated_at`, their lists' order)
+/// follows the agents' stream. A supervisors-only note, even in a new slot, moves
+/// neither it nor its slot: agents would see one happen with their `head` unchanged.
+async fn supervisors_only_events_leave_the_activity_alone(h: &Harness) {
+    let (alice, sue) = (agent("alice"), supervisor("sue"));
+    let c1 = h.open("support", Some("cust-a")).await;
+    h.advance(25);
+    let c2 = h.open("support", Some("cust-b")).await;
+    let before = conversation_record(h, c1).await;
+    h.advance(25);
+    h.add(c1, &sue, supervisors_note("coaching: slow")).await;
+    h.add(c1, &sue, supervisors_note("coaching: again")).await;
+    let after = conversation_record(h, c1).await;
+    assert_eq!(
+        after.heads.get(Audience::Supervisors),
+        before.heads.get(Audience::Supervisors) + 2
+    );
+    assert_eq!(after.last_activity_at, before.last_activity_at);
+    assert_eq!(after.last_public_at, before.last_public_at);
+    assert_eq!(listed(h, listing()).await, vec![c2, c1]);
+    assert_eq!(h.misfiled_activity_buckets().await, 0);
+
+    h.add(c1, &alice, note("agents see this")).await;
+    let moved = conversation_record(h, c1).await;
+    assert!(moved.last_activity_at > before.last_activity_at);
+    assert_eq!(moved.last_public_at, before.last_public_at);
+    assert_eq!(listed(h, listing()).await, vec![c1, c2]);
+    assert_eq!(h.misfiled_activity_buckets().await, 0);
+}
+
+async fn conversation_record(h: &Harness, id: ConversationId) -> super::ConversationRecord {
+    h.store
+        .conversation(id)
+        .await
+        .expect("read")
+        .expect("exists")
 }
 
 /// Conversations whose latest activity is the same microsecond list in the same order
@@ -2779,6 +2827,7 @@ store_tests! {
     conversation_list_order_is_exact_within_and_across_activity_slots,
     columns_an_append_changes_are_in_no_index,
     conversation_list_ties_break_by_newest_id,
+    supervisors_only_events_leave_the_activity_alone,
     conversation_list_filters_by_tag_and_field,
     mention_candidates_by_handle_and_team,
     directory_and_definitions_round_trip,

@@ -535,6 +535,10 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<ConversationRecord>, StoreError>;
 
+    /// Notes matching every word of the search, newest first. The order must depend on
+    /// the matching notes alone: a relevance score weighed over the whole index (how many
+    /// notes hold a word, as SQLite's bm25 does) would order a caller's results by notes
+    /// they may not read, and so tell them those notes' words.
     async fn search_notes(&self, search: &NoteSearch) -> Result<Vec<NoteRecord>, StoreError>;
 
     /// Newest first.

@@ -562,7 +562,7 @@ impl Store for PgStore {
                 .push(")");
         }
         query
-            .push(" ORDER BY ts_rank(n.search, s.q) DESC, n.created_at DESC, n.id LIMIT ")
+            .push(" ORDER BY n.created_at DESC, n.id DESC LIMIT ")
             .push_bind(search.limit as i64);
         let rows = query.build().fetch_all(&self.pool).await?;
         rows.iter().map(note_from_row).collect()

@@ -219,7 +219,7 @@ async fn write_on_cached_heads(
                     last_hash: head.last_hash,
                     contact_id: head.contact_id.clone(),
                     dirty: false,
-                    last_at: 0,
+                    last_agent_at: None,
                     last_public_at: None,
                 },
             );
@@ -379,7 +379,10 @@ struct Head {
     contact_id: Option<String>,
     /// Set once the batch appended to it: the head must be written back.
     dirty: bool,
-    last_at: i64,
+    /// The batch's latest event in the agents' stream, and in the public one: the
+    /// conversation's activity as staff and as the customer see it. A supervisors-only
+    /// event moves neither, or agents would see one happen.
+    last_agent_at: Option<i64>,
     last_public_at: Option<i64>,
 }
 
@@ -480,7 +483,7 @@ impl BatchWriter {
                         .map_err(|_| StoreError::Corrupt("last_hash is not 32 bytes".into()))?,
                     contact_id: row.try_get("contact_id")?,
                     dirty: false,
-                    last_at: 0,
+                    last_agent_at: None,
                     last_public_at: None,
                 },
             );
@@ -578,7 +581,7 @@ impl BatchWriter {
                 last_hash: chain::GENESIS,
                 contact_id,
                 dirty: false,
-                last_at: at,
+                last_agent_at: None,
                 last_public_at: None,
             },
         );
@@ -794,7 +797,7 @@ impl BatchWriter {
             columns.agent.push(head.heads.agent as i64);
             columns.supervisor.push(head.heads.supervisor as i64);
             columns.hashes.push(head.last_hash.to_vec());
-            columns.last_at.push(head.last_at);
+            columns.last_agent_at.push(head.last_agent_at.take());
             columns.last_public_at.push(head.last_public_at.take());
             head.dirty = false;
         }
@@ -809,9 +812,12 @@ fn next_event(new: &NewEvent, head: &mut Head) -> Result<(Event, String), StoreE
     head.heads = head.heads.after(&event.seqs);
     head.last_hash = event.hash;
     head.dirty = true;
-    head.last_at = to_micros(new.at);
+    let at = to_micros(new.at);
+    if event.seqs.agent.is_some() {
+        head.last_agent_at = Some(at);
+    }
     if event.seqs.public.is_some() {
-        head.last_public_at = Some(head.last_at);
+        head.last_public_at = Some(at);
     }
     Ok((event, payload))
 }
@@ -911,7 +917,7 @@ struct HeadColumns {
     agent: Vec<i64>,
     supervisor: Vec<i64>,
     hashes: Vec<Vec<u8>>,
-    last_at: Vec<i64>,
+    last_agent_at: Vec<Option<i64>>,
     last_public_at: Vec<Option<i64>>,
 }
 
@@ -933,14 +939,16 @@ const INSERT_NOTES: &str = "INSERT INTO notes (id, conversation_id, contact_id, 
      $20::text[], $21::text[], $22::text[], $23::text[], $24::int8[]) ";
 
 /// The heads' new values (`$25`–`$31`) set on the conversations' rows, as `u`; the
-/// caller adds `$32` and the `WHERE`. `activity_bucket` is assigned at every append
-/// (10000000 is `ACTIVITY_BUCKET_MICROS`), but PostgreSQL compares values: within the
-/// conversation's slot no indexed column changes and the update is heap-only. (Not a
-/// generated column: that re-reads its expression's definition at every statement.)
+/// caller adds `$32` and the `WHERE`. The activity times are NULL where the batch
+/// appended nothing to that stream (`last_activity_at` is the agents' stream's: see
+/// [`Head`]). `activity_bucket` is assigned at every append (10000000 is
+/// `ACTIVITY_BUCKET_MICROS`), but PostgreSQL compares values: within the conversation's
+/// slot no indexed column changes and the update is heap-only. (Not a generated column:
+/// that re-reads its expression's definition at every statement.)
 const SET_HEADS: &str = "UPDATE conversations AS c SET public_seq = u.public_seq, \
      agent_seq = u.agent_seq, supervisor_seq = u.supervisor_seq, last_hash = u.last_hash, \
-     last_activity_at = u.last_activity_at, \
-     activity_bucket = u.last_activity_at / 10000000, \
+     last_activity_at = COALESCE(u.last_activity_at, c.last_activity_at), \
+     activity_bucket = COALESCE(u.last_activity_at / 10000000, c.activity_bucket), \
      last_public_at = COALESCE(u.last_public_at, c.last_public_at) \
      FROM UNNEST($25::uuid[], $26::int8[], $27::int8[], $28::int8[], $29::bytea[], \
      $30::int8[], $31::int8[]";
@@ -1046,7 +1054,7 @@ fn bind_rows<'q, O>(
         .bind(&heads.agent)
         .bind(&heads.supervisor)
         .bind(&heads.hashes)
-        .bind(&heads.last_at)
+        .bind(&heads.last_agent_at)
         .bind(&heads.last_public_at)
 }
 

@@ -558,7 +558,7 @@ impl Store for SqliteStore {
                 .push(")");
         }
         query
-            .push(" ORDER BY s.rank, n.id LIMIT ")
+            .push(" ORDER BY n.created_at DESC, n.id DESC LIMIT ")
             .push_bind(search.limit as i64);
         let rows = query.build().fetch_all(&self.readers).await?;
         rows.iter().map(note_from_row).collect()

@@ -338,7 +338,10 @@ fn append(
     let mut previous = head.last_hash;
     let mut stored = Vec::with_capacity(events.len());
     let mut notifications = Vec::new();
-    let mut last_at = to_micros(first.at);
+    // The batch's latest event in the agents' stream, and in the public one: the
+    // conversation's activity as staff and as the customer see it. A supervisors-only
+    // event moves neither, or agents would see one happen.
+    let mut last_agent_at = None;
     let mut last_public_at = None;
     for new in events {
         if new.conversation_id != conversation {
@@ -349,9 +352,12 @@ fn append(
         let event = insert_event(db, new, heads, previous)?;
         heads = heads.after(&event.seqs);
         previous = event.hash;
-        last_at = to_micros(new.at);
+        let at = to_micros(new.at);
+        if event.seqs.agent.is_some() {
+            last_agent_at = Some(at);
+        }
         if event.seqs.public.is_some() {
-            last_public_at = Some(last_at);
+            last_public_at = Some(at);
         }
         project(
             db,
@@ -364,22 +370,22 @@ fn append(
     }
     // SQLite rewrites an index's entry whenever its column is assigned, even the same
     // value: the slot is assigned only when it changed.
-    let activity_bucket = super::activity_bucket(last_at);
+    let activity_bucket = last_agent_at.map_or(head.activity_bucket, super::activity_bucket);
     let new_slot = activity_bucket != head.activity_bucket;
     let mut statement = db.prepare_cached(if new_slot {
         "UPDATE conversations SET public_seq = ?1, agent_seq = ?2, supervisor_seq = ?3, \
-         last_hash = ?4, last_activity_at = ?5, \
+         last_hash = ?4, last_activity_at = COALESCE(?5, last_activity_at), \
          last_public_at = COALESCE(?6, last_public_at), activity_bucket = ?8 WHERE id = ?7"
     } else {
         "UPDATE conversations SET public_seq = ?1, agent_seq = ?2, supervisor_seq = ?3, \
-         last_hash = ?4, last_activity_at = ?5, \
+         last_hash = ?4, last_activity_at = COALESCE(?5, last_activity_at), \
          last_public_at = COALESCE(?6, last_public_at) WHERE id = ?7"
     })?;
     statement.raw_bind_parameter(1, heads.public as i64)?;
     statement.raw_bind_parameter(2, heads.agent as i64)?;
     statement.raw_bind_parameter(3, heads.supervisor as i64)?;
     statement.raw_bind_parameter(4, &previous[..])?;
-    statement.raw_bind_parameter(5, last_at)?;
+    statement.raw_bind_parameter(5, last_agent_at)?;
     statement.raw_bind_parameter(6, last_public_at)?;
     statement.raw_bind_parameter(7, &conversation_text)?;
     if new_slot {
