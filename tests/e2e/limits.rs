@@ -237,6 +237,39 @@ async fn commands_over_the_socket_rate_are_refused_and_change_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn malformed_frames_count_against_the_rate_too() {
+    // Each costs an answer like any command: a flood of them must not be free.
+    let server = TestServer::start_with(|config| {
+        config.limits.commands_per_second = 5;
+        config.limits.user_commands_per_second = 1_000;
+    })
+    .await;
+    let mut ws = server.client(&agent("alice")).await;
+    for text in ["{\"type\":", "[1]", "\"x\""] {
+        for _ in 0..10 {
+            ws.send_text(text).await;
+        }
+    }
+    ws.send_binary(vec![1, 2, 3]).await;
+    let mut codes = Vec::new();
+    while codes.len() < 31 {
+        let frame = ws.next_frame(STEP).await;
+        assert_eq!(ty(&frame), "error", "{frame}");
+        codes.push(frame["code"].as_str().unwrap_or_default().to_owned());
+    }
+    let limited = codes.iter().filter(|c| *c == "rate_limited").count();
+    assert!(
+        (17..=21).contains(&limited),
+        "a burst of 10 (+ refill) answered as bad_request, the rest limited: {codes:?}"
+    );
+    assert!(codes
+        .iter()
+        .all(|c| c == "rate_limited" || c == "bad_request"));
+    // Ping is never limited, and the socket stays open.
+    ws.sync().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_user_over_the_user_rate_is_refused_over_http_with_429() {
     let server = TestServer::start_with(|config| {
         config.limits.user_commands_per_second = 3;
@@ -432,5 +465,109 @@ async fn a_socket_that_pings_without_reading_is_closed_at_the_write_bound() {
     assert!(
         refused_at > 8_000,
         "closed after {refused_at} pings: before the bound could have been reached"
+    );
+}
+
+/// A node whose sockets fill up soon when their reader reads nothing: a small queue and
+/// send buffer. The stall limit is two heartbeat intervals.
+async fn stingy_server(max_connections: usize, heartbeat: Duration) -> TestServer {
+    TestServer::start_with(|config| {
+        config.limits.send_queue_frames = 16;
+        config.limits.socket_send_buffer = Some(4096);
+        config.limits.heartbeat_interval = heartbeat;
+        config.limits.max_connections = max_connections;
+    })
+    .await
+}
+
+/// Waits, reading nothing, until the node has closed `expected` sockets as slow.
+async fn until_closed_as_slow(server: &TestServer, expected: u64) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let metrics = server.http.get("/metrics", None).await.text;
+        if counter(&metrics, "backchannel_slow_consumers_closed_total") >= expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not closed as slow within {STEP:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_that_reads_none_of_its_own_answers_is_closed_with_4008_and_frees_its_slot() {
+    // A socket's own answers and replays wait for room in its queue instead of closing
+    // it at once (a long replay must not close a reader that keeps up), but they wait for
+    // the reader's progress, not forever: a client that sent commands, or asked for a
+    // long history, and reads nothing held its task and its connection slot for as long
+    // as it stayed connected, and kept the node from shutting down.
+    let server = stingy_server(2, Duration::from_millis(300)).await;
+    let conv = server.open_as_customer(&customer("carol")).await;
+    {
+        let mut writer = server.client(&agent("writer")).await;
+        let body = "x".repeat(4_000);
+        for i in 0..60 {
+            writer.note(&conv, &format!("n{i}"), &body).await;
+        }
+    }
+
+    // A replay of ~240 KB to a socket that reads none of it.
+    let mut replayed = server.narrow_client(&agent("replayed")).await;
+    replayed
+        .send_json(&json!({"type": "subscribe", "conversation_id": conv, "ref": "s"}))
+        .await;
+    until_closed_as_slow(&server, 1).await;
+    let closed = replayed.expect_close(STEP).await;
+    assert_eq!(closed.code, Some(4008), "{closed:?}");
+
+    // Commands whose answers it never reads (pings: exempt from the rate limit).
+    let mut commanding = server.narrow_client(&agent("commanding")).await;
+    for i in 0..3_000 {
+        if commanding
+            .try_send_text(json!({"type": "ping", "ref": i}).to_string())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    until_closed_as_slow(&server, 2).await;
+    let closed = commanding.expect_close(STEP).await;
+    assert_eq!(closed.code, Some(4008), "{closed:?}");
+
+    // Both slots are free again.
+    let mut a = server.client(&agent("a")).await;
+    let mut b = server.client(&agent("b")).await;
+    a.sync().await;
+    b.sync().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_does_not_wait_for_a_socket_that_reads_nothing() {
+    // A stall limit of a minute: shutdown must not wait for it.
+    let server = stingy_server(10, Duration::from_secs(30)).await;
+    let conv = server.open_as_customer(&customer("carol")).await;
+    {
+        let mut writer = server.client(&agent("writer")).await;
+        let body = "x".repeat(4_000);
+        for i in 0..60 {
+            writer.note(&conv, &format!("n{i}"), &body).await;
+        }
+    }
+    let mut stalled = server.narrow_client(&agent("stalled")).await;
+    stalled
+        .send_json(&json!({"type": "subscribe", "conversation_id": conv, "ref": "s"}))
+        .await;
+    // Shut down while its replay waits for room.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    server.shutdown().await.expect("a clean shutdown");
+    // The socket's close frame may wait for its reader up to the close timeout (5 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "shutdown took {:?}",
+        started.elapsed()
     );
 }

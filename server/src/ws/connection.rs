@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backchannel_protocol::server::{AppendResult, ReadResult, SessionUser, SubscribeResult};
-use backchannel_protocol::{decode, ClientFrame, ConversationId, DecodeError, FrameHead, Ref};
+use backchannel_protocol::{decode, ClientFrame, ConversationId, FrameHead, Ref};
 use serde::Serialize;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -48,7 +48,11 @@ pub fn serve(
     state: Arc<AppState>,
     mut permit: SocketPermit,
 ) -> impl Future<Output = ()> + Send {
-    let (outbox, receiver) = Outbox::new(state.limits.send_queue_frames, state.metrics.clone());
+    let (outbox, receiver) = Outbox::new(
+        state.limits.send_queue_frames,
+        state.limits.heartbeat_interval * 2,
+        state.metrics.clone(),
+    );
     permit.join(&outbox);
     let mut socket = Socket::new(socket, receiver);
     // An async block rather than an async fn: an async fn moves its arguments into its
@@ -252,9 +256,11 @@ impl Session {
                     match message {
                         Message::Text(text) => socket.drive(Box::pin(self.handle_text(&text))).await,
                         Message::Binary(_) => {
-                            let error = ServiceError::bad_request(
-                                "binary frames are not accepted; send JSON text frames",
-                            );
+                            let error = self.over_rate().err().unwrap_or_else(|| {
+                                ServiceError::bad_request(
+                                    "binary frames are not accepted; send JSON text frames",
+                                )
+                            });
                             socket.drive(Box::pin(self.answer(None, Err(error)))).await;
                         }
                         Message::Close(_) => return,
@@ -268,10 +274,9 @@ impl Session {
     async fn handle_text(&mut self, text: &str) {
         let decoded = decode(text);
         let reference = decoded.reference.clone();
-        // A frame that is not even an object is answered at once (without a `ref`);
-        // anything else but a ping counts against the rate first.
-        let has_head = !matches!(decoded.frame, Err(DecodeError::NotAnObject(_)));
-        if has_head && !decoded.is_ping() {
+        // Every frame but a ping counts against the rate first, malformed ones too: each
+        // costs an answer.
+        if !decoded.is_ping() {
             if let Err(limited) = self.over_rate() {
                 return self.answer(reference.as_ref(), Err(limited)).await;
             }

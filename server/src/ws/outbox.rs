@@ -6,7 +6,11 @@
 //! The socket's own task pushes replies and replays with the `*_wait` variants, which
 //! wait for room instead, and leave a quarter of the queue free while they do: a live
 //! frame arriving in the middle of a long replay must find room, or a client that reads
-//! perfectly well would be closed as slow. The socket's task empties the queue into the
+//! perfectly well would be closed as slow. They wait for the reader's progress, not
+//! forever: if nothing at all is written for the stall limit (two heartbeat intervals),
+//! the reader has stopped, and the socket is closed with 4008 too. Without that limit a
+//! client that sends commands (or subscribes to a long history) and never reads held its
+//! task, its connection slot and the node's shutdown for as long as it stayed connected. The socket's task empties the queue into the
 //! socket ([`super::socket::Socket`]) through the [`OutboxReceiver`].
 //!
 //! The raw queue is private to this module: what reaches a customer's socket is decided
@@ -16,6 +20,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
+use std::time::Duration;
 
 use backchannel_protocol::close_code;
 use futures::task::AtomicWaker;
@@ -107,6 +112,8 @@ struct Shared {
     drained: tokio::sync::Notify,
     /// Slots the `*_wait` pushes leave free for live frames.
     reserve: usize,
+    /// How long a `*_wait` push waits for a flush before closing the socket as slow.
+    stall_limit: Duration,
     /// The first close reason wins; 0 while open. Set once, never reset: the socket is
     /// closing from then on.
     reason: AtomicU16,
@@ -156,7 +163,13 @@ impl Shared {
 }
 
 impl Outbox {
-    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (Outbox, OutboxReceiver) {
+    /// A queue of `capacity` frames whose `*_wait` pushes give up on a reader that lets
+    /// `stall_limit` pass without a flush.
+    pub fn new(
+        capacity: usize,
+        stall_limit: Duration,
+        metrics: Arc<Metrics>,
+    ) -> (Outbox, OutboxReceiver) {
         let capacity = capacity.max(1);
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
@@ -165,6 +178,7 @@ impl Outbox {
             shutdown: AtomicBool::new(false),
             drained: tokio::sync::Notify::new(),
             reserve: capacity / 4,
+            stall_limit,
             reason: AtomicU16::new(0),
             metrics,
         });
@@ -190,6 +204,8 @@ impl Outbox {
     pub fn request_shutdown(&self) {
         self.shared.shutdown.store(true, Ordering::Release);
         self.shared.queued.wake();
+        // A `*_wait` push waiting for room stops waiting (see there).
+        self.shared.drained.notify_waiters();
     }
 
     /// Queues without waiting; a full queue closes the socket with 4008.
@@ -213,7 +229,8 @@ impl Outbox {
     }
 
     /// Queues once more than the reserve is free, waiting for the socket's task to drain
-    /// the queue that far; false once the socket is closing.
+    /// the queue that far; false once the socket is closing, or once it is closed as
+    /// slow because no flush came within the stall limit.
     async fn push_wait(&self, message: Outgoing) -> bool {
         loop {
             // Created before the check, so a flush between the check and the wait is
@@ -229,8 +246,21 @@ impl Outbox {
                     break;
                 }
             }
-            // Closing signals `drained` too.
-            drained.await;
+            if self.shared.shutdown.load(Ordering::Acquire) {
+                // The node is shutting down and this reader is behind: what it misses it
+                // reads with `since` from another node. Waiting would hold the shutdown.
+                self.close(CloseReason::GoingAway);
+                return false;
+            }
+            // Closing signals `drained` too; any flush does, so a reader that keeps
+            // reading, however slowly, is waited for.
+            if tokio::time::timeout(self.shared.stall_limit, drained)
+                .await
+                .is_err()
+            {
+                self.close(CloseReason::SlowConsumer);
+                return false;
+            }
         }
         self.shared.queued.wake();
         true
