@@ -447,6 +447,79 @@ async fn a_frame_over_64_kib_closes_the_socket_with_1009() {
     ws.sync().await;
 }
 
+/// A `client_id` stands for one command. A retry gets the first result back; the same
+/// key on another command (another conversation, the other kind, or the same subject
+/// under another role) is `bad_request` and stores nothing: answering it with the first
+/// result acknowledged a command that was never stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_id_reused_for_another_command_is_refused_and_stores_nothing() {
+    let scene = Scene::new().await;
+    let server = &scene.server;
+    let other = server.open_as_customer(&customer("dora")).await;
+    let mut alice = server.client(&scene.alice).await;
+    let first = alice.message(&scene.conv, "k1", "hello again").await;
+    let note = alice.note(&scene.conv, "k2", "internal").await;
+
+    // The true retries, over the socket and over HTTP.
+    let retry = alice.message(&scene.conv, "k1", "hello again").await;
+    assert_eq!(retry["duplicate"], true, "{retry}");
+    assert_eq!(retry["event_id"], first["event_id"]);
+    let reply = server
+        .http
+        .post(
+            &format!("/v1/conversations/{}/messages", scene.conv),
+            Some(&scene.alice),
+            &json!({"client_id": "k1", "body": "hello again"}),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(reply.json()["duplicate"], true, "{}", reply.text);
+    assert_eq!(reply.json()["event_id"], first["event_id"]);
+
+    // A customer whose subject is an agent's (tokens are the integrator's to mint).
+    let namesake = customer("alice");
+    let namesake_conv = server.open_as_customer(&namesake).await;
+    let before = (scene.state().await, server.head(&scene.alice, &other).await);
+    let reused = [
+        send_frame(&other, "k1", "hello again"),
+        note_frame(&scene.conv, "k1", "hello again"),
+        send_frame(&scene.conv, "k2", "internal"),
+    ];
+    for frame in reused {
+        let error = alice.error_code(frame.clone(), "bad_request").await;
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains("client_id"), "{frame}: {error}");
+        assert!(!message.contains("internal"), "{frame}: {error}");
+    }
+    let reply = server
+        .http
+        .post(
+            &format!("/v1/conversations/{other}/messages"),
+            Some(&scene.alice),
+            &json!({"client_id": "k1", "body": "hello again"}),
+        )
+        .await;
+    reply.assert_error(400, "bad_request");
+    // The namesake customer reusing the agent's key for a note it cannot see: a clear
+    // refusal, not a 500 and not the note's id.
+    let reply = server
+        .http
+        .post(
+            &format!("/v1/conversations/{namesake_conv}/messages"),
+            Some(&namesake),
+            &json!({"client_id": "k2", "body": "internal"}),
+        )
+        .await;
+    reply.assert_error(400, "bad_request");
+    assert!(!reply.text.contains(note["event_id"].as_str().unwrap()));
+    assert_eq!(server.head(&namesake, &namesake_conv).await, 1);
+    assert_eq!(
+        (scene.state().await, server.head(&scene.alice, &other).await),
+        before,
+        "nothing was stored"
+    );
+}
+
 /// `after` is any u64: one past every seq, however large, reads an empty page with the
 /// head, never the stream from its start.
 #[tokio::test(flavor = "multi_thread")]

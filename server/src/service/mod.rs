@@ -354,13 +354,36 @@ impl Service {
     }
 
     /// Writes and waits for durability; a tripped reply guard becomes `conflict` with
-    /// the missed events in `who`'s stream.
+    /// the missed events in `who`'s stream, and a `client_id` reused for another command
+    /// `bad_request`.
     async fn write(
         &self,
         who: &Identity,
         request: WriteRequest,
     ) -> Result<WriteOutcome, ServiceError> {
+        let keyed = match &request {
+            WriteRequest::Append { events, .. } => {
+                events.first().filter(|e| e.client_id.is_some()).cloned()
+            }
+            WriteRequest::Open(_) => None,
+        };
         match self.writer.write(request).await {
+            Ok(outcome) if outcome.duplicate => {
+                let repeats = match (&keyed, outcome.event()) {
+                    (Some(asked), Some(stored)) => same_command(asked, stored),
+                    _ => false,
+                };
+                if repeats {
+                    Ok(outcome)
+                } else {
+                    // Answering with the first result would acknowledge this command
+                    // while storing nothing of it. Nothing of the first one is said.
+                    Err(ServiceError::bad_request(
+                        "this client_id was already used for another message or note; \
+                         send it with a new client_id",
+                    ))
+                }
+            }
             Ok(outcome) => Ok(outcome),
             Err(WriteError::Refused(WriteRefusal::Unseen(events))) => Err(ServiceError::Conflict {
                 message: "new messages or notes arrived since the seq you replied to; \
@@ -444,6 +467,17 @@ impl Service {
         self.hub.shutdown().await;
         self.store.close().await;
     }
+}
+
+/// Whether `stored`, the event a `client_id` was first used for, is the command `asked`
+/// retries: the same conversation, kind (message or note) and role. The words may
+/// differ (a client that edited a message while it waited to be retried): the first
+/// result stands, as the protocol says, and the event the client then receives carries
+/// what was stored.
+fn same_command(asked: &NewEvent, stored: &Event) -> bool {
+    asked.conversation_id == stored.conversation_id
+        && asked.actor.role == stored.view.actor.role
+        && std::mem::discriminant(&asked.data) == std::mem::discriminant(&stored.view.data)
 }
 
 /// History entries of `events` in `audience`'s stream; for customers, built from
