@@ -117,6 +117,13 @@ fn conversation_id(raw: &str) -> Result<ConversationId, ApiError> {
         .map_err(|_| ApiError(ServiceError::bad_request("not a conversation id (a UUID)")))
 }
 
+/// The token of an `Authorization` value: the scheme is case-insensitive (RFC 9110,
+/// 11.1), so `bearer` is as good as `Bearer`.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 /// The caller, from `Authorization: Bearer <token>`.
 pub struct Caller(pub Identity);
 
@@ -131,7 +138,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .ok_or_else(|| {
                 ApiError(ServiceError::Unauthorized(
                     "missing `Authorization: Bearer <token>`".into(),

@@ -14,6 +14,12 @@ use serde::{Deserialize, Serialize};
 
 /// Longest `sub` a token may carry.
 const MAX_SUB_LEN: usize = 128;
+/// Longest `name`: it rides in every event the user writes.
+const MAX_NAME_LEN: usize = 256;
+/// Longest `handle`, team id and inbox id (the ids' own limit).
+const MAX_ID_LEN: usize = 64;
+/// Most entries in `teams` and in `inboxes`.
+const MAX_LIST_LEN: usize = 500;
 /// Seconds of clock skew tolerated on `exp`.
 const EXP_LEEWAY_SECS: u64 = 5;
 
@@ -102,10 +108,23 @@ pub struct Identity {
 
 impl Identity {
     fn from_claims(claims: Claims) -> Result<Self, AuthError> {
-        if claims.sub.is_empty() || claims.sub.chars().count() > MAX_SUB_LEN {
-            return Err(AuthError::Invalid(format!(
-                "`sub` must be 1 to {MAX_SUB_LEN} characters"
-            )));
+        check_claim(&claims.sub, "sub", MAX_SUB_LEN)?;
+        if let Some(name) = &claims.name {
+            check_claim(name, "name", MAX_NAME_LEN)?;
+        }
+        if let Some(handle) = &claims.handle {
+            check_claim(handle, "handle", MAX_ID_LEN)?;
+        }
+        for (list, what) in [(&claims.teams, "teams"), (&claims.inboxes, "inboxes")] {
+            let list = list.as_deref().unwrap_or_default();
+            if list.len() > MAX_LIST_LEN {
+                return Err(AuthError::Invalid(format!(
+                    "`{what}` may name at most {MAX_LIST_LEN}"
+                )));
+            }
+            for entry in list {
+                check_claim(entry, what, MAX_ID_LEN)?;
+            }
         }
         let inboxes = match (&claims.inboxes, claims.role) {
             (Some(list), _) if list.iter().any(|i| i == "*") => InboxScope::All,
@@ -128,6 +147,18 @@ impl Identity {
     }
 }
 
+/// A text claim: 1 to `max` characters, none of them a control character. A `sub` is
+/// who the caller is: one with NUL would be stored as U+FFFD by PostgreSQL (its text
+/// cannot hold NUL) and so be the same user as another token's.
+fn check_claim(value: &str, what: &str, max: usize) -> Result<(), AuthError> {
+    if value.is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {
+        return Err(AuthError::Invalid(format!(
+            "`{what}` must be 1 to {max} characters, none of them control characters"
+        )));
+    }
+    Ok(())
+}
+
 /// The node's signing and verifying keys.
 #[derive(Clone)]
 pub struct Keys {
@@ -148,6 +179,8 @@ impl Keys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp"]);
         validation.validate_exp = true;
+        // A token not valid yet is refused too (same leeway).
+        validation.validate_nbf = true;
         validation.leeway = EXP_LEEWAY_SECS;
         Keys {
             encoding: EncodingKey::from_secret(secret),
@@ -290,6 +323,72 @@ mod tests {
         old.exp = 1_000;
         let token = keys.mint(&old).expect("mint");
         assert!(keys.verify(&token).is_err());
+    }
+
+    #[test]
+    fn claims_with_control_characters_or_over_their_limits_are_refused() {
+        let keys = Keys::new(b"secret");
+        let verify = |claims: &Claims| keys.verify(&keys.mint(claims).expect("mint"));
+        type Spoil = Box<dyn Fn(&mut Claims)>;
+        let bad: Vec<(&str, Spoil)> = vec![
+            // NUL: PostgreSQL would store it as U+FFFD, the same user as "vic\u{FFFD}tim".
+            ("sub NUL", Box::new(|c| c.sub = "vic\0tim".into())),
+            ("sub tab", Box::new(|c| c.sub = "vic\ttim".into())),
+            ("sub empty", Box::new(|c| c.sub = String::new())),
+            ("sub long", Box::new(|c| c.sub = "s".repeat(129))),
+            ("name NUL", Box::new(|c| c.name = Some("A\0".into()))),
+            ("name long", Box::new(|c| c.name = Some("n".repeat(60_000)))),
+            ("handle long", Box::new(|c| c.handle = Some("h".repeat(65)))),
+            ("team NUL", Box::new(|c| c.teams = Some(vec!["t\0".into()]))),
+            (
+                "inbox NUL",
+                Box::new(|c| c.inboxes = Some(vec!["i\0".into()])),
+            ),
+            (
+                "inbox empty",
+                Box::new(|c| c.inboxes = Some(vec![String::new()])),
+            ),
+            (
+                "inboxes many",
+                Box::new(|c| c.inboxes = Some(vec!["i".into(); 501])),
+            ),
+        ];
+        for (what, spoil) in bad {
+            let mut claims = claims(Role::Agent);
+            spoil(&mut claims);
+            assert!(verify(&claims).is_err(), "{what} was accepted");
+        }
+        // At the limits, and with letters of any script, they are fine.
+        let mut fine = claims(Role::Agent);
+        fine.sub = "ü".repeat(128);
+        fine.name = Some("Zoë Ñ 李".into());
+        fine.handle = Some("h".repeat(64));
+        fine.teams = Some(vec!["tier2".into()]);
+        fine.inboxes = Some(vec!["i".into(); 500]);
+        verify(&fine).expect("within every limit");
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused() {
+        #[derive(Serialize)]
+        struct WithNbf {
+            #[serde(flatten)]
+            claims: Claims,
+            nbf: u64,
+        }
+        let keys = Keys::new(b"secret");
+        let mint = |nbf: u64| {
+            let with = WithNbf {
+                claims: claims(Role::Agent),
+                nbf,
+            };
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &with, &keys.encoding)
+                .expect("mint")
+        };
+        assert!(keys
+            .verify(&mint(expiry_after(Duration::from_secs(3600))))
+            .is_err());
+        keys.verify(&mint(1_000)).expect("valid since long ago");
     }
 
     #[test]

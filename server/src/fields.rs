@@ -17,7 +17,9 @@ pub fn check(definition: &FieldDefinition, value: &Value) -> Result<(), String> 
         return Ok(());
     }
     let ok = match definition.field_type {
-        FieldType::Text => value.as_str().is_some_and(|s| s.len() <= MAX_TEXT_BYTES),
+        FieldType::Text => value
+            .as_str()
+            .is_some_and(|s| s.len() <= MAX_TEXT_BYTES && !s.contains('\0')),
         FieldType::Number => value.as_f64().is_some_and(f64::is_finite),
         FieldType::Boolean => value.is_boolean(),
         FieldType::Date => value.as_str().is_some_and(is_date),
@@ -30,7 +32,9 @@ pub fn check(definition: &FieldDefinition, value: &Value) -> Result<(), String> 
         Ok(())
     } else {
         Err(match definition.field_type {
-            FieldType::Text => format!("`{key}` takes text of at most {MAX_TEXT_BYTES} bytes"),
+            FieldType::Text => {
+                format!("`{key}` takes text of at most {MAX_TEXT_BYTES} bytes, without NUL")
+            }
             FieldType::Number => format!("`{key}` takes a number"),
             FieldType::Boolean => format!("`{key}` takes true or false"),
             FieldType::Date => format!("`{key}` takes a date, YYYY-MM-DD"),

@@ -447,6 +447,84 @@ async fn a_frame_over_64_kib_closes_the_socket_with_1009() {
     ws.sync().await;
 }
 
+/// NUL is refused in every text a client gives, with `bad_request` on both engines
+/// (PostgreSQL's text cannot hold it: it answered 503, or stored U+FFFD while echoing
+/// NUL), and nothing is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn nul_is_refused_in_every_text_field() {
+    let scene = Scene::new().await;
+    let server = &scene.server;
+    let root = admin("root");
+    let defined = server
+        .http
+        .put(
+            "/v1/fields/plan",
+            Some(&root),
+            &json!({"type": "text", "applies_to": "conversation", "label": "Plan"}),
+        )
+        .await;
+    assert_eq!(defined.status, 200, "{}", defined.text);
+    let before = scene.state().await;
+    let cases = [
+        ("/v1/inboxes/legal", json!({"name": "Le\0gal"}), "PUT"),
+        ("/v1/teams/tier3", json!({"name": "Tier\0 3"}), "PUT"),
+        ("/v1/tags/vip", json!({"color": "red\0"}), "PUT"),
+        ("/v1/tags/vip", json!({"description": "\0"}), "PUT"),
+        (
+            "/v1/fields/tier",
+            json!({"type": "text", "applies_to": "conversation", "label": "T\0"}),
+            "PUT",
+        ),
+        (
+            "/v1/fields/values",
+            json!({"target": "conversation", "id": scene.conv, "fields": {"plan": "p\0ro"}}),
+            "POST",
+        ),
+        (
+            "/v1/conversations",
+            json!({"inbox_id": "support", "contact_id": "eve\0"}),
+            "POST",
+        ),
+    ];
+    for (path, body, method) in cases {
+        let reply = if method == "PUT" {
+            server.http.put(path, Some(&root), &body).await
+        } else {
+            server.http.post(path, Some(&root), &body).await
+        };
+        reply.assert_error(400, "bad_request");
+        assert!(!reply.text.contains("\\u0000"), "{path}: {}", reply.text);
+    }
+    assert_eq!(scene.state().await, before);
+    for path in ["/v1/teams", "/v1/tags", "/v1/fields"] {
+        let listed = server.http.get(path, Some(&root)).await;
+        assert_eq!(listed.status, 200, "{}", listed.text);
+        assert!(!listed.text.contains("\\u0000"), "{path}: {}", listed.text);
+    }
+    let view = server.conversation(&scene.alice, &scene.conv).await;
+    assert!(!view.text.contains("\\u0000"), "{}", view.text);
+}
+
+/// `Authorization` schemes are case-insensitive (RFC 9110): `bearer` works as `Bearer`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let scene = Scene::new().await;
+    let http = &scene.server.http;
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let request = http
+            .client
+            .get(format!("{}/v1/conversations", http.base))
+            .header("authorization", format!("{scheme} {}", scene.alice));
+        let reply = http.send(request).await;
+        assert_eq!(reply.status, 200, "{scheme}: {}", reply.text);
+    }
+    let request = http
+        .client
+        .get(format!("{}/v1/conversations", http.base))
+        .header("authorization", format!("Basic {}", scene.alice));
+    http.send(request).await.assert_error(401, "unauthorized");
+}
+
 /// A `client_id` stands for one command. A retry gets the first result back; the same
 /// key on another command (another conversation, the other kind, or the same subject
 /// under another role) is `bad_request` and stores nothing: answering it with the first

@@ -36,14 +36,17 @@ impl Service {
                     )));
                 }
                 match request.contact_id {
+                    // A contact id is a customer's `sub`, held to the same rule.
                     Some(contact)
-                        if !contact.as_str().is_empty() && contact.as_str().len() <= 128 =>
+                        if !contact.as_str().is_empty()
+                            && contact.as_str().chars().count() <= 128
+                            && !contact.as_str().chars().any(char::is_control) =>
                     {
                         contact
                     }
                     _ => {
                         return Err(ServiceError::bad_request(
-                            "`contact_id` (1 to 128 characters) is required when staff open a conversation",
+                            "`contact_id` (1 to 128 characters, no control characters) is required when staff open a conversation",
                         ))
                     }
                 }

@@ -575,6 +575,7 @@ fn validate_name(name: &str, what: &str) -> Result<(), ServiceError> {
 }
 
 fn validate_label(text: &str, what: &str) -> Result<(), ServiceError> {
+    no_nul(text, what)?;
     if text.is_empty() || text.len() > MAX_INBOX_NAME {
         return Err(ServiceError::bad_request(format!(
             "{what} must be 1 to {MAX_INBOX_NAME} bytes"
