@@ -31,6 +31,9 @@ pub struct OpenConversation {
     /// Agents open conversations on behalf of a contact; a customer's contact is themself.
     #[serde(default)]
     pub contact_id: Option<UserId>,
+    /// Conversation fields set with the opening, in the same commit (staff only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// `PUT /v1/inboxes/{id}`.

@@ -230,6 +230,7 @@ impl Demo {
             inbox_id: InboxId(INBOX.into()),
             subject: Some("Charged twice for March".into()),
             contact_id: None,
+            fields: None,
         };
         let id = match service.open_conversation(&dave, open).await? {
             ConversationView::Customer(view) => view.id,

@@ -545,3 +545,74 @@ async fn a_resolve_racing_a_cleared_required_field_is_never_applied_after_the_cl
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn staff_open_a_conversation_with_its_fields_in_one_commit() {
+    let server = TestServer::start().await;
+    define_all(&server).await;
+    let alice_t = agent("alice");
+    let cust_t = customer("carol");
+    let open = |body: Value| {
+        let http = &server.http;
+        let token = alice_t.clone();
+        async move { http.post("/v1/conversations", Some(&token), &body).await }
+    };
+    let listed = |token: String| {
+        let server = &server;
+        async move { list_items(&server.list(&token, "").await.json()).len() }
+    };
+
+    let reply = open(json!({"inbox_id": "support", "contact_id": "carol",
+                            "fields": {"summary": "double charge", "amount": 12}}))
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let view = reply.json();
+    assert_eq!(
+        view["fields"],
+        json!({"summary": "double charge", "amount": 12})
+    );
+    assert_eq!(view["head"], 2, "opened, then fields_changed: {view}");
+    let conv = view["id"].as_str().expect("id").to_owned();
+    // Stored with it: the view, the timeline, and the list's field filter agree.
+    let stored = server.conversation(&alice_t, &conv).await.json();
+    assert_eq!(stored["fields"], view["fields"]);
+    assert_eq!(stored["head"], 2);
+    let history = server.history(&alice_t, &conv).await;
+    assert_eq!(history.kinds(), ["conversation_opened", "fields_changed"]);
+    let found = list_items(
+        &server
+            .list(&alice_t, "field=summary:double%20charge")
+            .await
+            .json(),
+    );
+    assert_eq!(found.len(), 1, "{found:?}");
+    // The customer sees a conversation opened, and nothing of its fields.
+    let theirs = server.conversation(&cust_t, &conv).await;
+    assert_eq!(theirs.json()["head"], 1, "{}", theirs.text);
+    assert!(!theirs.text.contains("double charge"), "{}", theirs.text);
+
+    // A wrong value, an unknown key, a contact field, or fields from a customer open
+    // nothing at all.
+    let before = listed(alice_t.clone()).await;
+    for (fields, code) in [
+        (json!({"amount": "twelve"}), "bad_request"),
+        (json!({"nope": 1}), "bad_request"),
+        (json!({"plan": "pro"}), "bad_request"),
+        (json!({"summary": "ok", "amount": "x"}), "bad_request"),
+    ] {
+        let reply =
+            open(json!({"inbox_id": "support", "contact_id": "carol", "fields": fields})).await;
+        reply.assert_error(400, code);
+    }
+    let reply = server
+        .http
+        .post(
+            "/v1/conversations",
+            Some(&cust_t),
+            &json!({"inbox_id": "support", "fields": {"summary": "mine"}}),
+        )
+        .await;
+    reply.assert_error(403, "forbidden");
+    assert_eq!(listed(alice_t.clone()).await, before);
+    assert_eq!(listed(cust_t.clone()).await, 1);
+}

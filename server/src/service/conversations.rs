@@ -52,8 +52,36 @@ impl Service {
                 }
             }
         };
+        // Fields set with the opening are checked before anything is written, and
+        // committed with it: a conversation is never seen without them.
+        let fields = match request.fields {
+            Some(values) if !values.is_empty() => {
+                Self::require_staff(who, "set fields")?;
+                self.field_changes(FieldTarget::Conversation, values)
+                    .await?
+            }
+            _ => BTreeMap::new(),
+        };
         let id = ConversationId::new();
         let at = store::now();
+        let then: Vec<NewEvent> = if fields.is_empty() {
+            Vec::new()
+        } else {
+            vec![NewEvent {
+                id: EventId::new(),
+                conversation_id: id,
+                at,
+                actor: actor(who),
+                client_id: None,
+                data: EventData::FieldsChanged {
+                    target: FieldTarget::Conversation,
+                    target_id: id.to_string(),
+                    changes: fields.clone(),
+                },
+            }]
+        };
+        // Internal events: they take agent and supervisor seqs after the opening's 1.
+        let internal_head = 1 + then.len() as u64;
         let opened = NewEvent {
             id: EventId::new(),
             conversation_id: id,
@@ -72,6 +100,7 @@ impl Service {
                 contact_id: Some(contact_id.clone()),
                 subject: request.subject.clone(),
                 opened,
+                then,
             })))
             .await?;
         let record = ConversationRecord {
@@ -87,12 +116,16 @@ impl Service {
             last_public_at: at,
             heads: Heads {
                 public: 1,
-                agent: 1,
-                supervisor: 1,
+                agent: internal_head,
+                supervisor: internal_head,
             },
         };
         self.remember_access(&record);
-        Ok(ConversationView::of(record, who))
+        let extras = StaffExtras {
+            fields,
+            ..StaffExtras::default()
+        };
+        Ok(ConversationView::with_extras(record, who, extras))
     }
 
     pub async fn list_conversations(
@@ -399,27 +432,7 @@ impl Service {
         values: BTreeMap<String, serde_json::Value>,
     ) -> Result<AppendResult, ServiceError> {
         Self::require_staff(who, "set fields")?;
-        if values.is_empty() || values.len() > MAX_FIELDS_PER_CALL {
-            return Err(ServiceError::bad_request(format!(
-                "`fields` must hold 1 to {MAX_FIELDS_PER_CALL} values"
-            )));
-        }
-        let definitions = self.store.fields().await?;
-        let mut changes = BTreeMap::new();
-        for (key, value) in values {
-            let definition = definitions
-                .iter()
-                .find(|d| d.key == key)
-                .ok_or_else(|| ServiceError::bad_request(format!("unknown field `{key}`")))?;
-            if definition.applies_to != target {
-                return Err(ServiceError::bad_request(format!(
-                    "field `{key}` applies to {}s",
-                    definition.applies_to.as_str()
-                )));
-            }
-            fields::check(definition, &value).map_err(ServiceError::BadRequest)?;
-            changes.insert(key, fields::normalize(value));
-        }
+        let changes = self.field_changes(target, values).await?;
         let conversations: Vec<ConversationId> = match target {
             FieldTarget::Conversation => {
                 let conversation: ConversationId = id
@@ -466,6 +479,37 @@ impl Service {
             }
         }
         first.ok_or(ServiceError::Internal)
+    }
+
+    /// `values` checked against their definitions for `target`, normalized: the changes
+    /// of a `fields_changed` event.
+    async fn field_changes(
+        &self,
+        target: FieldTarget,
+        values: BTreeMap<String, serde_json::Value>,
+    ) -> Result<BTreeMap<String, serde_json::Value>, ServiceError> {
+        if values.is_empty() || values.len() > MAX_FIELDS_PER_CALL {
+            return Err(ServiceError::bad_request(format!(
+                "`fields` must hold 1 to {MAX_FIELDS_PER_CALL} values"
+            )));
+        }
+        let definitions = self.store.fields().await?;
+        let mut changes = BTreeMap::new();
+        for (key, value) in values {
+            let definition = definitions
+                .iter()
+                .find(|d| d.key == key)
+                .ok_or_else(|| ServiceError::bad_request(format!("unknown field `{key}`")))?;
+            if definition.applies_to != target {
+                return Err(ServiceError::bad_request(format!(
+                    "field `{key}` applies to {}s",
+                    definition.applies_to.as_str()
+                )));
+            }
+            fields::check(definition, &value).map_err(ServiceError::BadRequest)?;
+            changes.insert(key, fields::normalize(value));
+        }
+        Ok(changes)
     }
 
     /// A contact as staff see them: fields, pinned context notes, conversations.

@@ -307,6 +307,7 @@ impl Harness {
             contact_id: contact.map(|c| UserId(c.to_owned())),
             subject: Some(format!("about {inbox}")),
             opened,
+            then: Vec::new(),
         }))
     }
 
@@ -2146,6 +2147,45 @@ async fn conversation_list_order_is_exact_within_and_across_activity_slots(h: &H
     );
 }
 
+/// Events given with an opening (the fields its opener set) commit with it: the same
+/// transaction, seqs right after the opening's, projected like any append.
+async fn an_opening_commits_the_events_given_with_it(h: &Harness) {
+    let mut request = h.open_request("support", Some("cust-1"));
+    let WriteRequest::Open(new) = &mut request else {
+        unreachable!()
+    };
+    let id = new.id;
+    let fields_set = h.event(
+        id,
+        &agent("alice"),
+        None,
+        fields(
+            FieldTarget::Conversation,
+            &id.to_string(),
+            json!({"plan": "pro"}),
+        ),
+    );
+    new.then.push(fields_set);
+    let outcome = h.write(request).await.expect("opened");
+    assert_eq!(outcome.events.len(), 2);
+    let record = conversation_record(h, id).await;
+    assert_eq!(
+        (
+            record.heads.public,
+            record.heads.agent,
+            record.heads.supervisor
+        ),
+        (1, 2, 2)
+    );
+    let values = h
+        .store
+        .field_values(FieldTarget::Conversation, &[id.to_string()])
+        .await
+        .expect("values");
+    assert_eq!(values[&id.to_string()]["plan"], json!("pro"));
+    assert_eq!(h.misfiled_activity_buckets().await, 0);
+}
+
 /// Staff's activity (`last_activity_at`: their view's `updated_at`, their lists' order)
 /// follows the agents' stream. A supervisors-only note, even in a new slot, moves
 /// neither it nor its slot: agents would see one happen with their `head` unchanged.
@@ -2828,6 +2868,7 @@ store_tests! {
     columns_an_append_changes_are_in_no_index,
     conversation_list_ties_break_by_newest_id,
     supervisors_only_events_leave_the_activity_alone,
+    an_opening_commits_the_events_given_with_it,
     conversation_list_filters_by_tag_and_field,
     mention_candidates_by_handle_and_team,
     directory_and_definitions_round_trip,

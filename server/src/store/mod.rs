@@ -177,6 +177,9 @@ pub struct NewConversation {
     pub contact_id: Option<UserId>,
     pub subject: Option<String>,
     pub opened: NewEvent,
+    /// Events appended right after `opened`, in the same transaction (the fields its
+    /// opener set).
+    pub then: Vec<NewEvent>,
 }
 
 /// The reply guard of `send`: refuse if someone else's message or note arrived after the

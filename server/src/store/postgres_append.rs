@@ -585,7 +585,10 @@ impl BatchWriter {
                 last_public_at: None,
             },
         );
-        self.append(conn, &[opened], None).await
+        let events: Vec<_> = std::iter::once(opened)
+            .chain(new.then.iter().map(pg_event))
+            .collect();
+        self.append(conn, &events, None).await
     }
 
     /// The answer to a request whose first event's `client_id` was used before.

@@ -281,7 +281,17 @@ fn open_conversation(
         at,
         super::activity_bucket(at),
     ])?;
-    append(db, heads, std::slice::from_ref(&new.opened), None, search)
+    let with_then: Vec<NewEvent>;
+    let events = if new.then.is_empty() {
+        std::slice::from_ref(&new.opened)
+    } else {
+        with_then = std::iter::once(&new.opened)
+            .chain(&new.then)
+            .cloned()
+            .collect();
+        &with_then
+    };
+    append(db, heads, events, None, search)
 }
 
 /// Appends events of one conversation: allocates their seqs from the conversation's
