@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -68,6 +68,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         routes
     };
     routes
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -185,6 +186,37 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 async fn not_found() -> ApiError {
     ApiError(ServiceError::NotFound("route".into()))
+}
+
+/// 405 with the contract's error body (axum's own has none).
+async fn method_not_allowed() -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: backchannel_protocol::ErrorCode::BadRequest,
+            message: "this path does not take that method".into(),
+        },
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}
+
+/// A path's parameters, as axum's `Path` reads them, but refused with the contract's
+/// JSON `bad_request` (axum answers a segment that is not UTF-8 once decoded, such as
+/// `%FF`, in plain text).
+pub(crate) struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(rejection) => Err(ApiError(ServiceError::bad_request(rejection.body_text()))),
+        }
+    }
 }
 
 async fn put_inbox(

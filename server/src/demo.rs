@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,7 +30,7 @@ use backchannel_protocol::{FieldTarget, InboxId, Role, TeamId, UserId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::ApiError;
+use crate::api::{ApiError, Path};
 use crate::app::{AppState, ServerError};
 use crate::auth::{self, Claims, Identity, InboxScope, Keys};
 use crate::error::ServiceError;

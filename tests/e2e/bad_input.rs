@@ -6,6 +6,7 @@
 //! socket with 1009. After each bad input the store is checked unchanged through the HTTP
 //! history heads of all three streams.
 
+use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -503,6 +504,33 @@ async fn nul_is_refused_in_every_text_field() {
     }
     let view = server.conversation(&scene.alice, &scene.conv).await;
     assert!(!view.text.contains("\\u0000"), "{}", view.text);
+}
+
+/// Every HTTP error has the contract's JSON body: a method a path does not take (405)
+/// and a path segment that is not UTF-8 once decoded (400) included.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_http_error_is_json() {
+    let scene = Scene::new().await;
+    let http = &scene.server.http;
+    let token = Some(scene.alice.as_str());
+    let conv = format!("/v1/conversations/{}", scene.conv);
+    let messages = format!("{conv}/messages");
+    let cases = [
+        (Method::DELETE, "/v1/conversations", 405, "bad_request"),
+        (Method::PATCH, conv.as_str(), 405, "bad_request"),
+        (Method::GET, messages.as_str(), 405, "bad_request"),
+        (Method::POST, "/healthz", 405, "bad_request"),
+        (Method::GET, "/v1/conversations/%FF", 400, "bad_request"),
+        (Method::PUT, "/v1/tags/%FF", 400, "bad_request"),
+        (Method::GET, "/v1/contacts/%FF%FE", 400, "bad_request"),
+        (Method::GET, "/v1/nothing-here", 404, "not_found"),
+    ];
+    for (method, path, status, code) in cases {
+        let reply = http.raw(method.clone(), path, token, "{}").await;
+        assert_eq!(reply.content_type, "application/json", "{method} {path}");
+        assert_eq!(reply.status, status, "{method} {path}: {}", reply.text);
+        assert_eq!(reply.error_code(), code, "{method} {path}: {}", reply.text);
+    }
 }
 
 /// `Authorization` schemes are case-insensitive (RFC 9110): `bearer` works as `Bearer`.
