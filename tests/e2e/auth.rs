@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::process::run_cli;
 use crate::support::*;
@@ -68,6 +68,14 @@ async fn socket_with_a_refused_token_is_closed_with_4001() {
         assert!(
             frames.iter().all(|f| ty(f) != "welcome"),
             "{label}: got a welcome: {frames:?}"
+        );
+        // The close code says unauthorized; the error before it says why.
+        let errors: Vec<&Value> = frames.iter().filter(|f| ty(f) == "error").collect();
+        assert_eq!(errors.len(), 1, "{label}: {frames:?}");
+        assert_eq!(errors[0]["code"], "unauthorized", "{label}: {frames:?}");
+        assert!(
+            errors[0]["message"].as_str().is_some_and(|m| m.len() > 5),
+            "{label}: {frames:?}"
         );
     }
     // Control: a good token is welcomed on the same server.

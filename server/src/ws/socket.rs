@@ -109,16 +109,18 @@ impl Socket {
     }
 
     /// Sends the close frame the outbox's close reason calls for, then closes: what is
-    /// still queued goes first on a graceful shutdown and is dropped otherwise.
+    /// still queued goes first on a graceful shutdown or a refused `hello`, and is
+    /// dropped otherwise.
     pub async fn finish(mut self) {
         let reason = self.queue.reason();
         if !self.failed {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                if reason == CloseReason::GoingAway {
+                if matches!(reason, CloseReason::GoingAway | CloseReason::Unauthorized) {
                     // What was acknowledged or delivered before still goes out (nothing
                     // new is queued once the outbox is closing), written as it is framed
                     // so the buffer stays within its bound and the close frame fits
-                    // behind it.
+                    // behind it. A refused `hello` has its `error` queued, which says
+                    // why (expired, bad signature, ...): the close code alone does not.
                     while let Some(outgoing) = self.queue.pop() {
                         frame_into(&mut self.ws, &outgoing);
                         if self.ws.get_ref().buffered() >= MAX_BYTES_PER_FLUSH
