@@ -48,6 +48,11 @@ impl ErrorCode {
 pub mod close_code {
     /// The server is shutting down; reconnect (to another node) and resume with `since`.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol (RFC 6455: reserved bits, an unknown
+    /// opcode, a fragmented or oversized control frame, an unmasked frame).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame was larger than the limit.
     pub const TOO_BIG: u16 = 1009;
     /// The socket was silent for two heartbeat intervals.

@@ -533,6 +533,32 @@ async fn every_http_error_is_json() {
     }
 }
 
+/// A frame that breaks the WebSocket protocol closes the socket with the code RFC 6455
+/// gives it (1002; 1007 for text that is not UTF-8), not without one.
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_protocol_errors_close_with_their_code() {
+    let server = TestServer::start().await;
+    // Client frames, masked with the key 0 (so the payload reads as written).
+    let cases: [(&str, &[u8], u16); 4] = [
+        (
+            "text not UTF-8",
+            &[0x81, 0x82, 0, 0, 0, 0, 0xFF, 0xFE],
+            1007,
+        ),
+        ("reserved bit set", &[0xC1, 0x81, 0, 0, 0, 0, b'x'], 1002),
+        ("unknown opcode", &[0x83, 0x80, 0, 0, 0, 0], 1002),
+        ("fragmented ping", &[0x09, 0x80, 0, 0, 0, 0], 1002),
+    ];
+    for (what, frame, code) in cases {
+        let mut ws = server.client(&agent("alice")).await;
+        ws.send_raw(frame).await;
+        let closed = ws.expect_close(STEP).await;
+        assert_eq!(closed.code, Some(code), "{what}: {closed:?}");
+    }
+    // The node is fine.
+    server.client(&agent("alice")).await.sync().await;
+}
+
 /// `Authorization` schemes are case-insensitive (RFC 9110): `bearer` works as `Bearer`.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_bearer_scheme_is_case_insensitive() {

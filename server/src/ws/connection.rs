@@ -194,10 +194,14 @@ async fn refuse(outbox: &Outbox, reference: Option<&Ref>, message: &str) {
     outbox.close(CloseReason::Unauthorized);
 }
 
-/// A read error closes the socket; a frame over the limit with 1009.
+/// A read error closes the socket: a frame over the limit with 1009, a protocol
+/// violation with 1002, a text frame that is not UTF-8 with 1007 (RFC 6455, 7.4.1); a
+/// connection that is gone gets no close frame.
 fn read_error_reason(error: tungstenite::Error) -> CloseReason {
     match error {
         tungstenite::Error::Capacity(_) => CloseReason::TooBig,
+        tungstenite::Error::Protocol(_) => CloseReason::ProtocolError,
+        tungstenite::Error::Utf8(_) => CloseReason::InvalidPayload,
         _ => CloseReason::ClientGone,
     }
 }

@@ -45,6 +45,10 @@ pub enum CloseReason {
     GoingAway,
     /// A frame over the size limit: 1009.
     TooBig,
+    /// A frame that breaks the WebSocket protocol: 1002.
+    ProtocolError,
+    /// A text frame that is not UTF-8: 1007.
+    InvalidPayload,
     /// No valid `hello`: 4001.
     Unauthorized,
     /// Silent for two heartbeat intervals: 4002.
@@ -60,6 +64,12 @@ impl CloseReason {
             CloseReason::ClientGone => None,
             CloseReason::GoingAway => Some((close_code::GOING_AWAY, "server shutting down")),
             CloseReason::TooBig => Some((close_code::TOO_BIG, "frame too large")),
+            CloseReason::ProtocolError => {
+                Some((close_code::PROTOCOL_ERROR, "websocket protocol error"))
+            }
+            CloseReason::InvalidPayload => {
+                Some((close_code::INVALID_PAYLOAD, "text frame is not UTF-8"))
+            }
             CloseReason::Unauthorized => Some((close_code::UNAUTHORIZED, "unauthorized")),
             CloseReason::HeartbeatTimeout => {
                 Some((close_code::HEARTBEAT_TIMEOUT, "heartbeat timeout"))
@@ -78,6 +88,8 @@ impl CloseReason {
             ClientGone,
             GoingAway,
             TooBig,
+            ProtocolError,
+            InvalidPayload,
             Unauthorized,
             HeartbeatTimeout,
             SlowConsumer,

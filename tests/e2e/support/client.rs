@@ -142,6 +142,16 @@ impl Client {
         }
     }
 
+    /// Writes `bytes` to the TCP stream under the WebSocket as they are: frames the
+    /// WebSocket library would never send (reserved bits, unknown opcodes, bad UTF-8).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        tokio::time::timeout(STEP, self.ws.get_mut().write_all(bytes))
+            .await
+            .expect("writing raw bytes timed out")
+            .expect("writing raw bytes failed");
+    }
+
     pub async fn send_json(&mut self, frame: &Value) {
         self.send_text(frame.to_string()).await
     }
