@@ -362,15 +362,16 @@ impl Service {
         request: WriteRequest,
     ) -> Result<WriteOutcome, ServiceError> {
         let keyed = match &request {
-            WriteRequest::Append { events, .. } => {
-                events.first().filter(|e| e.client_id.is_some()).cloned()
-            }
+            WriteRequest::Append { events, .. } => events
+                .first()
+                .filter(|e| e.client_id.is_some())
+                .map(Command::of),
             WriteRequest::Open(_) => None,
         };
         match self.writer.write(request).await {
             Ok(outcome) if outcome.duplicate => {
-                let repeats = match (&keyed, outcome.event()) {
-                    (Some(asked), Some(stored)) => same_command(asked, stored),
+                let repeats = match (keyed, outcome.event()) {
+                    (Some(asked), Some(stored)) => asked == Command::of_stored(stored),
                     _ => false,
                 };
                 if repeats {
@@ -469,15 +470,33 @@ impl Service {
     }
 }
 
-/// Whether `stored`, the event a `client_id` was first used for, is the command `asked`
-/// retries: the same conversation, kind (message or note) and role. The words may
-/// differ (a client that edited a message while it waited to be retried): the first
-/// result stands, as the protocol says, and the event the client then receives carries
-/// what was stored.
-fn same_command(asked: &NewEvent, stored: &Event) -> bool {
-    asked.conversation_id == stored.conversation_id
-        && asked.actor.role == stored.view.actor.role
-        && std::mem::discriminant(&asked.data) == std::mem::discriminant(&stored.view.data)
+/// What a `client_id` stands for, to tell a retry from its reuse: the same conversation,
+/// kind (message or note) and role. The words may differ (a client that edited a message
+/// while it waited to be retried): the first result stands, as the protocol says, and
+/// the event the client then receives carries what was stored.
+#[derive(PartialEq)]
+struct Command {
+    conversation: ConversationId,
+    role: Role,
+    kind: std::mem::Discriminant<EventData>,
+}
+
+impl Command {
+    fn of(asked: &NewEvent) -> Command {
+        Command {
+            conversation: asked.conversation_id,
+            role: asked.actor.role,
+            kind: std::mem::discriminant(&asked.data),
+        }
+    }
+
+    fn of_stored(stored: &Event) -> Command {
+        Command {
+            conversation: stored.conversation_id,
+            role: stored.view.actor.role,
+            kind: std::mem::discriminant(&stored.view.data),
+        }
+    }
 }
 
 /// History entries of `events` in `audience`'s stream; for customers, built from
