@@ -30,11 +30,11 @@ use crate::service::{ListQuery, SearchQuery};
 /// Largest request body.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
-pub fn router(state: Arc<AppState>) -> Router {
+/// The public router; `/metrics` on it only if `with_metrics` (see [`metrics_router`]).
+pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
     let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/v1/ws", get(crate::ws::upgrade))
         .route("/v1/inboxes/{id}", put(put_inbox))
         .route(
@@ -61,6 +61,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/teams", get(list_teams))
         .route("/v1/teams/{id}", put(put_team))
         .route("/v1/agents", get(agents));
+    let routes = if with_metrics {
+        routes.route("/metrics", get(metrics))
+    } else {
+        routes
+    };
     // With `--demo` only: the demo pages and the demo users' tokens (`demo.rs`).
     let routes = if state.demo.is_some() {
         routes.merge(crate::demo::router())
@@ -71,6 +76,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// `GET /metrics` alone, for `--metrics-listen`.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
         .with_state(state)
 }
 

@@ -133,7 +133,22 @@ pub async fn run(
         rate: RateLimits::new(&config.limits),
         demo,
     });
-    let router = crate::api::router(state.clone());
+    let router = crate::api::router(state.clone(), config.metrics_listen.is_none());
+    // `/metrics` on an address of its own, stopped with the node.
+    let metrics_server = match &config.metrics_listen {
+        Some(address) => {
+            let listener = TcpListener::bind(address).await?;
+            tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
+            let stop = stop.clone();
+            let router = crate::api::metrics_router(state.clone());
+            Some(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }))
+        }
+        None => None,
+    };
     let forget = {
         let state = state.clone();
         let stop = stop.clone();
@@ -184,6 +199,9 @@ pub async fn run(
     state.live_sockets.shut_down();
     state.sockets.close();
     state.sockets.wait().await;
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     forget.abort();
     presence_stop.cancel();
     let _ = presence.await;

@@ -21,6 +21,11 @@ pub struct Config {
     pub allowed_origins: Option<Vec<String>>,
     /// This node's name in logs and metrics.
     pub node_id: String,
+    /// Where to serve `GET /metrics` instead of the public listener, e.g. an internal
+    /// address for Prometheus; unset, it is on the public listener, as the contract has
+    /// it. The counters are the whole node's activity: on a quiet node a customer could
+    /// watch `events_appended` move while their own stream stays still.
+    pub metrics_listen: Option<String>,
     /// `--demo`: serve the demo pages and mint tokens for the demo users (`demo.rs`).
     /// Never on in production: anyone who can reach the node gets a staff token.
     pub demo: bool,
@@ -88,6 +93,7 @@ impl Config {
             jwt_secret: Some(jwt_secret.to_owned()),
             allowed_origins: None,
             node_id: "test".to_owned(),
+            metrics_listen: None,
             demo: false,
             limits: Limits {
                 commands_per_second: 1_000_000,

@@ -91,6 +91,10 @@ struct ServeArgs {
     allowed_origins: Option<Vec<String>>,
     #[arg(long, env = "BACKCHANNEL_NODE_ID")]
     node_id: Option<String>,
+    /// Serve GET /metrics on this address (e.g. 10.0.0.5:9100) instead of the public
+    /// listener, so only the monitoring network can read the node's activity counters.
+    #[arg(long, env = "BACKCHANNEL_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Serve the demo (widget, agent console, supervisor view) at / and mint tokens for
     /// its fixed users. For trying Backchannel out only: never in production.
     #[arg(long, env = "BACKCHANNEL_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
@@ -183,6 +187,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         node_id: args
             .node_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()),
+        metrics_listen: args.metrics_listen,
         demo: args.demo,
         limits: Limits {
             max_connections: args.max_connections.unwrap_or(defaults.max_connections),

@@ -172,6 +172,44 @@ async fn health_readiness_and_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn metrics_move_to_their_own_address_with_metrics_listen() {
+    // The node's counters tell its whole activity; a deployment serves them where only
+    // its monitoring reaches, and then the public listener does not have them.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let metrics_addr = free.local_addr().expect("its address");
+    drop(free);
+    let server = TestServer::start_with(|config| {
+        config.metrics_listen = Some(metrics_addr.to_string());
+    })
+    .await;
+    let conv = server.open_as_customer(&customer("carol")).await;
+    server
+        .client(&agent("alice"))
+        .await
+        .note(&conv, "n1", "counted")
+        .await;
+
+    server
+        .http
+        .get("/metrics", None)
+        .await
+        .assert_error(404, "not_found");
+    let internal = Http::new(metrics_addr);
+    let reply = internal.get("/metrics", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert!(counter(&reply.text, "backchannel_events_appended_total") >= 2);
+    // Only the metrics: the API is not served there.
+    internal
+        .get("/v1/conversations", Some(&agent("alice")))
+        .await
+        .assert_error(404, "not_found");
+    server
+        .shutdown()
+        .await
+        .expect("a clean shutdown, the metrics server too");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn put_inbox_is_for_admins_only() {
     let server = TestServer::start().await;
     let body = json!({"name": "Billing"});
