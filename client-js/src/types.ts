@@ -15,7 +15,7 @@ export interface Actor {
 }
 
 /** Which side of the conversation a typing indicator or a note is for. */
-export type TypingAudience = 'public' | 'internal';
+export type TypingAudience = 'public' | 'internal' | 'supervisors';
 export type NoteType = 'general' | 'context' | 'transfer' | 'resolution' | 'coaching';
 export type NoteAudience = 'agents' | 'supervisors';
 

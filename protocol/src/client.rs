@@ -54,6 +54,10 @@ pub enum TypingAudience {
     Public,
     /// Writing an internal note; only the team sees the indicator.
     Internal,
+    /// Writing a supervisors-only note (coaching, QA); only supervisors and admins see
+    /// the indicator. Agents who saw someone type `internal` and then no note appear
+    /// would know a note was written for supervisors.
+    Supervisors,
 }
 
 /// Every command a client can send, tagged by `type`.

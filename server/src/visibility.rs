@@ -80,7 +80,7 @@ impl TryFrom<Typing> for PublicTyping {
     fn try_from(typing: Typing) -> Result<Self, NotPublic> {
         match typing.audience {
             TypingAudience::Public => Ok(PublicTyping(typing)),
-            TypingAudience::Internal => Err(NotPublic),
+            TypingAudience::Internal | TypingAudience::Supervisors => Err(NotPublic),
         }
     }
 }
@@ -140,6 +140,22 @@ pub enum StaffAudience {
 }
 
 impl StaffAudience {
+    /// `viewers` as this audience may see them: for agents, someone typing a
+    /// supervisors-only note is viewing, not typing.
+    pub fn viewers(self, viewers: &[Viewer]) -> Vec<Viewer> {
+        viewers
+            .iter()
+            .map(|v| match (self, v.typing_audience) {
+                (StaffAudience::Agents, Some(TypingAudience::Supervisors)) => Viewer {
+                    typing: false,
+                    typing_audience: None,
+                    ..v.clone()
+                },
+                _ => v.clone(),
+            })
+            .collect()
+    }
+
     pub fn audience(self) -> Audience {
         match self {
             StaffAudience::Agents => Audience::Agents,
@@ -180,10 +196,16 @@ impl StaffFrame {
     }
 
     /// Who is viewing and typing in a conversation.
-    pub fn presence(conversation_id: ConversationId, viewers: &[Viewer]) -> StaffFrame {
+    /// Who is viewing and typing, as `audience` may see it (see
+    /// [`StaffAudience::viewers`]).
+    pub fn presence(
+        conversation_id: ConversationId,
+        viewers: &[Viewer],
+        audience: StaffAudience,
+    ) -> StaffFrame {
         StaffFrame(SharedFrame::encode::<()>(&ServerFrame::Presence {
             conversation_id,
-            viewers,
+            viewers: &audience.viewers(viewers),
         }))
     }
 
@@ -197,9 +219,13 @@ impl StaffFrame {
         StaffFrame(SharedFrame::encode::<()>(&ServerFrame::Agents { agents }))
     }
 
-    /// Staff see every typing indicator, for replies and notes alike.
-    pub fn typing(typing: &Typing) -> StaffFrame {
-        StaffFrame(typing_frame(typing))
+    /// Staff see typing indicators for replies and notes alike; agents none for a
+    /// supervisors-only note (`None`).
+    pub fn typing(typing: &Typing, audience: StaffAudience) -> Option<StaffFrame> {
+        if typing.audience == TypingAudience::Supervisors && audience == StaffAudience::Agents {
+            return None;
+        }
+        Some(StaffFrame(typing_frame(typing)))
     }
 
     pub(crate) fn shared(&self) -> &SharedFrame {

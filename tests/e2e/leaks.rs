@@ -588,6 +588,78 @@ async fn a_note_does_not_reorder_the_customers_list() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn supervisors_only_typing_reaches_supervisors_only() {
+    // A supervisor writing a coaching note types with audience `supervisors`. Shown to
+    // agents as `internal` (and then no note appearing), it told them a note for
+    // supervisors was written; nor may their presence frames say so, not even by
+    // arriving unchanged.
+    let server = TestServer::start().await;
+    let cust = customer("carol");
+    let conv = server.open_as_customer(&cust).await;
+    let mut c = server.client(&cust).await;
+    c.subscribe(&conv, None).await;
+    let mut a = server.client(&agent("alice")).await;
+    a.subscribe(&conv, None).await;
+    let mut sue = server.client(&supervisor("sue")).await;
+    sue.subscribe(&conv, None).await;
+    let mut sam = server.client(&supervisor("sam")).await;
+    sam.subscribe(&conv, None).await;
+    // Let the joins' presence frames arrive, then count from here.
+    for ws in [&mut c, &mut a, &mut sue, &mut sam] {
+        ws.sync().await;
+    }
+    tokio::time::sleep(QUIET).await;
+    for ws in [&mut c, &mut a, &mut sue, &mut sam] {
+        ws.collect_for(Duration::from_millis(50)).await;
+    }
+    let agent_presence_before = a.presence().len();
+
+    sam.send_json(&typing(&conv, "supervisors")).await;
+    sam.sync().await;
+    let frame = sue.next_frame(STEP).await;
+    assert_eq!(ty(&frame), "typing", "{frame}");
+    assert_eq!(frame["audience"], "supervisors");
+    assert_eq!(frame["user"]["id"], "sam");
+    // Sue's presence shows Sam typing for supervisors.
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !sue.presence().iter().any(|p| {
+        p["viewers"].as_array().is_some_and(|vs| {
+            vs.iter()
+                .any(|v| v["id"] == "sam" && v["typing_audience"] == "supervisors")
+        })
+    }) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            sue.presence()
+        );
+        sue.collect_for(Duration::from_millis(50)).await;
+    }
+    // Alice and the customer hear nothing: no typing frame, no presence frame.
+    for ws in [&mut a, &mut c] {
+        ws.sync().await;
+        ws.expect_silence(QUIET).await;
+    }
+    assert_eq!(
+        a.presence().len(),
+        agent_presence_before,
+        "{:?}",
+        a.presence()
+    );
+    assert!(a
+        .transcript()
+        .iter()
+        .all(|t| !t.contains("\"supervisors\"")));
+
+    // Only supervisors and admins may type for supervisors.
+    a.error_code(typing(&conv, "supervisors"), "forbidden")
+        .await;
+    c.error_code(typing(&conv, "supervisors"), "forbidden")
+        .await;
+    sue.expect_silence(QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn internal_typing_reaches_staff_only() {
     let server = TestServer::start().await;
     let cust = customer("carol");

@@ -24,7 +24,7 @@ use super::{ConnId, Hub, HubError};
 use crate::broker::Ephemeral;
 use crate::store::{Event, Heads, StoreError};
 use crate::visibility::{
-    ControlFrame, CustomerFrame, PublicEvent, PublicTyping, StaffFrame, Typing,
+    ControlFrame, CustomerFrame, PublicEvent, PublicTyping, StaffAudience, StaffFrame, Typing,
 };
 use crate::ws::outbox::{CustomerOutbox, StaffOutbox};
 
@@ -115,13 +115,32 @@ struct RoomState {
     typing: HashMap<ConnId, (TypingAudience, Instant)>,
     /// Other nodes' viewers, until when they expire.
     remote_viewers: HashMap<String, (Vec<Viewer>, Instant)>,
-    /// The viewers last sent to staff, and last published to other nodes.
+    /// The viewers last sent to staff (to supervisors; agents were last sent
+    /// `shown_to_agents`, which hides supervisors-only typing), and last published to
+    /// other nodes.
     shown: Vec<Viewer>,
+    shown_to_agents: Vec<Viewer>,
     published: Vec<Viewer>,
     /// When the last presence frame went to staff, and whether a leave since waits for
     /// the ticker (see [`LEAVE_COALESCE`]).
     presence_sent_at: Option<Instant>,
     presence_pending: bool,
+}
+
+/// Which staff audiences a presence refresh sent a frame to.
+#[derive(Clone, Copy, Default)]
+struct PresenceSent {
+    agents: bool,
+    supervisors: bool,
+}
+
+impl PresenceSent {
+    fn to(self, audience: StaffAudience) -> bool {
+        match audience {
+            StaffAudience::Agents => self.agents,
+            StaffAudience::Supervisors => self.supervisors,
+        }
+    }
 }
 
 impl RoomState {
@@ -155,15 +174,17 @@ impl RoomState {
         viewers.into_values().collect()
     }
 
-    /// Recomputes presence; shows it to staff if it changed, and tells other nodes if
-    /// this node's part changed (or `republish`). Returns whether staff were sent a frame.
+    /// Recomputes presence; shows it to each staff audience whose view of it changed
+    /// (agents get no frame for a change they may not see: an unchanged frame would
+    /// itself say something changed), and tells other nodes if this node's part changed
+    /// (or `republish`). Returns the audiences that were sent a frame.
     fn refresh_presence(
         &mut self,
         conversation: ConversationId,
         hub: &Hub,
         now: Instant,
         republish: bool,
-    ) -> bool {
+    ) -> PresenceSent {
         self.presence_pending = false;
         let local = self.local_viewers(now);
         if local != self.published || (republish && !local.is_empty()) {
@@ -190,13 +211,25 @@ impl RoomState {
         }
         let all: Vec<Viewer> = all.into_values().collect();
         if all == self.shown {
-            return false;
+            return PresenceSent::default();
         }
-        let frame = StaffFrame::presence(conversation, &all);
-        self.staff.retain(|m| m.outbox.push(&frame));
+        let to_agents = StaffAudience::Agents.viewers(&all);
+        let sent = PresenceSent {
+            agents: to_agents != self.shown_to_agents,
+            supervisors: true,
+        };
+        let for_agents = sent
+            .agents
+            .then(|| StaffFrame::presence(conversation, &all, StaffAudience::Agents));
+        let for_supervisors = StaffFrame::presence(conversation, &all, StaffAudience::Supervisors);
+        self.staff.retain(|m| match m.outbox.audience() {
+            StaffAudience::Agents => for_agents.as_ref().is_none_or(|f| m.outbox.push(f)),
+            StaffAudience::Supervisors => m.outbox.push(&for_supervisors),
+        });
         self.shown = all;
+        self.shown_to_agents = to_agents;
         self.presence_sent_at = Some(now);
-        true
+        sent
     }
 
     /// Delivers `event` to every member that has not had it, and moves the heads.
@@ -412,10 +445,14 @@ impl Room {
                             Some(outbox)
                         }
                     };
-                    let shown = state.refresh_presence(self.id, hub, Instant::now(), false);
-                    if let (false, Some(outbox)) = (shown, new_staff) {
+                    let sent = state.refresh_presence(self.id, hub, Instant::now(), false);
+                    if let Some(outbox) = new_staff.filter(|o| !sent.to(o.audience())) {
                         // Nothing changed for the others; the newcomer still needs it.
-                        outbox.push(&StaffFrame::presence(self.id, &state.shown));
+                        outbox.push(&StaffFrame::presence(
+                            self.id,
+                            &state.shown,
+                            outbox.audience(),
+                        ));
                     }
                     result.head = last;
                     // Still under the lock: no live event can be queued ahead of the ok.
@@ -650,10 +687,18 @@ impl Room {
             }
             None => ConnId::NOBODY,
         };
-        let staff_frame = StaffFrame::typing(&typing);
-        state
-            .staff
-            .retain(|m| m.conn == from || m.outbox.push(&staff_frame));
+        let for_agents = StaffFrame::typing(&typing, StaffAudience::Agents);
+        let for_supervisors = StaffFrame::typing(&typing, StaffAudience::Supervisors);
+        state.staff.retain(|m| {
+            let frame = match m.outbox.audience() {
+                StaffAudience::Agents => &for_agents,
+                StaffAudience::Supervisors => &for_supervisors,
+            };
+            match frame {
+                Some(frame) if m.conn != from => m.outbox.push(frame),
+                _ => true,
+            }
+        });
         if let Ok(public) = PublicTyping::try_from(typing) {
             let frame = CustomerFrame::typing(&public);
             state

@@ -446,6 +446,11 @@ impl Service {
         if audience == TypingAudience::Internal && !who.role.is_staff() {
             return Err(ServiceError::forbidden("only staff write notes"));
         }
+        if audience == TypingAudience::Supervisors && !who.role.can_write_supervisor_notes() {
+            return Err(ServiceError::forbidden(
+                "only supervisors and admins write supervisors-only notes",
+            ));
+        }
         self.hub.typing(
             conn,
             Typing {
