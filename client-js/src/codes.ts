@@ -24,6 +24,8 @@ export const CloseCode = {
   HeartbeatTimeout: 4002,
   /** This client stopped reading and its send queue overflowed on the server. */
   SlowConsumer: 4008,
+  /** This user has as many sockets open on the node as it allows: retried with backoff. */
+  TooManySockets: 4029,
   /** Client-side: no `welcome` within `requestTimeoutMs` of opening the socket. */
   ConnectTimeout: 3000,
   /** Client-side: nothing heard from the server for `tolerance` heartbeat intervals. */

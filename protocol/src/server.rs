@@ -61,6 +61,8 @@ pub mod close_code {
     pub const UNAUTHORIZED: u16 = 4001;
     /// The client stopped reading and its send queue filled up; resume with `since`.
     pub const SLOW_CONSUMER: u16 = 4008;
+    /// The user has as many sockets open on this node as it allows; retry later.
+    pub const TOO_MANY_SOCKETS: u16 = 4029;
 }
 
 /// `user` in `welcome`.

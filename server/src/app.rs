@@ -56,6 +56,8 @@ pub struct AppState {
     /// Every open socket's outbox, so shutdown can ask each to close.
     pub live_sockets: crate::ws::LiveSockets,
     pub open_sockets: AtomicUsize,
+    /// Open sockets per user that said `hello` (see [`crate::ws::UserSocket`]).
+    pub user_sockets: dashmap::DashMap<backchannel_protocol::UserId, usize>,
     pub rate: RateLimits,
     /// With `--demo`: the demo's token minting (`demo.rs`); `None` otherwise.
     pub demo: Option<crate::demo::Demo>,
@@ -130,6 +132,7 @@ pub async fn run(
         sockets: TaskTracker::new(),
         live_sockets: Default::default(),
         open_sockets: AtomicUsize::new(0),
+        user_sockets: Default::default(),
         rate: RateLimits::new(&config.limits),
         demo,
     });

@@ -37,6 +37,9 @@ pub struct Config {
 pub struct Limits {
     /// Open WebSockets; the next upgrade is refused with 503.
     pub max_connections: usize,
+    /// Open WebSockets of one user on one node; the next `hello` is refused with 4029,
+    /// so one token (or a client that leaks sockets) cannot take the node's slots.
+    pub max_connections_per_user: usize,
     /// Frames queued for one socket; a socket whose queue is full is closed with 4008.
     pub send_queue_frames: usize,
     /// SO_SNDBUF of each accepted socket, in bytes (the kernel doubles it for its own
@@ -67,6 +70,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_connections_per_user: 64,
             send_queue_frames: 2_048,
             socket_send_buffer: Some(64 * 1024),
             max_frame_bytes: backchannel_protocol::MAX_FRAME_BYTES,
@@ -96,6 +100,7 @@ impl Config {
             metrics_listen: None,
             demo: false,
             limits: Limits {
+                max_connections_per_user: 10_000,
                 commands_per_second: 1_000_000,
                 user_commands_per_second: 1_000_000,
                 ..Limits::default()

@@ -102,6 +102,9 @@ struct ServeArgs {
     /// Open WebSockets before upgrades are refused with 503.
     #[arg(long, env = "BACKCHANNEL_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Open WebSockets of one user before their next hello is refused with 4029.
+    #[arg(long, env = "BACKCHANNEL_MAX_CONNECTIONS_PER_USER")]
+    max_connections_per_user: Option<usize>,
     /// Frames queued per socket before it is closed with 4008.
     #[arg(long, env = "BACKCHANNEL_SEND_QUEUE")]
     send_queue: Option<usize>,
@@ -191,6 +194,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         demo: args.demo,
         limits: Limits {
             max_connections: args.max_connections.unwrap_or(defaults.max_connections),
+            max_connections_per_user: args
+                .max_connections_per_user
+                .unwrap_or(defaults.max_connections_per_user),
             send_queue_frames: args.send_queue.unwrap_or(defaults.send_queue_frames),
             socket_send_buffer: match args.socket_send_buffer {
                 None => defaults.socket_send_buffer,

@@ -193,6 +193,49 @@ async fn a_socket_holds_at_most_max_subscriptions() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn one_user_may_hold_max_connections_per_user_sockets() {
+    // One token (or a client that leaks sockets) must not take the node's every slot.
+    let server = TestServer::start_with(|config| {
+        config.limits.max_connections_per_user = 3;
+    })
+    .await;
+    let carol = customer("carol");
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(server.client(&carol).await);
+    }
+    let mut fourth = server.connect().await;
+    fourth
+        .send_json(&json!({"type": "hello", "token": carol, "ref": "h"}))
+        .await;
+    let (frames, closed) = fourth.drain_until_close(STEP).await;
+    assert_eq!(closed.code, Some(4029), "{closed:?}");
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0]["code"], "rate_limited", "{frames:?}");
+    assert_eq!(frames[0]["ref"], "h", "{frames:?}");
+    // Other users are not affected, and a freed slot is the user's again.
+    server.client(&customer("dave")).await.sync().await;
+    open.pop().expect("a socket").close().await;
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let mut again = server.connect().await;
+        again
+            .send_json(&json!({"type": "hello", "token": carol}))
+            .await;
+        let frame = again.next_frame(STEP).await;
+        if ty(&frame) == "welcome" {
+            break;
+        }
+        // The closed socket's slot is freed when its task ends, a moment later.
+        assert!(tokio::time::Instant::now() < deadline, "{frame}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for ws in &mut open {
+        ws.sync().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn commands_over_the_socket_rate_are_refused_and_change_nothing() {
     let server = TestServer::start_with(|config| {
         config.limits.commands_per_second = 5;

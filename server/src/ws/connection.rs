@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::outbox::{CloseReason, CustomerOutbox, Outbox, StaffOutbox};
 use super::socket::{Next, Socket};
-use super::SocketPermit;
+use super::{SocketPermit, UserSocket};
 use crate::app::AppState;
 use crate::auth::Identity;
 use crate::error::ServiceError;
@@ -73,7 +73,7 @@ pub fn serve(
 
 /// `hello`, then commands until the socket closes.
 async fn session(socket: &mut Socket, outbox: &Outbox, state: &Arc<AppState>) {
-    let Some(identity) = Box::pin(hello(socket, outbox, state)).await else {
+    let Some((identity, _counted)) = Box::pin(hello(socket, outbox, state)).await else {
         return;
     };
     let mut session = Session {
@@ -100,7 +100,11 @@ async fn session(socket: &mut Socket, outbox: &Outbox, state: &Arc<AppState>) {
 }
 
 /// Waits for a valid `hello` and answers `welcome`; `None` if the socket must close.
-async fn hello(socket: &mut Socket, outbox: &Outbox, state: &AppState) -> Option<Identity> {
+async fn hello(
+    socket: &mut Socket,
+    outbox: &Outbox,
+    state: &Arc<AppState>,
+) -> Option<(Identity, UserSocket)> {
     let deadline = Instant::now() + state.limits.hello_timeout;
     loop {
         let message = tokio::select! {
@@ -152,15 +156,28 @@ async fn hello(socket: &mut Socket, outbox: &Outbox, state: &AppState) -> Option
     }
 }
 
-/// Authenticates `hello`'s token and answers `welcome`, or refuses it.
+/// Authenticates `hello`'s token and answers `welcome`, or refuses it; a user with the
+/// most sockets the node allows is refused with 4029.
 async fn welcome(
     token: &str,
     reference: Option<&Ref>,
     outbox: &Outbox,
-    state: &AppState,
-) -> Option<Identity> {
+    state: &Arc<AppState>,
+) -> Option<(Identity, UserSocket)> {
     match state.service.authenticate(token).await {
         Ok(identity) => {
+            let Some(counted) = UserSocket::acquire(state, &identity.user_id) else {
+                let limit = state.limits.max_connections_per_user;
+                let frame: ServerFrame<'_, ()> = ServerFrame::Error {
+                    reference,
+                    code: backchannel_protocol::ErrorCode::RateLimited,
+                    message: &format!("this user has {limit} sockets open on this node already"),
+                    missed: None,
+                };
+                outbox.control(ControlFrame::new(&frame)).await;
+                outbox.close(CloseReason::TooManySockets);
+                return None;
+            };
             let user = SessionUser {
                 id: identity.user_id.clone(),
                 role: identity.role,
@@ -173,7 +190,7 @@ async fn welcome(
                 heartbeat_ms: state.limits.heartbeat_interval.as_millis() as u64,
             };
             outbox.control(ControlFrame::new(&welcome)).await;
-            Some(identity)
+            Some((identity, counted))
         }
         Err(e) => {
             refuse(outbox, reference, &e.to_string()).await;

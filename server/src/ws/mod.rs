@@ -118,6 +118,40 @@ impl Drop for SocketPermit {
     }
 }
 
+/// One of a user's open sockets, counted against `max_connections_per_user` from its
+/// `welcome` until it closes.
+pub struct UserSocket {
+    state: Arc<AppState>,
+    user: backchannel_protocol::UserId,
+}
+
+impl UserSocket {
+    /// `None` if the user has the most sockets the node allows.
+    pub fn acquire(state: &Arc<AppState>, user: &backchannel_protocol::UserId) -> Option<Self> {
+        let mut open = state.user_sockets.entry(user.clone()).or_insert(0);
+        if *open >= state.limits.max_connections_per_user {
+            return None;
+        }
+        *open += 1;
+        Some(UserSocket {
+            state: state.clone(),
+            user: user.clone(),
+        })
+    }
+}
+
+impl Drop for UserSocket {
+    fn drop(&mut self) {
+        // The last one out removes the entry: users who left hold no memory.
+        self.state
+            .user_sockets
+            .remove_if_mut(&self.user, |_, open| {
+                *open -= 1;
+                *open == 0
+            });
+    }
+}
+
 pub async fn upgrade(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
     let headers = request.headers();
     if let Some(allowed) = &state.allowed_origins {

@@ -55,6 +55,8 @@ pub enum CloseReason {
     HeartbeatTimeout,
     /// The send queue overflowed: 4008, dropping what is queued.
     SlowConsumer,
+    /// The user has the most sockets a node allows: 4029.
+    TooManySockets,
 }
 
 impl CloseReason {
@@ -75,6 +77,10 @@ impl CloseReason {
                 Some((close_code::HEARTBEAT_TIMEOUT, "heartbeat timeout"))
             }
             CloseReason::SlowConsumer => Some((close_code::SLOW_CONSUMER, "send queue overflow")),
+            CloseReason::TooManySockets => Some((
+                close_code::TOO_MANY_SOCKETS,
+                "too many sockets for this user",
+            )),
         }
     }
 
@@ -93,6 +99,7 @@ impl CloseReason {
             Unauthorized,
             HeartbeatTimeout,
             SlowConsumer,
+            TooManySockets,
         ]
         .into_iter()
         .find(|r| r.as_u16() == v)

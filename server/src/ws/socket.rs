@@ -115,7 +115,12 @@ impl Socket {
         let reason = self.queue.reason();
         if !self.failed {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                if matches!(reason, CloseReason::GoingAway | CloseReason::Unauthorized) {
+                if matches!(
+                    reason,
+                    CloseReason::GoingAway
+                        | CloseReason::Unauthorized
+                        | CloseReason::TooManySockets
+                ) {
                     // What was acknowledged or delivered before still goes out (nothing
                     // new is queued once the outbox is closing), written as it is framed
                     // so the buffer stays within its bound and the close frame fits
