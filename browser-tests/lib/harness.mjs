@@ -2,7 +2,7 @@
 // Debian's Chromium through playwright-core (never a downloaded browser), and waits that
 // always have a deadline and say what they were waiting for.
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,13 +21,13 @@ process.on('exit', () => {
   for (const child of children) child.kill('SIGKILL');
 });
 
-/** `backchannel serve --demo` on 127.0.0.1:0 with a fresh data directory. */
-export async function startServer() {
+/** `backchannel serve --demo` on 127.0.0.1:0 with a fresh data directory, and `args`. */
+export async function startServer(args = []) {
   if (!existsSync(BINARY)) {
     throw new Error(`${BINARY} is missing: run \`cargo build -p backchannel\` first (or set BACKCHANNEL_BIN)`);
   }
   const dataDir = mkdtempSync(join(tmpdir(), 'bc-browser-'));
-  const child = spawn(BINARY, ['serve', '--demo', '--listen', '127.0.0.1:0', '--data-dir', dataDir], {
+  const child = spawn(BINARY, ['serve', '--demo', '--listen', '127.0.0.1:0', '--data-dir', dataDir, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn', NO_COLOR: '1' },
   });
@@ -54,6 +54,12 @@ export async function startServer() {
   return {
     url,
     output: () => output,
+    /** A token signed with this server's secret (`backchannel token`), for users outside the demo's cast. */
+    token(...flags) {
+      const minted = spawnSync(BINARY, ['token', '--data-dir', dataDir, ...flags], { encoding: 'utf8' });
+      if (minted.status !== 0) throw new Error(`backchannel token ${flags.join(' ')}: ${minted.stderr}`);
+      return minted.stdout.trim();
+    },
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
         const exited = new Promise((resolve) => child.once('exit', resolve));

@@ -144,10 +144,34 @@ export function toast(message, kind = 'info') {
   }, 4000);
 }
 
-/** Why a call failed, for a person. */
+/** Why a call failed, for a person (a `BackchannelError`'s message starts with its code). */
 export function explain(error) {
-  if (error instanceof BackchannelError) return `${error.code}: ${error.message}`;
   return String(error?.message || error);
+}
+
+/**
+ * The composer's failed message or note: pressing Send again on the same text (same
+ * conversation, same kind) retries it under the same `client_id`, so one the server
+ * stored but could not confirm (a lost answer, a timeout) is answered as a duplicate
+ * instead of being stored twice.
+ */
+export class Unsent {
+  constructor() {
+    this.pending = null;
+  }
+
+  /** The id to send `key` with: the failed attempt's, if it was the same. */
+  clientIdFor(key) {
+    return this.pending?.key === key ? this.pending.clientId : undefined;
+  }
+
+  failed(key, error) {
+    this.pending = error?.clientId ? { key, clientId: error.clientId } : null;
+  }
+
+  sent() {
+    this.pending = null;
+  }
 }
 
 /** A note's text with its @mentions set apart. */
@@ -196,15 +220,40 @@ export class Timeline {
     this.notes.clear();
   }
 
+  /** Shows an event in `seq` order (older ones paged in later go before), once. */
   add({ seq, event }) {
+    const last = this.list.lastElementChild;
+    const after =
+      last === null || Number(last.dataset.seq) < seq
+        ? undefined
+        : [...this.list.children].find((n) => Number(n.dataset.seq) >= seq);
+    if (after !== undefined && Number(after.dataset.seq) === seq) return;
     const node = this.render(event);
     if (node === null) return;
     node.dataset.seq = String(seq);
     node.dataset.kind = event.kind;
     node.dataset.eventId = event.id;
+    if (after !== undefined) {
+      this.list.insertBefore(node, after);
+      return;
+    }
     const stick = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 80;
     this.list.append(node);
     if (stick) this.list.scrollTop = this.list.scrollHeight;
+  }
+
+  /**
+   * A replay carries at most the newest 1,000 events (`truncated`, from `replayFrom`):
+   * pages the rest over HTTP, unless `stillShown()` turns false meanwhile.
+   */
+  async fillTruncated(api, conversationId, { truncated, replayFrom, since }, stillShown) {
+    if (!truncated || replayFrom === undefined) return;
+    try {
+      const older = await api.historyRange(conversationId, since ?? 0, replayFrom);
+      if (stillShown()) for (const entry of older) this.add(entry);
+    } catch (error) {
+      toast(`Older events: ${explain(error)}`, 'error');
+    }
   }
 
   render(event) {

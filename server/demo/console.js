@@ -5,6 +5,7 @@
 
 import {
   Timeline,
+  Unsent,
   avatar,
   demoUsers,
   icon,
@@ -43,6 +44,7 @@ const state = {
 };
 
 const input = $('composer-input');
+const unsent = new Unsent();
 const composer = $('composer');
 const mentionList = $('mentions');
 const timeline = new Timeline($('timeline'), {
@@ -163,6 +165,9 @@ async function openConversation(id) {
   });
   subscription.on('reset', () => {
     if (mine()) timeline.clear();
+  });
+  subscription.on('subscribed', (context) => {
+    if (mine()) timeline.fillTruncated(api, id, context, mine);
   });
   subscription.on('error', (error) => toast(`Subscription: ${explain(error)}`, 'error'));
   await refreshView();
@@ -468,15 +473,19 @@ composer.addEventListener('submit', async (event) => {
   const note = state.mode === 'note';
   input.value = '';
   closeMentions();
+  const key = `${id} ${state.mode} ${body}`;
+  const clientId = unsent.clientIdFor(key);
   try {
     if (note) {
-      const result = await client.note(id, body);
+      const result = await client.note(id, body, { clientId });
       if (result.mentioned?.length) toast(`Note added; notified ${result.mentioned.map(userName).join(', ')}`);
     } else {
       // The reply guard: refused if someone else wrote since the last event we showed.
-      await client.send(id, body, { basedOnSeq: state.subscription?.lastSeq });
+      await client.send(id, body, { basedOnSeq: state.subscription?.lastSeq, clientId });
     }
+    unsent.sent();
   } catch (error) {
+    unsent.failed(key, error);
     if (input.value === '') input.value = body;
     if (error.code === 'conflict') {
       toast('Someone else wrote in the meantime: read what is new, then send again.', 'error');

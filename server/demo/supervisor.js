@@ -2,7 +2,21 @@
 // or offline, which conversations they are viewing, how many are theirs), every
 // conversation with its full timeline, and coaching notes (supervisors only by default).
 
-import { Timeline, avatar, demoUsers, el, icon, explain, nameOf, session, showConnection, timeOf, toast } from './common.js';
+import {
+  Timeline,
+  Unsent,
+  avatar,
+  demoUsers,
+  el,
+  icon,
+  explain,
+  nameOf,
+  session,
+  showConnection,
+  throttle,
+  timeOf,
+  toast,
+} from './common.js';
 
 const USER = 'sam';
 const $ = (id) => document.getElementById(id);
@@ -132,11 +146,15 @@ function renderPresence(viewers) {
   $('typing-line').replaceChildren(
     ...others
       .filter((v) => v.typing)
-      .map((v) =>
-        v.typing_audience === 'internal'
-          ? el('span', { class: 'internal' }, icon('lock'), ` ${nameOf(v)} is writing a note… `)
-          : el('span', {}, `${nameOf(v)} is ${v.role === 'customer' ? 'typing' : 'writing a reply'}… `),
-      ),
+      .map((v) => {
+        if (v.typing_audience === 'supervisors') {
+          return el('span', { class: 'internal' }, icon('lock'), ` ${nameOf(v)} is writing a supervisors-only note… `);
+        }
+        if (v.typing_audience === 'internal') {
+          return el('span', { class: 'internal' }, icon('lock'), ` ${nameOf(v)} is writing a note… `);
+        }
+        return el('span', {}, `${nameOf(v)} is ${v.role === 'customer' ? 'typing' : 'writing a reply'}… `);
+      }),
   );
 }
 
@@ -166,6 +184,9 @@ async function openConversation(id) {
   subscription.on('reset', () => {
     if (mine()) timeline.clear();
   });
+  subscription.on('subscribed', (context) => {
+    if (mine()) timeline.fillTruncated(api, id, context, mine);
+  });
   subscription.on('error', (error) => toast(`Subscription: ${explain(error)}`, 'error'));
 }
 
@@ -179,15 +200,30 @@ for (const radio of document.querySelectorAll('input[name="audience"]')) {
   });
 }
 
+const coachAudience = () => document.querySelector('input[name="audience"]:checked').value;
+const unsent = new Unsent();
+
+// Writing a supervisors-only note shows to supervisors only: agents never see it typed.
+const sendTyping = throttle(() => {
+  if (state.current === null) return;
+  client.typing(state.current, coachAudience() === 'supervisors' ? 'supervisors' : 'internal');
+}, 2000);
+$('coach-input').addEventListener('input', () => {
+  if ($('coach-input').value.trim() !== '') sendTyping();
+});
+
 $('coach-form').addEventListener('submit', async (event) => {
   event.preventDefault();
   const body = $('coach-input').value.trim();
   if (body === '' || state.current === null) return;
-  const audience = document.querySelector('input[name="audience"]:checked').value;
+  const audience = coachAudience();
   $('coach-input').value = '';
+  const key = `${state.current} ${audience} ${body}`;
   try {
-    await client.note(state.current, body, { noteType: 'coaching', audience });
+    await client.note(state.current, body, { noteType: 'coaching', audience, clientId: unsent.clientIdFor(key) });
+    unsent.sent();
   } catch (error) {
+    unsent.failed(key, error);
     $('coach-input').value = body;
     toast(`Not added: ${explain(error)}`, 'error');
   }

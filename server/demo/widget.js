@@ -2,7 +2,7 @@
 // messages, sends hers, and shows when an agent is typing a reply. As a customer it can
 // only ever receive public events: notes never reach this page.
 
-import { el, explain, nameOf, session, showConnection, throttle, timeOf, toast } from './common.js';
+import { Unsent, el, explain, nameOf, session, showConnection, throttle, timeOf, toast } from './common.js';
 
 const USER = 'carol';
 const INBOX = 'support';
@@ -89,6 +89,8 @@ async function start() {
   input.focus();
 }
 
+const unsent = new Unsent();
+
 const sendTyping = throttle(() => {
   if (conversationId !== null) client.typing(conversationId, 'public');
 }, 2000);
@@ -107,9 +109,12 @@ form.addEventListener('submit', async (event) => {
   const body = input.value.trim();
   if (body === '' || conversationId === null) return;
   input.value = '';
+  const key = `${conversationId} send ${body}`;
   try {
-    await client.send(conversationId, body);
+    await client.send(conversationId, body, { clientId: unsent.clientIdFor(key) });
+    unsent.sent();
   } catch (error) {
+    unsent.failed(key, error);
     input.value = body;
     toast(`Not sent (${explain(error)})`, 'error');
   }

@@ -296,11 +296,13 @@ const ASSETS: [(&str, &str, &str); 7] = [
 const FRAMES_ANY: &str = "*";
 const FRAMES_NONE: &str = "'self'";
 
-/// Scripts and styles from this node only (no inline code), sockets to it.
+/// Scripts and styles from this node only (no inline code), requests and sockets to it
+/// only: `'self'` covers the node's own `ws:`/`wss:` (CSP 3), and `ws: wss:` would allow
+/// a socket to any host, a way out for data if a script ever ran.
 fn policy(frame_ancestors: &str) -> String {
     format!(
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         connect-src 'self' ws: wss:; frame-src 'self'; base-uri 'none'; form-action 'none'; \
+         connect-src 'self'; frame-src 'self'; base-uri 'none'; form-action 'none'; \
          frame-ancestors {frame_ancestors}"
     )
 }
