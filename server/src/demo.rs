@@ -409,7 +409,13 @@ async fn token(
         "expires_at": exp,
         "user": describe(user),
     });
-    Ok((StatusCode::OK, Json(body)).into_response())
+    // A token: no cache keeps it.
+    Ok((
+        StatusCode::OK,
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(body),
+    )
+        .into_response())
 }
 
 #[cfg(test)]

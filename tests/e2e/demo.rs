@@ -119,6 +119,21 @@ async fn demo_token_refuses_anyone_outside_the_cast() {
             .await
             .assert_error(400, "bad_request");
     }
+    // A token is never kept by a cache on the way.
+    let request = server
+        .http
+        .client
+        .post(format!("{}/demo/token", server.http.base))
+        .json(&json!({"user": "alice"}));
+    let response = request.send().await.expect("a token");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("cache-control")
+            .map(|v| v.as_bytes()),
+        Some(&b"no-store"[..])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
