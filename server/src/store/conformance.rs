@@ -3328,6 +3328,92 @@ async fn postgres_a_users_notifications_commit_in_the_order_of_their_ids() {
     h.finish(result).await;
 }
 
+/// A node frozen mid-append (a stopped VM) holding a conversation's row lock stalls
+/// nobody for long: another node's append to that conversation fails once its lock wait
+/// passes `lock_timeout` (its callers retry with their `client_id`) instead of waiting for
+/// the frozen node, appends to other conversations go on meanwhile, and PostgreSQL ends
+/// the frozen transaction after `idle_in_transaction_session_timeout`, so the
+/// conversation takes appends again.
+#[tokio::test]
+async fn postgres_a_frozen_lock_holder_stalls_no_other_node_for_long() {
+    use super::postgres::PgTimeouts;
+    use std::time::{Duration, Instant};
+    let h = Harness::postgres().await;
+    let result = AssertUnwindSafe(async {
+        let Backend::Postgres { server, database } = &h.backend else {
+            unreachable!()
+        };
+        let timeouts = PgTimeouts {
+            lock: Duration::from_millis(300),
+            idle_in_transaction: Duration::from_millis(1500),
+        };
+        let url = format!("{server}/{database}");
+        let frozen = PgStore::open_with(&url, timeouts).await.expect("node A");
+        let other = PgStore::open_with(&url, timeouts).await.expect("node B");
+        h.nodes.lock().push(frozen.clone());
+        h.nodes.lock().push(other.clone());
+        let held = h.open("support", Some("cust-1")).await;
+        let free = h.open("support", Some("cust-2")).await;
+
+        // Node A takes the row lock mid-append, then stops.
+        let mut stopped = frozen.connection().await.expect("a connection of node A");
+        sqlx::query("BEGIN")
+            .execute(&mut *stopped)
+            .await
+            .expect("begin");
+        sqlx::query("SELECT 1 FROM conversations WHERE id = $1::uuid FOR UPDATE")
+            .bind(held.to_string())
+            .execute(&mut *stopped)
+            .await
+            .expect("the row lock");
+
+        let alice = agent("alice");
+        let append = |conversation, key: &str| {
+            WriteRequest::append(h.event(conversation, &alice, Some(key), message(key)))
+        };
+        let started = Instant::now();
+        let refused = tokio::time::timeout(
+            Duration::from_secs(5),
+            other.write_batch(vec![append(held, "to-the-held-one")]),
+        )
+        .await
+        .expect("the append waited for the frozen node");
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1200),
+            "refused only after {:?}",
+            started.elapsed()
+        );
+        let passed = other
+            .write_batch(vec![append(free, "to-another")])
+            .await
+            .expect("another conversation's append commits")
+            .remove(0);
+        assert!(passed.is_ok(), "{passed:?}");
+
+        // Once PostgreSQL ended node A's idle transaction, the retry commits.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match other
+                .write_batch(vec![append(held, "to-the-held-one")])
+                .await
+            {
+                Ok(mut outcomes) => {
+                    let outcome = outcomes.remove(0).expect("accepted");
+                    assert!(!outcome.duplicate, "the refused append stored nothing");
+                    break;
+                }
+                Err(e) => assert!(Instant::now() < deadline, "still refused: {e}"),
+            }
+        }
+        assert!(started.elapsed() >= Duration::from_millis(1500));
+        drop(stopped);
+    })
+    .catch_unwind()
+    .await;
+    h.finish(result).await;
+}
+
 /// Ends the other node's transaction ([`Harness::other_node_transaction`]) with a commit
 /// and closes its connection.
 async fn commit_other_node(mut other: sqlx::PgConnection) {

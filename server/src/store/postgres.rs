@@ -28,7 +28,7 @@ use backchannel_protocol::server::Notification;
 use backchannel_protocol::{
     Audience, ConversationId, EventId, FieldTarget, InboxId, TeamId, UserId,
 };
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::postgres_append;
@@ -47,6 +47,29 @@ use super::{
 const POOL_SIZE: u32 = 10;
 /// Batches a node writes at once (see [`Store::concurrent_batches`]).
 const WRITE_LANES: usize = 2;
+
+/// How long a node's statements wait for a lock, and how long PostgreSQL lets a node's
+/// transaction sit idle before ending it. A node frozen mid-append (a stopped VM, a long
+/// pause) holds its conversations' row locks: without these bounds, every other node's
+/// append to those conversations waited for it, and once those filled a node's write
+/// lanes, its appends to any conversation did. With them, such an append fails after
+/// `lock` (its callers get `unavailable` and retry with their `client_id`), and
+/// PostgreSQL ends the frozen transaction after `idle_in_transaction`, releasing its
+/// locks. A healthy append waits milliseconds for a lock and never sits idle.
+#[derive(Clone, Copy, Debug)]
+pub struct PgTimeouts {
+    pub lock: Duration,
+    pub idle_in_transaction: Duration,
+}
+
+impl Default for PgTimeouts {
+    fn default() -> Self {
+        PgTimeouts {
+            lock: Duration::from_secs(2),
+            idle_in_transaction: Duration::from_secs(5),
+        }
+    }
+}
 
 /// Event columns as read back (uuids as text, as the rest of the store expects them).
 pub(super) const EVENT_COLUMNS: &str = "id::text AS id, conversation_id::text AS conversation_id, \
@@ -74,16 +97,48 @@ impl PgStore {
     /// Connects to the database at `url` and brings its schema up to date (several nodes
     /// may start at once: sqlx serializes migrations with an advisory lock).
     pub async fn open(url: &str) -> Result<Arc<Self>, StoreError> {
+        Self::open_with(url, PgTimeouts::default()).await
+    }
+
+    pub async fn open_with(url: &str, timeouts: PgTimeouts) -> Result<Arc<Self>, StoreError> {
+        let options: PgConnectOptions = url.parse()?;
+        // Migrations run without the timeouts: a node starting beside another waits for
+        // its migrations (an advisory lock) as long as they take.
+        let migrator = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&migrator)
+            .await?;
+        migrator.close().await;
+        let millis = |d: Duration| format!("{}ms", d.as_millis());
+        let options = options.options([
+            ("lock_timeout", millis(timeouts.lock)),
+            (
+                "idle_in_transaction_session_timeout",
+                millis(timeouts.idle_in_transaction),
+            ),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(Arc::new(PgStore {
             pool,
             heads: postgres_append::HeadCache::default(),
         }))
+    }
+}
+
+#[cfg(test)]
+impl PgStore {
+    /// One of the node's own connections, with its settings (tests).
+    pub(super) async fn connection(
+        &self,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, StoreError> {
+        Ok(self.pool.acquire().await?)
     }
 }
 
