@@ -770,6 +770,41 @@ async fn a_redis_restart_degrades_readiness_and_loses_or_repeats_nothing() {
 // ---- 5. presence across nodes, and a dead node's users expire --------------------------
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_late_joiner_on_another_node_sees_who_is_there_at_once() {
+    // Presence refreshes every third of its TTL (here 20 s of 60); a node that opens a
+    // room asks the others for their viewers instead of waiting for it. Before, ann's node
+    // had published her before ben's node had a room, and ben saw her 6-8 s later (up to
+    // a refresh), long enough for both to answer the customer.
+    let cluster = Cluster::on_shared_redis().await;
+    let ttl = Duration::from_secs(60);
+    let redis = cluster.redis_url.clone();
+    let (a, b) = tokio::join!(
+        cluster.node_with("a", &redis, ttl),
+        cluster.node_with("b", &redis, ttl)
+    );
+    let (ann_id, ben_id) = (cluster.id("ann"), cluster.id("ben"));
+    let conv = a
+        .http
+        .open_as_customer(&customer(&cluster.id("cleo")))
+        .await;
+    let mut ann = a.client(&agent(&ann_id)).await;
+    ann.subscribe(&conv, None).await;
+    // Ann's node has published her by now; ben's has no room yet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ben = b.client(&agent(&ben_id)).await;
+    ben.subscribe(&conv, None).await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    wait_presence(&mut ben, &conv, deadline, "ben sees ann", |f| {
+        viewer(f, &ann_id).is_some()
+    })
+    .await;
+    wait_presence(&mut ann, &conv, deadline, "ann sees ben", |f| {
+        viewer(f, &ben_id).is_some()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn presence_crosses_nodes_and_a_killed_nodes_users_turn_offline() {
     let cluster = Cluster::on_shared_redis().await;
     let (mut a, b) = cluster.two_nodes().await;

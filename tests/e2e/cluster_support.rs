@@ -227,7 +227,7 @@ impl PrivateRedis {
 /// One test's cluster: its database and the Redis its nodes share.
 pub struct Cluster {
     pub db: Database,
-    redis_url: String,
+    pub redis_url: String,
     /// Makes node and user ids unique to this test.
     tag: String,
 }
@@ -264,10 +264,16 @@ impl Cluster {
     /// Starts one node that reaches Redis at `redis_url` (a [`RedisProxy`] in front of
     /// the cluster's Redis) and waits until it reports store and broker ready.
     pub async fn node_via(&self, name: &str, redis_url: &str) -> Node {
+        self.node_with(name, redis_url, PRESENCE_TTL).await
+    }
+
+    /// A node believing other nodes' presence for `presence_ttl` (and so refreshing its
+    /// own every third of it).
+    pub async fn node_with(&self, name: &str, redis_url: &str, presence_ttl: Duration) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let id = self.id(name);
         let url = self.db.url();
-        let ttl = PRESENCE_TTL.as_millis().to_string();
+        let ttl = presence_ttl.as_millis().to_string();
         let args = [
             "--database-url",
             url.as_str(),

@@ -68,6 +68,12 @@ pub enum Ephemeral {
         conversation_id: ConversationId,
         node: String,
         viewers: Vec<Viewer>,
+        /// The sender has just opened its room for the conversation (or reconnected to
+        /// the broker): every node with viewers there publishes its own at once, or the
+        /// sender's staff would miss them until the next refresh (a third of the
+        /// presence TTL; two agents could both answer without seeing each other).
+        #[serde(default)]
+        ask: bool,
     },
     /// A node's view of one staff member (replaces that node's previous one).
     Agent { node: String, agent: AgentSighting },

@@ -227,6 +227,8 @@ impl Hub {
         let rooms: Vec<Arc<Room>> = self.rooms.iter().map(|r| r.value().clone()).collect();
         for room in rooms {
             room.catch_up(self);
+            // Viewers published while this node was cut off were missed too.
+            room.ask_for_viewers(self);
         }
         // Notifications published meanwhile are in the store too.
         let users: Vec<(UserId, time::OffsetDateTime)> = self
@@ -329,9 +331,10 @@ impl Hub {
                 conversation_id,
                 node,
                 viewers,
+                ask,
             } => {
                 if let Some(room) = self.rooms.get(&conversation_id).map(|r| r.clone()) {
-                    room.remote_viewers(self, node, viewers);
+                    room.remote_viewers(self, node, viewers, ask);
                 }
             }
             Ephemeral::Agent { node, agent } => {

@@ -121,6 +121,9 @@ struct RoomState {
     shown: Vec<Viewer>,
     shown_to_agents: Vec<Viewer>,
     published: Vec<Viewer>,
+    /// The next publication asks the other nodes for their viewers (`Ephemeral::Viewers`'s
+    /// `ask`): the room's first, and the first after a broker reconnect.
+    ask_others: bool,
     /// When the last presence frame went to staff, and whether a leave since waits for
     /// the ticker (see [`LEAVE_COALESCE`]).
     presence_sent_at: Option<Instant>,
@@ -192,6 +195,7 @@ impl RoomState {
                 conversation_id: conversation,
                 node: hub.node().to_owned(),
                 viewers: local.clone(),
+                ask: std::mem::take(&mut self.ask_others),
             });
             self.published = local.clone();
         }
@@ -346,7 +350,10 @@ impl Room {
     pub fn new(id: ConversationId) -> Room {
         Room {
             id,
-            state: Mutex::new(RoomState::default()),
+            state: Mutex::new(RoomState {
+                ask_others: true,
+                ..RoomState::default()
+            }),
             ready: OnceCell::new(),
         }
     }
@@ -558,8 +565,8 @@ impl Room {
         self.id
     }
 
-    /// Another node's viewers of this conversation.
-    pub fn remote_viewers(&self, hub: &Hub, node: String, viewers: Vec<Viewer>) {
+    /// Another node's viewers of this conversation; if it `ask`s, this node's in return.
+    pub fn remote_viewers(&self, hub: &Hub, node: String, viewers: Vec<Viewer>, ask: bool) {
         let now = Instant::now();
         let mut state = self.state.lock();
         if viewers.is_empty() {
@@ -569,7 +576,15 @@ impl Room {
                 .remote_viewers
                 .insert(node, (viewers, now + hub.presence_ttl()));
         }
-        state.refresh_presence(self.id, hub, now, false);
+        state.refresh_presence(self.id, hub, now, ask);
+    }
+
+    /// Publishes this node's viewers asking the others for theirs (after a broker
+    /// reconnect: what they published meanwhile was missed).
+    pub fn ask_for_viewers(&self, hub: &Hub) {
+        let mut state = self.state.lock();
+        state.ask_others = true;
+        state.refresh_presence(self.id, hub, Instant::now(), true);
     }
 
     /// Expires typing indicators and other nodes' viewers; `republish` refreshes this
