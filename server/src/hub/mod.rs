@@ -55,6 +55,10 @@ struct UserSessions {
     delivered: std::collections::VecDeque<u64>,
 }
 
+/// Notifications read per page when a node catches its sessions up after a broker
+/// reconnect.
+const CATCH_UP_PAGE: u32 = 500;
+
 /// Notification ids remembered per user against double delivery.
 const DELIVERED_MEMORY: usize = 256;
 
@@ -231,26 +235,52 @@ impl Hub {
             room.ask_for_viewers(self);
         }
         // Notifications published meanwhile are in the store too.
-        let users: Vec<(UserId, time::OffsetDateTime)> = self
+        // Where each user's catch-up starts: the session's start, and past the ids the
+        // node may no longer remember delivering (`delivered` keeps the newest
+        // DELIVERED_MEMORY): a missed notification is newer than those.
+        let users: Vec<(UserId, time::OffsetDateTime, u64)> = self
             .sessions
             .iter()
-            .map(|entry| (entry.key().clone(), entry.value().since))
+            .map(|entry| {
+                let sessions = entry.value();
+                let forgotten = if sessions.delivered.len() == DELIVERED_MEMORY {
+                    sessions.delivered.iter().min().map_or(0, |id| id - 1)
+                } else {
+                    0
+                };
+                (entry.key().clone(), sessions.since, forgotten)
+            })
             .collect();
         let hub = self.clone();
         self.tasks.spawn(async move {
-            for (user, since) in users {
-                match hub.store.notifications(&user, false, 50).await {
-                    Ok(mut stored) => {
-                        stored.retain(|n| n.at >= since);
-                        stored.sort_by_key(|n| n.id);
-                        for notification in stored {
-                            hub.notify(&UserNotification {
-                                user_id: user.clone(),
-                                notification,
-                            });
+            for (user, since, forgotten) in users {
+                // Every one written since the session opened, page by page: a node cut
+                // off for long may have missed more than any fixed number. (`notify`
+                // skips those already delivered.)
+                let mut after = forgotten;
+                loop {
+                    let page = match hub
+                        .store
+                        .notifications_since(&user, since, after, CATCH_UP_PAGE)
+                        .await
+                    {
+                        Ok(page) => page,
+                        Err(e) => {
+                            tracing::warn!(user = %user, "notification catch-up failed: {e}");
+                            break;
                         }
+                    };
+                    let full = page.len() == CATCH_UP_PAGE as usize;
+                    for notification in page {
+                        after = notification.id;
+                        hub.notify(&UserNotification {
+                            user_id: user.clone(),
+                            notification,
+                        });
                     }
-                    Err(e) => tracing::warn!(user = %user, "notification catch-up failed: {e}"),
+                    if !full {
+                        break;
+                    }
                 }
             }
         });

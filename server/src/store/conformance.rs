@@ -1599,6 +1599,56 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
     );
 }
 
+/// A node catching its sessions up pages through a user's notifications since a time,
+/// oldest first, past an id.
+async fn notifications_page_since_a_time_past_an_id(h: &Harness) {
+    let conv = h.open("support", Some("cust-1")).await;
+    let alice = agent("alice");
+    h.add(conv, &alice, mentioning("@bob before", &["bob"]))
+        .await;
+    h.advance(10);
+    let since = h.at();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let event = h
+            .add(
+                conv,
+                &alice,
+                mentioning(&format!("@bob @carol {i}"), &["bob", "carol"]),
+            )
+            .await;
+        let stored = h
+            .store
+            .notifications(&user("bob"), false, 1)
+            .await
+            .expect("list");
+        assert_eq!(stored[0].event_id, event.view.id);
+        ids.push(stored[0].id);
+    }
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = h
+            .store
+            .notifications_since(&user("bob"), since, after, 2)
+            .await
+            .expect("a page");
+        assert!(page.iter().all(|n| n.at >= since));
+        paged.extend(page.iter().map(|n| n.id));
+        match page.last() {
+            Some(last) if page.len() == 2 => after = last.id,
+            _ => break,
+        }
+    }
+    assert_eq!(paged, ids, "bob's since then, oldest first, once each");
+    let past_all = h
+        .store
+        .notifications_since(&user("bob"), since, u64::MAX, 10)
+        .await
+        .expect("a page");
+    assert!(past_all.is_empty());
+}
+
 /// Full-text search over notes' current text, with every filter.
 async fn search_notes_with_filters(h: &Harness) {
     h.store
@@ -2859,6 +2909,7 @@ store_tests! {
     note_projections,
     conversation_projections,
     notifications_for_mentions_and_assignment,
+    notifications_page_since_a_time_past_an_id,
     search_notes_with_filters,
     search_input_is_never_query_syntax,
     search_index_follows_edits_within_one_batch,

@@ -551,6 +551,16 @@ pub trait Store: Send + Sync + 'static {
         unread_only: bool,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError>;
+    /// A page of `user`'s notifications created at or after `since` with an id past
+    /// `after`, oldest first: what a node cut off from the broker pages through to catch
+    /// its sessions up.
+    async fn notifications_since(
+        &self,
+        user: &UserId,
+        since: OffsetDateTime,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError>;
     async fn unread_notifications(&self, user: &UserId) -> Result<u64, StoreError>;
     /// Returns how many were newly marked.
     async fn mark_notifications_read(

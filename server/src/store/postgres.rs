@@ -623,6 +623,28 @@ impl Store for PgStore {
         rows.iter().map(note_from_row).collect()
     }
 
+    async fn notifications_since(
+        &self,
+        user: &UserId,
+        since: time::OffsetDateTime,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kind, conversation_id::text AS conversation_id, \
+             event_id::text AS event_id, from_id, from_role, from_name, created_at, read_at \
+             FROM notifications WHERE user_id = $1 AND created_at >= $2 AND id > $3 \
+             ORDER BY id LIMIT $4",
+        )
+        .bind(pg_text(user.as_str()))
+        .bind(to_micros(since))
+        .bind(sql_int(after))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(notification_from_row).collect()
+    }
+
     async fn notifications(
         &self,
         user: &UserId,

@@ -564,6 +564,27 @@ impl Store for SqliteStore {
         rows.iter().map(note_from_row).collect()
     }
 
+    async fn notifications_since(
+        &self,
+        user: &UserId,
+        since: time::OffsetDateTime,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kind, conversation_id, event_id, from_id, from_role, from_name, \
+             created_at, read_at FROM notifications WHERE user_id = ? AND created_at >= ? \
+             AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(user.as_str())
+        .bind(to_micros(since))
+        .bind(sql_int(after))
+        .bind(limit as i64)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(notification_from_row).collect()
+    }
+
     async fn notifications(
         &self,
         user: &UserId,
