@@ -26,6 +26,13 @@ fn assert_absent(what: &str, haystack: &[String], needles: &[String]) {
     }
 }
 
+/// A socket of `token`'s, subscribed to `conversation`.
+async fn subscribed(server: &TestServer, token: &str, conversation: &str) -> Client {
+    let mut client = server.client(token).await;
+    client.subscribe(conversation, None).await;
+    client
+}
+
 fn typing(conversation: &str, audience: &str) -> Value {
     json!({"type": "typing", "conversation_id": conversation, "audience": audience})
 }
@@ -596,14 +603,10 @@ async fn supervisors_only_typing_reaches_supervisors_only() {
     let server = TestServer::start().await;
     let cust = customer("carol");
     let conv = server.open_as_customer(&cust).await;
-    let mut c = server.client(&cust).await;
-    c.subscribe(&conv, None).await;
-    let mut a = server.client(&agent("alice")).await;
-    a.subscribe(&conv, None).await;
-    let mut sue = server.client(&supervisor("sue")).await;
-    sue.subscribe(&conv, None).await;
-    let mut sam = server.client(&supervisor("sam")).await;
-    sam.subscribe(&conv, None).await;
+    let mut c = subscribed(&server, &cust, &conv).await;
+    let mut a = subscribed(&server, &agent("alice"), &conv).await;
+    let mut sue = subscribed(&server, &supervisor("sue"), &conv).await;
+    let mut sam = subscribed(&server, &supervisor("sam"), &conv).await;
     // Let the joins' presence frames arrive, then count from here.
     for ws in [&mut c, &mut a, &mut sue, &mut sam] {
         ws.sync().await;
@@ -664,14 +667,10 @@ async fn internal_typing_reaches_staff_only() {
     let server = TestServer::start().await;
     let cust = customer("carol");
     let conv = server.open_as_customer(&cust).await;
-    let mut c = server.client(&cust).await;
-    c.subscribe(&conv, None).await;
-    let mut a = server.client(&agent("alice")).await;
-    a.subscribe(&conv, None).await;
-    let mut b = server.client(&agent("bob")).await;
-    b.subscribe(&conv, None).await;
-    let mut s = server.client(&supervisor("sam")).await;
-    s.subscribe(&conv, None).await;
+    let mut c = subscribed(&server, &cust, &conv).await;
+    let mut a = subscribed(&server, &agent("alice"), &conv).await;
+    let mut b = subscribed(&server, &agent("bob"), &conv).await;
+    let mut s = subscribed(&server, &supervisor("sam"), &conv).await;
 
     // Alice types a note: Bob and Sam see it, Alice (the typist) and the customer don't.
     a.send_json(&typing(&conv, "internal")).await;
