@@ -10,8 +10,9 @@
 //! forever: if nothing at all is written for the stall limit (two heartbeat intervals),
 //! the reader has stopped, and the socket is closed with 4008 too. Without that limit a
 //! client that sends commands (or subscribes to a long history) and never reads held its
-//! task, its connection slot and the node's shutdown for as long as it stayed connected. The socket's task empties the queue into the
-//! socket ([`super::socket::Socket`]) through the [`OutboxReceiver`].
+//! task, its connection slot and the node's shutdown for as long as it stayed connected.
+//! The socket's task empties the queue into the socket ([`super::socket::Socket`])
+//! through the [`OutboxReceiver`].
 //!
 //! The raw queue is private to this module: what reaches a customer's socket is decided
 //! by which typed outbox the socket was given (see [`crate::visibility`]).
