@@ -616,3 +616,39 @@ async fn staff_open_a_conversation_with_its_fields_in_one_commit() {
     assert_eq!(listed(alice_t.clone()).await, before);
     assert_eq!(listed(cust_t.clone()).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_reaches_a_busy_contact_through_their_own_conversation() {
+    // The contact view and contact fields look for the caller's conversations of the
+    // contact: another inbox's hundred newer ones must not push them out of sight (the
+    // answer flipping to 404 also told the agent the contact was busy elsewhere).
+    let server = TestServer::start().await;
+    define_all(&server).await;
+    define_inbox(&server, "billing").await;
+    let alice_t = agent("alice");
+    let bill_t = agent_in("bill", &["billing"]);
+    let own = server.open(&alice_t, "support", Some("frank")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..101 {
+        server.open(&bill_t, "billing", Some("frank")).await;
+    }
+    let reply = server.http.get("/v1/contacts/frank", Some(&alice_t)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(
+        reply.json()["conversations"],
+        json!([own]),
+        "{}",
+        reply.text
+    );
+    let reply = server
+        .http
+        .post(
+            "/v1/fields/values",
+            Some(&alice_t),
+            &json!({"target": "contact", "id": "frank", "fields": {"plan": "pro"}}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+}

@@ -103,3 +103,27 @@ async fn an_agent_is_online_viewing_then_away_then_online_then_offline() {
     assert_eq!(frames[0]["status"], "offline", "{frames:?}");
     nothing_more_about(&mut sup, "alice").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_supervisor_scoped_to_some_inboxes_does_not_see_the_floor() {
+    // The floor names the conversations every agent views, in every inbox: a scoped
+    // supervisor would learn other inboxes' conversation ids from it.
+    let server = TestServer::start().await;
+    let scoped = supervisor_in("sue", &["support"]);
+    let mut sue = server.client(&scoped).await;
+    sue.error_code(json!({"type": "watch_agents"}), "forbidden")
+        .await;
+    server
+        .http
+        .get("/v1/agents", Some(&scoped))
+        .await
+        .assert_error(403, "forbidden");
+    // A supervisor of every inbox does.
+    let mut sam = server.client(&supervisor("sam")).await;
+    sam.ok(json!({"type": "watch_agents"})).await;
+    let reply = server
+        .http
+        .get("/v1/agents", Some(&supervisor("sam")))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+}

@@ -446,9 +446,10 @@ impl Service {
                 // conversations the caller may see.
                 let contact = UserId(id.clone());
                 let mut visible = Vec::new();
+                let scope = inbox_scope(who);
                 for record in self
                     .store
-                    .contact_conversations(&contact, CONTACT_FAN_OUT)
+                    .contact_conversations(&contact, scope.as_deref(), CONTACT_FAN_OUT)
                     .await?
                 {
                     if self.remember_access(&record).allows(who) {
@@ -516,9 +517,10 @@ impl Service {
     pub async fn contact(&self, who: &Identity, id: UserId) -> Result<Contact, ServiceError> {
         Self::require_staff(who, "look up contacts")?;
         let mut conversations = Vec::new();
+        let scope = inbox_scope(who);
         for record in self
             .store
-            .contact_conversations(&id, CONTACT_FAN_OUT)
+            .contact_conversations(&id, scope.as_deref(), CONTACT_FAN_OUT)
             .await?
         {
             if self.remember_access(&record).allows(who) {
@@ -547,5 +549,13 @@ impl Service {
             pinned_notes: self.visible_notes(who, pinned).await?,
             conversations,
         })
+    }
+}
+
+/// The inboxes `who` works in, for a store query (`None`: every inbox).
+fn inbox_scope(who: &Identity) -> Option<Vec<InboxId>> {
+    match &who.inboxes {
+        InboxScope::All => None,
+        InboxScope::Only(set) => Some(set.iter().cloned().collect()),
     }
 }

@@ -270,14 +270,23 @@ impl Service {
         Ok(self.hub.agents_snapshot().await?)
     }
 
+    /// The floor (`watch_agents`, `GET /v1/agents`) spans every inbox: who views which
+    /// conversation, how many each has open. A supervisor scoped to some inboxes would
+    /// learn other inboxes' conversation ids from it, which `not_found` hides everywhere
+    /// else, so it is for supervisors and admins of every inbox.
     fn require_supervisor(who: &Identity) -> Result<(), ServiceError> {
-        if who.role.can_write_supervisor_notes() {
-            Ok(())
-        } else {
-            Err(ServiceError::forbidden(
+        if !who.role.can_write_supervisor_notes() {
+            return Err(ServiceError::forbidden(
                 "only supervisors and admins see the agents' presence",
-            ))
+            ));
         }
+        if who.inboxes != InboxScope::All {
+            return Err(ServiceError::forbidden(
+                "the agents' presence spans every inbox: it is for supervisors and admins \
+                 of every inbox",
+            ));
+        }
+        Ok(())
     }
 
     async fn access(&self, id: ConversationId) -> Result<Access, ServiceError> {

@@ -522,7 +522,7 @@ async fn listed(h: &Harness, filter: ConversationFilter) -> Vec<ConversationId> 
 /// The ids of a contact's conversations as the staff's contact view lists them.
 async fn contact_listed(h: &Harness, contact: &str, limit: u32) -> Vec<ConversationId> {
     h.store
-        .contact_conversations(&user(contact), limit)
+        .contact_conversations(&user(contact), None, limit)
         .await
         .expect("list")
         .into_iter()
@@ -2058,7 +2058,7 @@ async fn conversation_list_filters(h: &Harness) {
     assert_eq!(of_contact, vec![c1, c3]);
     let first = h
         .store
-        .contact_conversations(&user("cust-a"), 1)
+        .contact_conversations(&user("cust-a"), None, 1)
         .await
         .expect("list");
     assert_eq!(first.len(), 1);
@@ -2234,6 +2234,43 @@ async fn an_opening_commits_the_events_given_with_it(h: &Harness) {
         .expect("values");
     assert_eq!(values[&id.to_string()]["plan"], json!("pro"));
     assert_eq!(h.misfiled_activity_buckets().await, 0);
+}
+
+/// A contact's conversations in some inboxes: the scope is part of the query, so a
+/// caller's own conversation is found behind any number of other inboxes' newer ones.
+async fn contact_conversations_are_scoped_before_the_limit(h: &Harness) {
+    h.store
+        .put_inbox(&InboxId("billing".into()), "Billing")
+        .await
+        .expect("put inbox");
+    let mine = h.open("support", Some("cust-z")).await;
+    for _ in 0..3 {
+        h.advance(1);
+        h.open("billing", Some("cust-z")).await;
+    }
+    let support = [InboxId("support".into())];
+    let scoped = h
+        .store
+        .contact_conversations(&user("cust-z"), Some(&support), 2)
+        .await
+        .expect("list");
+    assert_eq!(scoped.iter().map(|c| c.id).collect::<Vec<_>>(), vec![mine]);
+    let nowhere = h
+        .store
+        .contact_conversations(&user("cust-z"), Some(&[]), 10)
+        .await
+        .expect("list");
+    assert!(nowhere.is_empty());
+    let any = h
+        .store
+        .contact_conversations(&user("cust-z"), None, 2)
+        .await
+        .expect("list");
+    assert_eq!(any.len(), 2);
+    assert!(
+        !any.iter().any(|c| c.id == mine),
+        "newest first, across inboxes"
+    );
 }
 
 /// Staff's activity (`last_activity_at`: their view's `updated_at`, their lists' order)
@@ -2920,6 +2957,7 @@ store_tests! {
     conversation_list_ties_break_by_newest_id,
     supervisors_only_events_leave_the_activity_alone,
     an_opening_commits_the_events_given_with_it,
+    contact_conversations_are_scoped_before_the_limit,
     conversation_list_filters_by_tag_and_field,
     mention_candidates_by_handle_and_team,
     directory_and_definitions_round_trip,

@@ -531,10 +531,13 @@ pub trait Store: Send + Sync + 'static {
         contact: Option<&UserId>,
     ) -> Result<Vec<NoteRecord>, StoreError>;
 
-    /// Conversations of a contact, newest activity first.
+    /// Conversations of a contact in `inboxes` (`None`: any), newest activity first. The
+    /// scope is part of the query, not applied to its page: a caller's conversation must
+    /// not fall out of the page behind other inboxes' newer ones.
     async fn contact_conversations(
         &self,
         contact: &UserId,
+        inboxes: Option<&[InboxId]>,
         limit: u32,
     ) -> Result<Vec<ConversationRecord>, StoreError>;
 

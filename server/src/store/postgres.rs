@@ -543,13 +543,21 @@ impl Store for PgStore {
     async fn contact_conversations(
         &self,
         contact: &UserId,
+        inboxes: Option<&[InboxId]>,
         limit: u32,
     ) -> Result<Vec<ConversationRecord>, StoreError> {
+        let inboxes: Option<Vec<String>> = inboxes.map(|list| {
+            list.iter()
+                .map(|i| pg_text(i.as_str()).into_owned())
+                .collect()
+        });
         let rows = sqlx::query(&format!(
             "SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.contact_id = $1 \
-             ORDER BY c.last_activity_at DESC, c.id DESC LIMIT $2"
+             AND ($2::text[] IS NULL OR c.inbox_id = ANY($2)) \
+             ORDER BY c.last_activity_at DESC, c.id DESC LIMIT $3"
         ))
         .bind(pg_text(contact.as_str()))
+        .bind(inboxes)
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;

@@ -497,16 +497,28 @@ impl Store for SqliteStore {
     async fn contact_conversations(
         &self,
         contact: &UserId,
+        inboxes: Option<&[InboxId]>,
         limit: u32,
     ) -> Result<Vec<ConversationRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE contact_id = ? \
-             ORDER BY last_activity_at DESC, id DESC LIMIT ?"
-        ))
-        .bind(contact.as_str())
-        .bind(limit as i64)
-        .fetch_all(&self.readers)
-        .await?;
+        let mut query = QueryBuilder::new(format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE contact_id = "
+        ));
+        query.push_bind(contact.as_str().to_owned());
+        if let Some(inboxes) = inboxes {
+            if inboxes.is_empty() {
+                return Ok(Vec::new());
+            }
+            query.push(" AND inbox_id IN (");
+            let mut list = query.separated(", ");
+            for inbox in inboxes {
+                list.push_bind(inbox.as_str().to_owned());
+            }
+            query.push(")");
+        }
+        query
+            .push(" ORDER BY last_activity_at DESC, id DESC LIMIT ")
+            .push_bind(limit as i64);
+        let rows = query.build().fetch_all(&self.readers).await?;
         rows.iter().map(conversation_from_row).collect()
     }
 

@@ -78,6 +78,14 @@ pub fn supervisor(sub: &str) -> String {
     sign(&c)
 }
 
+/// A supervisor of some inboxes only.
+pub fn supervisor_in(sub: &str, inboxes: &[&str]) -> String {
+    let mut c = claims("supervisor", sub);
+    c["name"] = json!(format!("Supervisor {sub}"));
+    c["inboxes"] = json!(inboxes);
+    sign(&c)
+}
+
 pub fn admin(sub: &str) -> String {
     let mut c = claims("admin", sub);
     c["name"] = json!(format!("Admin {sub}"));
