@@ -19,6 +19,10 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
+    /// With `conflict` from the reply guard: the events the sender had not seen, as the
+    /// socket's `error` frame carries them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<Vec<HistoryEntry>>,
 }
 
 /// `POST /v1/conversations`.

@@ -79,6 +79,10 @@ pub struct SessionUser {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame<'a, R: Serialize = serde_json::Value> {
     Welcome {
+        /// The `hello`'s `ref`, if it had one: every frame with a `ref` gets one answer
+        /// carrying it.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Ref>,
         session_id: &'a str,
         user: &'a SessionUser,
         heartbeat_ms: u64,

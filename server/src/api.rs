@@ -102,10 +102,16 @@ impl IntoResponse for ApiError {
         let code = self.0.code();
         let status =
             StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = self.0.to_string();
+        let missed = match self.0 {
+            ServiceError::Conflict { missed, .. } => Some(missed),
+            _ => None,
+        };
         let body = ErrorBody {
             error: ErrorDetail {
                 code,
-                message: self.0.to_string(),
+                message,
+                missed,
             },
         };
         (status, Json(body)).into_response()
@@ -207,6 +213,7 @@ async fn method_not_allowed() -> Response {
         error: ErrorDetail {
             code: backchannel_protocol::ErrorCode::BadRequest,
             message: "this path does not take that method".into(),
+            missed: None,
         },
     };
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()

@@ -387,9 +387,11 @@ fn token(args: TokenArgs) -> Result<(), String> {
         inboxes: args.inboxes,
         exp: auth::expiry_after(args.ttl.into()),
     };
-    let token = Keys::new(&secret)
-        .mint(&claims)
-        .map_err(|e| e.to_string())?;
+    let keys = Keys::new(&secret);
+    let token = keys.mint(&claims).map_err(|e| e.to_string())?;
+    // A token the server would refuse (an empty `sub`, a control character) is an error
+    // here, not a token printed for the caller to find out with.
+    keys.verify(&token).map_err(|e| e.to_string())?;
     println!("{token}");
     Ok(())
 }

@@ -146,6 +146,19 @@ async fn welcome_has_the_documented_shape() {
         .to_owned();
     assert!(!session.is_empty());
 
+    // A hello with a `ref` has it answered, as every frame with one.
+    let mut referenced = server.connect().await;
+    referenced
+        .send_json(&json!({"type": "hello", "token": token, "ref": "h-1"}))
+        .await;
+    let answer = referenced.next_frame(STEP).await;
+    assert_eq!(answer["type"], "welcome", "{answer}");
+    assert_eq!(answer["ref"], "h-1", "{answer}");
+    assert!(
+        welcome.get("ref").is_none(),
+        "no ref, none echoed: {welcome}"
+    );
+
     let mut other = server.connect().await;
     let welcome2 = other.hello(&token).await;
     assert_ne!(
@@ -230,6 +243,20 @@ async fn tokens_from_the_cli_are_accepted() {
     assert!(status.success(), "backchannel token failed: {stderr}");
     let token = stdout.trim().to_owned();
     assert_eq!(token.split('.').count(), 3, "a JWT: {stdout}");
+    // A token the server would refuse is refused here, not printed.
+    let (status, stdout, stderr) = run_cli(&[
+        "token",
+        "--role",
+        "agent",
+        "--sub",
+        "",
+        "--jwt-secret",
+        SECRET,
+    ])
+    .await;
+    assert!(!status.success(), "an empty sub was minted: {stdout}");
+    assert!(stdout.trim().is_empty(), "{stdout}");
+    assert!(stderr.contains("sub"), "{stderr}");
 
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
     validation.required_spec_claims = ["exp".to_owned()].into_iter().collect();

@@ -89,6 +89,10 @@ async fn a_reply_based_on_an_old_seq_is_refused_with_what_was_missed() {
         )
         .await;
     reply.assert_error(409, "conflict");
+    // With what was missed, as over the socket.
+    let missed = &reply.json()["error"]["missed"];
+    assert_eq!(missed[0]["seq"], 12, "{}", reply.text);
+    assert_eq!(missed[0]["event"]["body"], "fyi", "{}", reply.text);
     let reply = server
         .http
         .post(

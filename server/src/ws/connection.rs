@@ -185,6 +185,7 @@ async fn welcome(
             };
             let session_id = uuid::Uuid::new_v4().to_string();
             let welcome: ServerFrame<'_, ()> = ServerFrame::Welcome {
+                reference,
                 session_id: &session_id,
                 user: &user,
                 heartbeat_ms: state.limits.heartbeat_interval.as_millis() as u64,
