@@ -132,8 +132,10 @@ export class HttpApi {
       throw new BackchannelError(response.ok ? 'bad_response' : statusCode(response.status), `${method} ${path}: ${response.status} ${text.slice(0, 200)}`, { status: response.status });
     }
     if (!response.ok) {
-      const detail = (json as { error?: { code?: string; message?: string } } | undefined)?.error;
-      throw new BackchannelError(detail?.code ?? statusCode(response.status), detail?.message ?? `${method} ${path}: HTTP ${response.status}`, { status: response.status });
+      const detail = (json as { error?: { code?: string; message?: string; missed?: HistoryEntry[] } } | undefined)?.error;
+      // A reply guard's 409 carries what was missed, as the socket's error frame does.
+      const details = detail?.missed === undefined ? { status: response.status } : { status: response.status, missed: detail.missed };
+      throw new BackchannelError(detail?.code ?? statusCode(response.status), detail?.message ?? `${method} ${path}: HTTP ${response.status}`, details);
     }
     return json as T;
   }

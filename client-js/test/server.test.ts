@@ -261,6 +261,15 @@ describe('against one server (heartbeat 400 ms)', { timeout: 30_000 }, () => {
 
     await assert.rejects(api.history(randomUUID()), (e: unknown) =>
       e instanceof BackchannelError && e.code === 'not_found' && e.status === 404);
+
+    // The reply guard over HTTP: a 409 whose error carries what the sender missed.
+    const ivan = await connected(server.wsUrl, agent('ivan'));
+    await ivan.send(view.id, 'an agent answers');
+    await assert.rejects(
+      api.call('POST', `/v1/conversations/${view.id}/messages`, { client_id: 'late', body: 'late', based_on_seq: 5 }),
+      (e: unknown) =>
+        e instanceof BackchannelError && e.code === 'conflict' && e.status === 409 && e.missed?.[0]?.event.body === 'an agent answers',
+    );
   });
 
   test('a since beyond the head (a store restored from a backup) resets the subscription', async () => {

@@ -938,7 +938,8 @@ var HttpApi = class {
     }
     if (!response.ok) {
       const detail = json?.error;
-      throw new BackchannelError(detail?.code ?? statusCode(response.status), detail?.message ?? `${method} ${path}: HTTP ${response.status}`, { status: response.status });
+      const details = detail?.missed === void 0 ? { status: response.status } : { status: response.status, missed: detail.missed };
+      throw new BackchannelError(detail?.code ?? statusCode(response.status), detail?.message ?? `${method} ${path}: HTTP ${response.status}`, details);
     }
     return json;
   }
