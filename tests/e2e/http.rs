@@ -410,6 +410,12 @@ async fn list_filters_and_scopes() {
     assert_eq!(items.len(), 4);
     let items = list_items(&server.list(&sam, "status=resolved").await.json());
     assert!(items.is_empty());
+    // A status that does not exist is a mistake to say, not an empty list.
+    server
+        .http
+        .get("/v1/conversations?status=bogus", Some(&sam))
+        .await
+        .assert_error(400, "bad_request");
     let items = list_items(&server.list(&sam, "assignee=alice").await.json());
     assert!(items.is_empty(), "nothing is assigned yet");
     let items = list_items(&server.list(&sam, "limit=2").await.json());

@@ -168,7 +168,7 @@ impl Service {
         let filter = ConversationFilter {
             inboxes,
             customer: customer.then(|| who.user_id.clone()),
-            status: query.status,
+            status: query.status.map(|s| s.as_str().to_owned()),
             assignee_id: query.assignee,
             tag: query.tag,
             field,

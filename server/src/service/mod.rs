@@ -141,7 +141,8 @@ impl ConversationView {
 /// Filters of `GET /v1/conversations`.
 #[derive(Clone, Debug, Default, serde::Deserialize)]
 pub struct ListQuery {
-    pub status: Option<String>,
+    /// One of the statuses: anything else is `bad_request`, not an empty list.
+    pub status: Option<Status>,
     pub inbox: Option<InboxId>,
     pub assignee: Option<UserId>,
     pub tag: Option<String>,
