@@ -172,15 +172,9 @@ impl Store for SqliteStore {
             "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE 1 = 1"
         ));
         if let Some(inboxes) = &filter.inboxes {
-            if inboxes.is_empty() {
+            if !push_inboxes(&mut query, "inbox_id", inboxes) {
                 return Ok(Vec::new());
             }
-            query.push(" AND inbox_id IN (");
-            let mut list = query.separated(", ");
-            for inbox in inboxes {
-                list.push_bind(inbox.as_str().to_owned());
-            }
-            query.push(")");
         }
         if let Some(customer) = &filter.customer {
             query
@@ -505,15 +499,9 @@ impl Store for SqliteStore {
         ));
         query.push_bind(contact.as_str().to_owned());
         if let Some(inboxes) = inboxes {
-            if inboxes.is_empty() {
+            if !push_inboxes(&mut query, "inbox_id", inboxes) {
                 return Ok(Vec::new());
             }
-            query.push(" AND inbox_id IN (");
-            let mut list = query.separated(", ");
-            for inbox in inboxes {
-                list.push_bind(inbox.as_str().to_owned());
-            }
-            query.push(")");
         }
         query
             .push(" ORDER BY last_activity_at DESC, id DESC LIMIT ")
@@ -540,15 +528,9 @@ impl Store for SqliteStore {
         ));
         query.push_bind(expression);
         if let Some(inboxes) = &search.inboxes {
-            if inboxes.is_empty() {
+            if !push_inboxes(&mut query, "c.inbox_id", inboxes) {
                 return Ok(Vec::new());
             }
-            query.push(" AND c.inbox_id IN (");
-            let mut list = query.separated(", ");
-            for inbox in inboxes {
-                list.push_bind(inbox.as_str().to_owned());
-            }
-            query.push(")");
         }
         if !search.include_supervisors {
             query.push(" AND n.audience = 'agents'");
@@ -706,4 +688,23 @@ impl Store for SqliteStore {
         self.readers.close().await;
         self.writer.close().await;
     }
+}
+
+/// Appends ` AND {column} IN (...)` binding `inboxes`; false if the list is empty, when
+/// nothing can match (and `IN ()` is not SQL).
+fn push_inboxes(
+    query: &mut QueryBuilder<'_, sqlx::Sqlite>,
+    column: &str,
+    inboxes: &[InboxId],
+) -> bool {
+    if inboxes.is_empty() {
+        return false;
+    }
+    query.push(format!(" AND {column} IN ("));
+    let mut list = query.separated(", ");
+    for inbox in inboxes {
+        list.push_bind(inbox.as_str().to_owned());
+    }
+    query.push(")");
+    true
 }
