@@ -485,11 +485,36 @@ export class Client extends Emitter<ClientEvents> {
     if (!(intervalMs > 0)) return;
     this.lastHeard = Date.now();
     let lastPing = 0;
+    let lastCheck = Date.now();
+    // When a check came late and sent a ping to ask whether the link is still there.
+    let wokeAt: number | undefined;
+    const checkMs = Math.max(intervalMs / 4, 5);
     // Checked four times per interval: checking once per interval would let the silence
     // before a check drift up to two intervals on a healthy link (ping answered right
     // after one check, next ping only after the next), and trip the tolerance.
     this.heartbeatTimer = setInterval(() => {
       const now = Date.now();
+      const late = now - lastCheck >= intervalMs;
+      lastCheck = now;
+      if (wokeAt !== undefined) {
+        if (this.lastHeard >= wokeAt) {
+          wokeAt = undefined;
+        } else if (now - wokeAt >= intervalMs) {
+          transport.fail(CloseCode.NoHeartbeat, `no answer to a ping for ${now - wokeAt} ms`);
+          return;
+        } else if (!late) {
+          return;
+        }
+      }
+      if (late) {
+        // The timer itself was held back (a background tab's throttled timers, a machine
+        // that slept): the silence measured is the timer's, not the server's. Ask, and
+        // judge by the answer, instead of giving up a healthy socket every time.
+        wokeAt ??= now;
+        lastPing = now;
+        transport.send('{"type":"ping"}');
+        return;
+      }
       const silentMs = now - this.lastHeard;
       if (silentMs >= intervalMs * tolerance) {
         transport.fail(CloseCode.NoHeartbeat, `nothing heard from the server for ${silentMs} ms`);
@@ -497,7 +522,7 @@ export class Client extends Emitter<ClientEvents> {
         lastPing = now;
         transport.send('{"type":"ping"}');
       }
-    }, Math.max(intervalMs / 4, 5));
+    }, checkMs);
   }
 
   private onClose(code: number, reason: string): void {

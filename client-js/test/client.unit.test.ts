@@ -422,6 +422,46 @@ describe('Client with a fake socket', () => {
     assert.notEqual(socket.closedWith, null, 'the dead socket was closed');
   });
 
+  test('a check that comes late (a throttled background tab) asks before giving up', async () => {
+    const realNow = Date.now;
+    let skew = 0;
+    Date.now = () => realNow() + skew;
+    try {
+      const client = track(makeClient({ heartbeat: { intervalMs: 40, tolerance: 2 } }));
+      client.connect();
+      await until(() => FakeSocket.instances.length === 1, 'a socket');
+      const socket = FakeSocket.last;
+      socket.welcome();
+      // The timers were held back for ten intervals: the next check is late.
+      const pingsBefore = socket.frames('ping').length;
+      skew += 400;
+      // The server answers at once, as a live one does.
+      await until(() => {
+        if (socket.frames('ping').length === pingsBefore) return false;
+        socket.receive({ type: 'pong' });
+        return true;
+      }, 'a ping after the late check', 2000);
+      assert.equal(FakeSocket.instances.length, 1, 'not given up for the timer\'s silence');
+      // A while of ordinary checks, the server answering each ping.
+      let answered = socket.frames('ping').length;
+      const until100 = realNow() + 100;
+      while (realNow() < until100) {
+        if (socket.frames('ping').length > answered) {
+          answered = socket.frames('ping').length;
+          socket.receive({ type: 'pong' });
+        }
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      assert.equal(FakeSocket.instances.length, 1);
+      assert.equal(client.state, 'connected');
+      // Held back again, and this time nobody answers: given up within an interval.
+      skew += 400;
+      await until(() => FakeSocket.instances.length === 2, 'a new socket', 2000);
+    } finally {
+      Date.now = realNow;
+    }
+  });
+
   test('a server that answers is not given up', async () => {
     const client = track(makeClient({ heartbeat: { intervalMs: 30, tolerance: 4 } }));
     client.connect();

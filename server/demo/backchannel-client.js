@@ -739,8 +739,29 @@ var Client = class extends Emitter {
     if (!(intervalMs > 0)) return;
     this.lastHeard = Date.now();
     let lastPing = 0;
+    let lastCheck = Date.now();
+    let wokeAt;
+    const checkMs = Math.max(intervalMs / 4, 5);
     this.heartbeatTimer = setInterval(() => {
       const now = Date.now();
+      const late = now - lastCheck >= intervalMs;
+      lastCheck = now;
+      if (wokeAt !== void 0) {
+        if (this.lastHeard >= wokeAt) {
+          wokeAt = void 0;
+        } else if (now - wokeAt >= intervalMs) {
+          transport.fail(CloseCode.NoHeartbeat, `no answer to a ping for ${now - wokeAt} ms`);
+          return;
+        } else if (!late) {
+          return;
+        }
+      }
+      if (late) {
+        wokeAt ??= now;
+        lastPing = now;
+        transport.send('{"type":"ping"}');
+        return;
+      }
       const silentMs = now - this.lastHeard;
       if (silentMs >= intervalMs * tolerance) {
         transport.fail(CloseCode.NoHeartbeat, `nothing heard from the server for ${silentMs} ms`);
@@ -748,7 +769,7 @@ var Client = class extends Emitter {
         lastPing = now;
         transport.send('{"type":"ping"}');
       }
-    }, Math.max(intervalMs / 4, 5));
+    }, checkMs);
   }
   onClose(code, reason) {
     this.transport = null;
