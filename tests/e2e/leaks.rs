@@ -1037,6 +1037,13 @@ async fn the_reply_guard_does_not_betray_notes_to_the_customer() {
         )
         .await;
     reply.assert_error(409, "conflict");
+    // Over HTTP too, `missed` holds the public reply only.
+    let missed = reply.json()["error"]["missed"].clone();
+    assert_eq!(
+        seqs(missed.as_array().expect("missed")),
+        vec![4],
+        "{missed}"
+    );
     let needles = vec![
         marker.clone(),
         note["event_id"].as_str().unwrap().to_owned(),

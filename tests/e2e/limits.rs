@@ -523,6 +523,27 @@ async fn stingy_server(max_connections: usize, heartbeat: Duration) -> TestServe
     .await
 }
 
+/// A conversation with ~240 KB of notes: more than a stingy socket's buffers hold.
+async fn long_conversation(server: &TestServer) -> String {
+    let conv = server.open_as_customer(&customer("carol")).await;
+    let mut writer = server.client(&agent("writer")).await;
+    let body = "x".repeat(4_000);
+    for i in 0..60 {
+        writer.note(&conv, &format!("n{i}"), &body).await;
+    }
+    conv
+}
+
+/// An agent's socket with a small receive window that asks for the whole of
+/// `conversation` and then reads nothing.
+async fn subscribed_reading_nothing(server: &TestServer, sub: &str, conversation: &str) -> Client {
+    let mut client = server.narrow_client(&agent(sub)).await;
+    client
+        .send_json(&json!({"type": "subscribe", "conversation_id": conversation, "ref": "s"}))
+        .await;
+    client
+}
+
 /// Waits, reading nothing, until the node has closed `expected` sockets as slow.
 async fn until_closed_as_slow(server: &TestServer, expected: u64) {
     let deadline = tokio::time::Instant::now() + STEP;
@@ -547,20 +568,10 @@ async fn a_socket_that_reads_none_of_its_own_answers_is_closed_with_4008_and_fre
     // long history, and reads nothing held its task and its connection slot for as long
     // as it stayed connected, and kept the node from shutting down.
     let server = stingy_server(2, Duration::from_millis(300)).await;
-    let conv = server.open_as_customer(&customer("carol")).await;
-    {
-        let mut writer = server.client(&agent("writer")).await;
-        let body = "x".repeat(4_000);
-        for i in 0..60 {
-            writer.note(&conv, &format!("n{i}"), &body).await;
-        }
-    }
+    let conv = long_conversation(&server).await;
 
     // A replay of ~240 KB to a socket that reads none of it.
-    let mut replayed = server.narrow_client(&agent("replayed")).await;
-    replayed
-        .send_json(&json!({"type": "subscribe", "conversation_id": conv, "ref": "s"}))
-        .await;
+    let mut replayed = subscribed_reading_nothing(&server, "replayed", &conv).await;
     until_closed_as_slow(&server, 1).await;
     let closed = replayed.expect_close(STEP).await;
     assert_eq!(closed.code, Some(4008), "{closed:?}");
@@ -591,18 +602,8 @@ async fn a_socket_that_reads_none_of_its_own_answers_is_closed_with_4008_and_fre
 async fn shutdown_does_not_wait_for_a_socket_that_reads_nothing() {
     // A stall limit of a minute: shutdown must not wait for it.
     let server = stingy_server(10, Duration::from_secs(30)).await;
-    let conv = server.open_as_customer(&customer("carol")).await;
-    {
-        let mut writer = server.client(&agent("writer")).await;
-        let body = "x".repeat(4_000);
-        for i in 0..60 {
-            writer.note(&conv, &format!("n{i}"), &body).await;
-        }
-    }
-    let mut stalled = server.narrow_client(&agent("stalled")).await;
-    stalled
-        .send_json(&json!({"type": "subscribe", "conversation_id": conv, "ref": "s"}))
-        .await;
+    let conv = long_conversation(&server).await;
+    let _stalled = subscribed_reading_nothing(&server, "stalled", &conv).await;
     // Shut down while its replay waits for room.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = std::time::Instant::now();
