@@ -15,6 +15,7 @@
 //! Every frame is serialized once per audience and shared by every recipient:
 //! [`SharedFrame`] is a reference-counted buffer, so cloning it is a pointer copy.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use backchannel_protocol::client::TypingAudience;
@@ -141,17 +142,26 @@ pub enum StaffAudience {
 
 impl StaffAudience {
     /// `viewers` as this audience may see them: for agents, someone typing a
-    /// supervisors-only note is viewing, not typing.
-    pub fn viewers(self, viewers: &[Viewer]) -> Vec<Viewer> {
+    /// supervisors-only note is viewing, not typing. Borrowed when nothing is hidden.
+    pub fn viewers(self, viewers: &[Viewer]) -> Cow<'_, [Viewer]> {
+        let hidden = |v: &Viewer| {
+            self == StaffAudience::Agents && v.typing_audience == Some(TypingAudience::Supervisors)
+        };
+        if !viewers.iter().any(hidden) {
+            return Cow::Borrowed(viewers);
+        }
         viewers
             .iter()
-            .map(|v| match (self, v.typing_audience) {
-                (StaffAudience::Agents, Some(TypingAudience::Supervisors)) => Viewer {
-                    typing: false,
-                    typing_audience: None,
-                    ..v.clone()
-                },
-                _ => v.clone(),
+            .map(|v| {
+                if hidden(v) {
+                    Viewer {
+                        typing: false,
+                        typing_audience: None,
+                        ..v.clone()
+                    }
+                } else {
+                    v.clone()
+                }
             })
             .collect()
     }

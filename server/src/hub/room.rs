@@ -217,7 +217,7 @@ impl RoomState {
         if all == self.shown {
             return PresenceSent::default();
         }
-        let to_agents = StaffAudience::Agents.viewers(&all);
+        let to_agents = StaffAudience::Agents.viewers(&all).into_owned();
         let sent = PresenceSent {
             agents: to_agents != self.shown_to_agents,
             supervisors: true,

@@ -80,8 +80,6 @@ impl Service {
                 },
             }]
         };
-        // Internal events: they take agent and supervisor seqs after the opening's 1.
-        let internal_head = 1 + then.len() as u64;
         let opened = NewEvent {
             id: EventId::new(),
             conversation_id: id,
@@ -93,7 +91,8 @@ impl Service {
                 subject: request.subject.clone(),
             },
         };
-        self.writer
+        let outcome = self
+            .writer
             .write(WriteRequest::Open(Box::new(NewConversation {
                 id,
                 inbox_id: request.inbox_id.clone(),
@@ -103,6 +102,11 @@ impl Service {
                 then,
             })))
             .await?;
+        // The heads the opening and the events given with it moved.
+        let heads = outcome
+            .events
+            .iter()
+            .fold(Heads::default(), |heads, event| heads.after(&event.seqs));
         let record = ConversationRecord {
             id,
             inbox_id: request.inbox_id,
@@ -114,11 +118,7 @@ impl Service {
             created_at: at,
             last_activity_at: at,
             last_public_at: at,
-            heads: Heads {
-                public: 1,
-                agent: internal_head,
-                supervisor: internal_head,
-            },
+            heads,
         };
         self.remember_access(&record);
         let extras = StaffExtras {

@@ -128,6 +128,10 @@ pub struct UserSocket {
 impl UserSocket {
     /// `None` if the user has the most sockets the node allows.
     pub fn acquire(state: &Arc<AppState>, user: &backchannel_protocol::UserId) -> Option<Self> {
+        // With a limit of 0 nobody gets in, and no entry is made that nothing would remove.
+        if state.limits.max_connections_per_user == 0 {
+            return None;
+        }
         let mut open = state.user_sockets.entry(user.clone()).or_insert(0);
         if *open >= state.limits.max_connections_per_user {
             return None;
