@@ -76,6 +76,11 @@ pub async fn run(
             "--database-url must be postgres://... or postgresql://...; unset, SQLite is used",
         ));
     }
+    // Bound first: a taken address fails the start before the store is opened.
+    let metrics_listener = match &config.metrics_listen {
+        Some(address) => Some(TcpListener::bind(address).await?),
+        None => None,
+    };
     let (secret, _) = auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
     let store: Arc<dyn Store> = match database_url {
         Some(url) => PgStore::open(url).await?,
@@ -138,9 +143,8 @@ pub async fn run(
     });
     let router = crate::api::router(state.clone(), config.metrics_listen.is_none());
     // `/metrics` on an address of its own, stopped with the node.
-    let metrics_server = match &config.metrics_listen {
-        Some(address) => {
-            let listener = TcpListener::bind(address).await?;
+    let metrics_server = match metrics_listener {
+        Some(listener) => {
             tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
             let stop = stop.clone();
             let router = crate::api::metrics_router(state.clone());
