@@ -1,7 +1,7 @@
 //! The HTTP API: one router, built in [`router`], and handlers that translate between
-//! HTTP and the [`Service`].
+//! HTTP and the [`Service`](crate::service::Service).
 //!
-//! **Only `api` and `ws` know HTTP.** Every error leaves as
+//! **Only `api`, `ws` and `demo` know HTTP.** Every error leaves as
 //! `{"error": {"code", "message"}}` with the status of its code, including the ones axum
 //! would answer itself (a malformed body, an unknown path).
 

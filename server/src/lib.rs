@@ -20,6 +20,7 @@
 //!   order, once, serializing each event once per audience.
 //! - [`visibility`]: `PublicEvent` and the typed frames each side of a room accepts.
 //! - [`auth`]: tokens. [`metrics`]: Prometheus counters. [`config`]: limits and flags.
+//!   [`error`]: `ServiceError` and the protocol error code of each.
 //!   [`rate`]: commands per second per socket and per user.
 //! - [`mentions`] and [`fields`]: parsing `@mentions` and checking custom field values.
 //!

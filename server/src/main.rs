@@ -1,7 +1,8 @@
 //! The `backchannel` binary: parses flags, binds, and hands over to [`backchannel::run`].
 //!
 //! `backchannel serve` runs a node; `backchannel token` prints a signed token for trying
-//! it out and for scripts.
+//! it out and for scripts; `backchannel audit verify|export` checks and exports a
+//! conversation's hash chains from the store.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
