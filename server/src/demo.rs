@@ -2,7 +2,7 @@
 //! a customer widget (also embeddable with one script tag), an agent console and a
 //! supervisor view, plain HTML and ES modules built on `@backchannel/client`, plus a
 //! token endpoint for a fixed cast of demo users. Without `--demo` none of these routes
-//! exist ([`crate::api::router`] merges [`router`] only when [`AppState::demo`] is set),
+//! exist ([`crate::api::router`] merges [`router`] only when `AppState::demo` is set),
 //! so they answer 404 like any unknown path.
 //!
 //! The pages and the client bundle are compiled into the binary (`include_str!` of

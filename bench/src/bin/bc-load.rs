@@ -1,12 +1,14 @@
 //! `bc-load`: Backchannel's load generator. Each subcommand is one scenario and prints
 //! one JSON line on stdout (progress goes to stderr):
 //!
-//!     bc-load fanout     # 500 rooms x (5 agents + 1 customer), relay then Backchannel
-//!     bc-load idle       # 10,000 idle connections: memory per connection
-//!     bc-load durable    # acknowledged notes per second, SQLite and PostgreSQL
-//!     bc-load cluster    # two nodes over Redis: cross-node delivery latency
-//!     bc-load resume     # thousands of clients reconnecting at once with `since`
-//!     bc-load stalled    # 1,000 sockets stop reading: everybody else's latency meanwhile
+//! ```text
+//! bc-load fanout     # 500 rooms x (5 agents + 1 customer), relay then Backchannel
+//! bc-load idle       # 10,000 idle connections: memory per connection
+//! bc-load durable    # acknowledged notes per second, SQLite and PostgreSQL
+//! bc-load cluster    # two nodes over Redis: cross-node delivery latency
+//! bc-load resume     # thousands of clients reconnecting at once with `since`
+//! bc-load stalled    # 1,000 sockets stop reading: everybody else's latency meanwhile
+//! ```
 //!
 //! By default it spawns `backchannel` (beside this binary) with a fresh data directory
 //! and a known secret, pinned to core 0, and pins itself to core 1. See

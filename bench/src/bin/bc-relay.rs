@@ -10,7 +10,9 @@
 //! shared by reference count between recipients. The load generator sends it frames
 //! shaped like Backchannel's `event` frames, so both move the same bytes.
 //!
-//!     bc-relay --listen 127.0.0.1:0     # prints `listening on http://ADDR`
+//! ```text
+//! bc-relay --listen 127.0.0.1:0     # prints `listening on http://ADDR`
+//! ```
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -7,7 +7,7 @@
 //!
 //! This file holds what every command shares (identity, access, writing, the result of
 //! an append, subscriptions); the commands themselves are grouped by what they act on:
-//! [`conversations`], [`notes`], [`notifications`], [`definitions`].
+//! `conversations`, `notes`, `notifications`, `definitions`.
 
 mod conversations;
 mod definitions;
