@@ -14,7 +14,7 @@
 //! checkpointed: the vacuum rewrites every page the history wrote (~180 MB), and left
 //! to the kernel, which writes back what has been dirty for 30 s, that burst landed in
 //! the second round of every run and held up PostgreSQL's commits behind it
-//! (docs/benchmarks.md, tenth session). The kernel's writeback of what the rounds
+//! (docs/benchmarks-log.md, tenth session). The kernel's writeback of what the rounds
 //! themselves dirty, every ~30 s, is the deployment's too and stays in the measurement.
 //! `--no-vacuum` skips both.
 

@@ -19,7 +19,7 @@
 //! `--history-rate` whose figures are kept apart), so the rounds measure a database with
 //! history, as a deployment's is. On an empty one the first ~150,000 events cost less:
 //! the stream and `(author, client_id)` indexes are a page or two per conversation and
-//! per author, so a commit rewrites fewer pages (docs/benchmarks.md, the ninth session).
+//! per author, so a commit rewrites fewer pages (docs/benchmarks-log.md, the ninth session).
 
 use std::time::Duration;
 

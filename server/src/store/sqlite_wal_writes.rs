@@ -5,7 +5,8 @@
 //! so a commit of 30 pages costs 60 system calls, and since a frame (4,120 bytes) is not
 //! a multiple of the kernel's 4 KiB folios, each call partly fills one or two of them.
 //! In `bc-load fanout`'s fixed step those writes were ~10 % of the server's CPU, and the
-//! same 30 frames cost a quarter as much written in one call (docs/benchmarks.md).
+//! same 30 frames cost a quarter as much written in one call (docs/benchmarks-log.md,
+//! seventh session).
 //!
 //! This is a VFS shim: a copy of SQLite's default VFS (`unix`) whose `xOpen` hands every
 //! file but a WAL straight to the default VFS, and wraps a WAL so that the frames SQLite
