@@ -91,6 +91,14 @@ impl InboxScope {
             InboxScope::Only(set) => set.contains(inbox),
         }
     }
+
+    /// The inboxes as a store filter: `None` for every inbox.
+    pub fn as_filter(&self) -> Option<&[InboxId]> {
+        match self {
+            InboxScope::All => None,
+            InboxScope::Only(set) => Some(&set.0),
+        }
+    }
 }
 
 /// A verified caller.

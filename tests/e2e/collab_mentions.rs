@@ -431,3 +431,84 @@ async fn the_directory_follows_the_latest_token() {
         1
     );
 }
+
+/// A notification names its conversation, its event and its author, and is read through
+/// the caller's token as it is now, not as the directory had the user when it was
+/// written: a supervisor's agent token (demoted, or one token of each) is never shown a
+/// coaching note's notification, live or listed, and an agent no longer in an inbox
+/// neither lists, counts nor marks the notifications of its conversations, which must
+/// look as if they did not exist.
+#[tokio::test(flavor = "multi_thread")]
+async fn notifications_follow_the_callers_role_and_inboxes_now() {
+    let server = TestServer::start().await;
+    let conv = server.open_as_customer(&customer("carol")).await;
+    let boss_t = supervisor("boss");
+    let sam_agent_t = agent("sam");
+    let sam_supervisor_t = supervisor("sam");
+    let alice_t = agent("alice");
+    // The agent socket first: the directory keeps the last hello's role, supervisor.
+    let mut sam_as_agent = online(&server, &sam_agent_t).await;
+    let mut sam_as_supervisor = online(&server, &sam_supervisor_t).await;
+    let mut boss = online(&server, &boss_t).await;
+
+    let ok = boss
+        .ok(coaching(&conv, "c-1", "@sam watch the tone here"))
+        .await;
+    assert_eq!(ok["mentioned"], json!(["sam"]), "{ok}");
+    let coaching_id = event_id(&ok);
+    let live = next_notification(&mut sam_as_supervisor).await;
+    check_notification(&live, "mention", &conv, &coaching_id, "boss");
+    assert_no_frame(
+        &mut sam_as_agent,
+        "a coaching note's notification",
+        is_notification,
+    )
+    .await;
+
+    let list = |token: &str| {
+        let token = token.to_owned();
+        let server = &server;
+        async move {
+            let reply = server.http.get("/v1/notifications", Some(&token)).await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+            reply.json()
+        }
+    };
+    let as_supervisor = list(&sam_supervisor_t).await;
+    assert_eq!(items_of(&as_supervisor).len(), 1, "{as_supervisor}");
+    assert_eq!(as_supervisor["unread"], 1, "{as_supervisor}");
+    let as_agent = list(&sam_agent_t).await;
+    assert_eq!(as_agent["notifications"], json!([]), "{as_agent}");
+    assert_eq!(as_agent["unread"], 0, "{as_agent}");
+    let reply = server
+        .http
+        .post("/v1/notifications/read", Some(&sam_agent_t), &json!({}))
+        .await;
+    assert_eq!(reply.json()["marked"], 0, "{}", reply.text);
+    assert_eq!(list(&sam_supervisor_t).await["unread"], 1);
+
+    // Frank worked in `support` when Alice mentioned him; his token now names `billing`.
+    let frank_support_t = agent("frank");
+    let frank_billing_t = agent_in("frank", &["billing"]);
+    make_known(&server, &frank_support_t).await;
+    let mut alice = online(&server, &alice_t).await;
+    let ok = alice
+        .ok(note_of(&conv, "n-1", "@frank the refund plan", None, None))
+        .await;
+    assert_eq!(ok["mentioned"], json!(["frank"]), "{ok}");
+    let now_billing = list(&frank_billing_t).await;
+    assert_eq!(now_billing["notifications"], json!([]), "{now_billing}");
+    assert_eq!(now_billing["unread"], 0, "{now_billing}");
+    let reply = server
+        .http
+        .post("/v1/notifications/read", Some(&frank_billing_t), &json!({}))
+        .await;
+    assert_eq!(reply.json()["marked"], 0, "{}", reply.text);
+    let back_in_support = list(&frank_support_t).await;
+    assert_eq!(back_in_support["unread"], 1, "{back_in_support}");
+    assert_eq!(
+        items_of(&back_in_support)[0]["conversation_id"],
+        conv.as_str(),
+        "{back_in_support}"
+    );
+}

@@ -85,11 +85,19 @@ enum WireMessage {
         node: String,
         user_id: UserId,
         notification: Notification,
+        /// Absent from a node older than the field: then only supervisors are told, as
+        /// the event may be theirs alone.
+        #[serde(default = "supervisors_only_if_unknown")]
+        supervisors_only: bool,
     },
     Ephemeral {
         node: String,
         message: Ephemeral,
     },
+}
+
+fn supervisors_only_if_unknown() -> bool {
+    true
 }
 
 /// This deployment's channel names.
@@ -342,6 +350,7 @@ fn encode(shared: &Shared, message: &Outgoing) -> Vec<(String, Vec<u8>)> {
                 node: node.to_owned(),
                 user_id: n.user_id.clone(),
                 notification: n.notification.clone(),
+                supervisors_only: n.supervisors_only,
             };
             serde_json::to_vec(&message)
                 .ok()
@@ -382,9 +391,11 @@ fn decode(node: &str, payload: &[u8]) -> Option<Inbound> {
             node: from,
             user_id,
             notification,
+            supervisors_only,
         }) if from != node => Some(Inbound::Notification(UserNotification {
             user_id,
             notification,
+            supervisors_only,
         })),
         Ok(WireMessage::Ephemeral {
             node: from,
@@ -644,6 +655,7 @@ mod tests {
         let notification = UserNotification {
             user_id: UserId::from("alice"),
             notification: sample_notification(),
+            supervisors_only: false,
         };
         let encoded = encode(
             &Shared::new("a".into(), "d2"),
@@ -665,6 +677,38 @@ mod tests {
             },
             at: crate::store::now(),
             read: false,
+        }
+    }
+
+    /// Whether a notification's event is for supervisors only crosses nodes with it; from
+    /// a node that does not send the flag, it is taken as supervisors-only, so an agent
+    /// is never told of a coaching note during a rolling upgrade.
+    #[test]
+    fn notifications_carry_their_audience_and_default_to_supervisors() {
+        for supervisors_only in [false, true] {
+            let notification = UserNotification {
+                user_id: UserId::from("alice"),
+                notification: sample_notification(),
+                supervisors_only,
+            };
+            let encoded = encode(
+                &Shared::new("a".into(), "d1"),
+                &Outgoing::Notification(notification.clone()),
+            );
+            match decode("b", &encoded[0].1) {
+                Some(Inbound::Notification(decoded)) => assert_eq!(decoded, notification),
+                _ => panic!("expected a notification"),
+            }
+        }
+        let older = serde_json::json!({
+            "t": "notification",
+            "node": "a",
+            "user_id": "alice",
+            "notification": sample_notification(),
+        });
+        match decode("b", &serde_json::to_vec(&older).expect("encode")) {
+            Some(Inbound::Notification(decoded)) => assert!(decoded.supervisors_only),
+            _ => panic!("expected a notification"),
         }
     }
 

@@ -272,11 +272,8 @@ impl Hub {
                     };
                     let full = page.len() == CATCH_UP_PAGE as usize;
                     for notification in page {
-                        after = notification.id;
-                        hub.notify(&UserNotification {
-                            user_id: user.clone(),
-                            notification,
-                        });
+                        after = notification.notification.id;
+                        hub.notify(&notification);
                     }
                     if !full {
                         break;
@@ -310,7 +307,10 @@ impl Hub {
         }
     }
 
-    /// Delivers a notification to every open session of its user on this node.
+    /// Delivers a notification to every open session of its user on this node that may
+    /// read its event: one of a supervisors-only event to supervisor and admin sessions
+    /// only, as a user's sockets may carry different roles (a supervisor demoted since
+    /// the note was written, or one token of each).
     pub fn notify(&self, notification: &UserNotification) {
         if let Some(mut sessions) = self.sessions.get_mut(&notification.user_id) {
             let id = notification.notification.id;
@@ -322,7 +322,10 @@ impl Hub {
             }
             sessions.delivered.push_back(id);
             let frame = StaffFrame::notification(&notification.notification);
-            for (_, _, outbox) in sessions.sockets.iter() {
+            for (_, actor, outbox) in sessions.sockets.iter() {
+                if notification.supervisors_only && !actor.role.can_write_supervisor_notes() {
+                    continue;
+                }
                 outbox.push(&frame);
             }
         }

@@ -38,8 +38,8 @@ use crate::hub::{ConnId, Hub, Seat, SubscribeOk};
 use crate::store::writer::{WriteError, Writer};
 use crate::store::{
     self, chain, ConversationFilter, ConversationRecord, DirectoryEntry, Event, Heads, MarkRead,
-    NewConversation, NewEvent, NoteRecord, NoteSearch, ReplyGuard, Store, WriteOutcome,
-    WriteRefusal, WriteRequest,
+    NewConversation, NewEvent, NoteRecord, NoteSearch, NotificationReader, ReplyGuard, Store,
+    WriteOutcome, WriteRefusal, WriteRequest,
 };
 use crate::visibility::{PublicEvent, Typing};
 use crate::ws::outbox::StaffOutbox;

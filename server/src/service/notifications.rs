@@ -12,13 +12,24 @@ impl Service {
     ) -> Result<NotificationsPage, ServiceError> {
         Self::require_staff(who, "have notifications")?;
         let limit = limit.unwrap_or(DEFAULT_RESULTS).clamp(1, MAX_RESULTS);
+        let reader = Self::notification_reader(who);
         Ok(NotificationsPage {
             notifications: self
                 .store
-                .notifications(&who.user_id, unread_only, limit)
+                .notifications(&reader, unread_only, limit)
                 .await?,
-            unread: self.store.unread_notifications(&who.user_id).await?,
+            unread: self.store.unread_notifications(&reader).await?,
         })
+    }
+
+    /// The caller as a reader of notifications: their token's role and inboxes now, not
+    /// those the directory had when each notification was written.
+    fn notification_reader(who: &Identity) -> NotificationReader<'_> {
+        NotificationReader {
+            user: &who.user_id,
+            supervisors: who.role.can_write_supervisor_notes(),
+            inboxes: who.inboxes.as_filter(),
+        }
     }
 
     /// Marks notifications read: the listed ids, or all up to an id, or (neither) all.
@@ -40,13 +51,11 @@ impl Service {
             (None, Some(up_to)) => MarkRead::UpTo(up_to),
             (None, None) => MarkRead::All,
         };
-        let marked = self
-            .store
-            .mark_notifications_read(&who.user_id, &which)
-            .await?;
+        let reader = Self::notification_reader(who);
+        let marked = self.store.mark_notifications_read(&reader, &which).await?;
         Ok(ReadResult {
             marked,
-            unread: self.store.unread_notifications(&who.user_id).await?,
+            unread: self.store.unread_notifications(&reader).await?,
         })
     }
 

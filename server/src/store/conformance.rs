@@ -31,7 +31,7 @@ use super::postgres::PgStore;
 use super::sqlite::{SqliteStore, DATABASE_FILE};
 use super::{
     ConversationFilter, DirectoryEntry, Event, MarkRead, NewConversation, NewEvent, NoteRecord,
-    NoteSearch, ReplyGuard, Store, WriteOutcome, WriteRefusal, WriteRequest,
+    NoteSearch, NotificationReader, ReplyGuard, Store, WriteOutcome, WriteRefusal, WriteRequest,
 };
 
 /// The PostgreSQL server the suite creates its databases on.
@@ -809,7 +809,7 @@ async fn idempotent_client_id_returns_stored_event(h: &Harness) {
     assert!(b_out.notifications.is_empty());
     assert_eq!(
         h.store
-            .unread_notifications(&user("bob"))
+            .unread_notifications(&NotificationReader::unrestricted(&user("bob")))
             .await
             .expect("count"),
         1
@@ -980,7 +980,7 @@ async fn failed_batch_leaves_nothing(h: &Harness) {
     assert!(h.store.note(good_id).await.expect("read").is_none());
     assert_eq!(
         h.store
-            .unread_notifications(&user("bob"))
+            .unread_notifications(&NotificationReader::unrestricted(&user("bob")))
             .await
             .expect("count"),
         0
@@ -1442,7 +1442,7 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
     );
     let bobs = h
         .store
-        .notifications(&user("bob"), false, 50)
+        .notifications(&NotificationReader::unrestricted(&user("bob")), false, 50)
         .await
         .expect("list");
     assert_eq!(bobs.len(), 1);
@@ -1454,7 +1454,7 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
     assert!(!bobs[0].read);
     assert_eq!(
         h.store
-            .unread_notifications(&user("alice"))
+            .unread_notifications(&NotificationReader::unrestricted(&user("alice")))
             .await
             .expect("count"),
         0
@@ -1480,7 +1480,7 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
     assert!(none.notifications.is_empty());
     assert_eq!(
         h.store
-            .unread_notifications(&user("dave"))
+            .unread_notifications(&NotificationReader::unrestricted(&user("dave")))
             .await
             .expect("count"),
         1
@@ -1492,7 +1492,7 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
     }
     let bobs = h
         .store
-        .notifications(&user("bob"), false, 50)
+        .notifications(&NotificationReader::unrestricted(&user("bob")), false, 50)
         .await
         .expect("list");
     let ids: Vec<u64> = bobs.iter().map(|n| n.id).collect();
@@ -1501,13 +1501,13 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
     let (b1, b2, b3, b4) = (ids[3], ids[2], ids[1], ids[0]);
     let page = h
         .store
-        .notifications(&user("bob"), false, 2)
+        .notifications(&NotificationReader::unrestricted(&user("bob")), false, 2)
         .await
         .expect("list");
     assert_eq!(page.iter().map(|n| n.id).collect::<Vec<_>>(), vec![b4, b3]);
     assert_eq!(
         h.store
-            .unread_notifications(&user("bob"))
+            .unread_notifications(&NotificationReader::unrestricted(&user("bob")))
             .await
             .expect("count"),
         4
@@ -1515,44 +1515,56 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
 
     let carols = h
         .store
-        .notifications(&user("carol"), false, 50)
+        .notifications(&NotificationReader::unrestricted(&user("carol")), false, 50)
         .await
         .expect("list");
     let carol_id = carols[0].id;
     let marked = h
         .store
-        .mark_notifications_read(&user("bob"), &MarkRead::Ids(vec![b1, carol_id, 999_999]))
+        .mark_notifications_read(
+            &NotificationReader::unrestricted(&user("bob")),
+            &MarkRead::Ids(vec![b1, carol_id, 999_999]),
+        )
         .await
         .expect("mark");
     assert_eq!(marked, 1, "only bob's own notification");
     let again = h
         .store
-        .mark_notifications_read(&user("bob"), &MarkRead::Ids(vec![b1]))
+        .mark_notifications_read(
+            &NotificationReader::unrestricted(&user("bob")),
+            &MarkRead::Ids(vec![b1]),
+        )
         .await
         .expect("mark");
     assert_eq!(again, 0, "already read");
     assert_eq!(
         h.store
-            .mark_notifications_read(&user("bob"), &MarkRead::Ids(vec![]))
+            .mark_notifications_read(
+                &NotificationReader::unrestricted(&user("bob")),
+                &MarkRead::Ids(vec![])
+            )
             .await
             .expect("mark"),
         0
     );
     let marked = h
         .store
-        .mark_notifications_read(&user("bob"), &MarkRead::UpTo(b3))
+        .mark_notifications_read(
+            &NotificationReader::unrestricted(&user("bob")),
+            &MarkRead::UpTo(b3),
+        )
         .await
         .expect("mark");
     assert_eq!(marked, 2);
     let unread = h
         .store
-        .notifications(&user("bob"), true, 50)
+        .notifications(&NotificationReader::unrestricted(&user("bob")), true, 50)
         .await
         .expect("list");
     assert_eq!(unread.iter().map(|n| n.id).collect::<Vec<_>>(), vec![b4]);
     let all = h
         .store
-        .notifications(&user("bob"), false, 50)
+        .notifications(&NotificationReader::unrestricted(&user("bob")), false, 50)
         .await
         .expect("list");
     assert_eq!(
@@ -1561,13 +1573,16 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
     );
     let marked = h
         .store
-        .mark_notifications_read(&user("bob"), &MarkRead::All)
+        .mark_notifications_read(
+            &NotificationReader::unrestricted(&user("bob")),
+            &MarkRead::All,
+        )
         .await
         .expect("mark");
     assert_eq!(marked, 1);
     assert_eq!(
         h.store
-            .unread_notifications(&user("bob"))
+            .unread_notifications(&NotificationReader::unrestricted(&user("bob")))
             .await
             .expect("count"),
         0
@@ -1578,20 +1593,26 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
         .await;
     let marked = h
         .store
-        .mark_notifications_read(&user("bob"), &MarkRead::UpTo(u64::MAX))
+        .mark_notifications_read(
+            &NotificationReader::unrestricted(&user("bob")),
+            &MarkRead::UpTo(u64::MAX),
+        )
         .await
         .expect("mark");
     assert_eq!(marked, 1);
     assert_eq!(
         h.store
-            .mark_notifications_read(&user("bob"), &MarkRead::All)
+            .mark_notifications_read(
+                &NotificationReader::unrestricted(&user("bob")),
+                &MarkRead::All
+            )
             .await
             .expect("mark"),
         0
     );
     assert_eq!(
         h.store
-            .unread_notifications(&user("carol"))
+            .unread_notifications(&NotificationReader::unrestricted(&user("carol")))
             .await
             .expect("count"),
         1,
@@ -1619,7 +1640,7 @@ async fn notifications_page_since_a_time_past_an_id(h: &Harness) {
             .await;
         let stored = h
             .store
-            .notifications(&user("bob"), false, 1)
+            .notifications(&NotificationReader::unrestricted(&user("bob")), false, 1)
             .await
             .expect("list");
         assert_eq!(stored[0].event_id, event.view.id);
@@ -1633,10 +1654,11 @@ async fn notifications_page_since_a_time_past_an_id(h: &Harness) {
             .notifications_since(&user("bob"), since, after, 2)
             .await
             .expect("a page");
-        assert!(page.iter().all(|n| n.at >= since));
-        paged.extend(page.iter().map(|n| n.id));
+        assert!(page.iter().all(|n| n.notification.at >= since));
+        assert!(page.iter().all(|n| !n.supervisors_only));
+        paged.extend(page.iter().map(|n| n.notification.id));
         match page.last() {
-            Some(last) if page.len() == 2 => after = last.id,
+            Some(last) if page.len() == 2 => after = last.notification.id,
             _ => break,
         }
     }
@@ -1647,6 +1669,137 @@ async fn notifications_page_since_a_time_past_an_id(h: &Harness) {
         .await
         .expect("a page");
     assert!(past_all.is_empty());
+}
+
+/// A notification is read through the reader's current role and inboxes: an agent (a
+/// supervisor since demoted) neither lists, counts nor marks the notification of a
+/// supervisors-only note, nor one in an inbox they no longer work in; the catch-up page
+/// says which are supervisors-only, for the hub to filter by session.
+async fn notifications_follow_the_readers_role_and_inboxes(h: &Harness) {
+    h.store
+        .put_inbox(&InboxId("billing".into()), "Billing")
+        .await
+        .expect("put inbox");
+    let support = h.open("support", Some("cust-1")).await;
+    let billing = h.open("billing", Some("cust-2")).await;
+    let since = h.at();
+    let boss = supervisor("boss");
+    let coaching = EventData::Note {
+        body: "@sam coaching".to_owned(),
+        note_type: NoteType::Coaching,
+        audience: NoteAudience::Supervisors,
+        mentions: vec![user("sam")],
+    };
+    let hidden = h.add(support, &boss, coaching).await;
+    let in_billing = h
+        .add(
+            billing,
+            &agent("alice"),
+            mentioning("@sam billing", &["sam"]),
+        )
+        .await;
+    let plain = h
+        .add(
+            support,
+            &agent("alice"),
+            mentioning("@sam support", &["sam"]),
+        )
+        .await;
+    let sam = user("sam");
+    let support_only = [InboxId("support".into())];
+    let as_agent = NotificationReader {
+        user: &sam,
+        supervisors: false,
+        inboxes: Some(&support_only),
+    };
+    let events = |list: &[backchannel_protocol::server::Notification]| {
+        list.iter().map(|n| n.event_id).collect::<Vec<_>>()
+    };
+    let unrestricted = NotificationReader::unrestricted(&sam);
+    let all = h
+        .store
+        .notifications(&unrestricted, false, 50)
+        .await
+        .expect("list");
+    assert_eq!(
+        events(&all),
+        vec![plain.view.id, in_billing.view.id, hidden.view.id]
+    );
+    let seen = h
+        .store
+        .notifications(&as_agent, false, 50)
+        .await
+        .expect("list");
+    assert_eq!(
+        events(&seen),
+        vec![plain.view.id],
+        "neither coaching nor billing"
+    );
+    assert_eq!(
+        h.store
+            .unread_notifications(&as_agent)
+            .await
+            .expect("count"),
+        1
+    );
+    let no_inbox = NotificationReader {
+        user: &sam,
+        supervisors: true,
+        inboxes: Some(&[]),
+    };
+    assert!(h
+        .store
+        .notifications(&no_inbox, false, 50)
+        .await
+        .expect("list")
+        .is_empty());
+    assert_eq!(
+        h.store
+            .unread_notifications(&no_inbox)
+            .await
+            .expect("count"),
+        0
+    );
+    // Marking all (or by id, or up to an id) marks only what the reader sees.
+    let hidden_id = all[2].id;
+    assert_eq!(
+        h.store
+            .mark_notifications_read(&as_agent, &MarkRead::Ids(vec![hidden_id]))
+            .await
+            .expect("mark"),
+        0
+    );
+    assert_eq!(
+        h.store
+            .mark_notifications_read(&as_agent, &MarkRead::All)
+            .await
+            .expect("mark"),
+        1
+    );
+    assert_eq!(
+        h.store
+            .unread_notifications(&unrestricted)
+            .await
+            .expect("count"),
+        2
+    );
+    let page = h
+        .store
+        .notifications_since(&sam, since, 0, 10)
+        .await
+        .expect("a page");
+    let flags: Vec<(EventId, bool)> = page
+        .iter()
+        .map(|n| (n.notification.event_id, n.supervisors_only))
+        .collect();
+    assert_eq!(
+        flags,
+        vec![
+            (hidden.view.id, true),
+            (in_billing.view.id, false),
+            (plain.view.id, false)
+        ]
+    );
 }
 
 /// Full-text search over notes' current text, with every filter.
@@ -2947,6 +3100,7 @@ store_tests! {
     conversation_projections,
     notifications_for_mentions_and_assignment,
     notifications_page_since_a_time_past_an_id,
+    notifications_follow_the_readers_role_and_inboxes,
     search_notes_with_filters,
     search_input_is_never_query_syntax,
     search_index_follows_edits_within_one_batch,

@@ -216,6 +216,38 @@ impl WriteRequest {
 pub struct UserNotification {
     pub user_id: UserId,
     pub notification: Notification,
+    /// Its event is for supervisors only (a mention in a coaching note): only the user's
+    /// supervisor and admin sessions are told, whatever role the user had when it was
+    /// written.
+    pub supervisors_only: bool,
+}
+
+/// Who reads notifications, as their token has them now. A notification is written for
+/// the user as the directory knew them; by the time it is read the user may have lost
+/// the supervisor role or an inbox, and a notification names its conversation, its
+/// event and who wrote it. So every read is filtered by the reader's current role and
+/// inboxes: a supervisors-only event's notification is not an agent's to see, and one
+/// in an inbox the reader may not work in is not theirs either (a conversation they
+/// cannot open must look as if it did not exist). Counts and read marks follow the
+/// same filter, or their numbers would tell what the list hides.
+#[derive(Clone, Copy, Debug)]
+pub struct NotificationReader<'a> {
+    pub user: &'a UserId,
+    /// May read supervisors-only events' notifications.
+    pub supervisors: bool,
+    /// The inboxes they may work in; `None`: every inbox.
+    pub inboxes: Option<&'a [InboxId]>,
+}
+
+impl<'a> NotificationReader<'a> {
+    /// A reader who may see all of `user`'s notifications.
+    pub fn unrestricted(user: &'a UserId) -> Self {
+        NotificationReader {
+            user,
+            supervisors: true,
+            inboxes: None,
+        }
+    }
 }
 
 /// What became of one write request in a committed batch.
@@ -547,28 +579,33 @@ pub trait Store: Send + Sync + 'static {
     /// they may not read, and so tell them those notes' words.
     async fn search_notes(&self, search: &NoteSearch) -> Result<Vec<NoteRecord>, StoreError>;
 
-    /// Newest first.
+    /// The reader's notifications that they may see, newest first.
     async fn notifications(
         &self,
-        user: &UserId,
+        reader: &NotificationReader<'_>,
         unread_only: bool,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError>;
     /// A page of `user`'s notifications created at or after `since` with an id past
     /// `after`, oldest first: what a node cut off from the broker pages through to catch
-    /// its sessions up.
+    /// its sessions up (the hub filters each by its sessions' roles).
     async fn notifications_since(
         &self,
         user: &UserId,
         since: OffsetDateTime,
         after: u64,
         limit: u32,
-    ) -> Result<Vec<Notification>, StoreError>;
-    async fn unread_notifications(&self, user: &UserId) -> Result<u64, StoreError>;
-    /// Returns how many were newly marked.
+    ) -> Result<Vec<UserNotification>, StoreError>;
+    /// How many of the notifications the reader may see are unread.
+    async fn unread_notifications(
+        &self,
+        reader: &NotificationReader<'_>,
+    ) -> Result<u64, StoreError>;
+    /// Marks the reader's notifications that they may see; returns how many were newly
+    /// marked.
     async fn mark_notifications_read(
         &self,
-        user: &UserId,
+        reader: &NotificationReader<'_>,
         which: &MarkRead,
     ) -> Result<u64, StoreError>;
 

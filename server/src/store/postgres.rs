@@ -39,8 +39,8 @@ use super::rows::{
 };
 use super::{
     to_micros, AppendShortcutCounters, AuditRow, ConversationFilter, ConversationRecord,
-    DirectoryEntry, Event, MarkRead, NewEvent, NoteRecord, NoteSearch, Store, StoreError,
-    WriteOutcome, WriteRefusal, WriteRequest,
+    DirectoryEntry, Event, MarkRead, NewEvent, NoteRecord, NoteSearch, NotificationReader, Store,
+    StoreError, UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
 };
 
 /// Connections per node.
@@ -637,12 +637,13 @@ impl Store for PgStore {
         since: time::OffsetDateTime,
         after: u64,
         limit: u32,
-    ) -> Result<Vec<Notification>, StoreError> {
+    ) -> Result<Vec<UserNotification>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, kind, conversation_id::text AS conversation_id, \
-             event_id::text AS event_id, from_id, from_role, from_name, created_at, read_at \
-             FROM notifications WHERE user_id = $1 AND created_at >= $2 AND id > $3 \
-             ORDER BY id LIMIT $4",
+            "SELECT n.id, n.kind, n.conversation_id::text AS conversation_id, \
+             n.event_id::text AS event_id, n.from_id, n.from_role, n.from_name, n.created_at, \
+             n.read_at, e.visibility = 'supervisors' AS supervisors_only \
+             FROM notifications n JOIN events e ON e.id = n.event_id \
+             WHERE n.user_id = $1 AND n.created_at >= $2 AND n.id > $3 ORDER BY n.id LIMIT $4",
         )
         .bind(pg_text(user.as_str()))
         .bind(to_micros(since))
@@ -650,52 +651,66 @@ impl Store for PgStore {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(notification_from_row).collect()
+        rows.iter()
+            .map(|row| {
+                Ok(UserNotification {
+                    user_id: user.clone(),
+                    notification: notification_from_row(row)?,
+                    supervisors_only: row.try_get("supervisors_only")?,
+                })
+            })
+            .collect()
     }
 
     async fn notifications(
         &self,
-        user: &UserId,
+        reader: &NotificationReader<'_>,
         unread_only: bool,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let mut query = QueryBuilder::<Postgres>::new(
             "SELECT id, kind, conversation_id::text AS conversation_id, \
              event_id::text AS event_id, from_id, from_role, from_name, created_at, read_at \
-             FROM notifications WHERE user_id = $1 {} ORDER BY id DESC LIMIT $2",
-            if unread_only {
-                "AND read_at IS NULL"
-            } else {
-                ""
-            }
-        ))
-        .bind(pg_text(user.as_str()))
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
+             FROM notifications WHERE",
+        );
+        if !push_reader(&mut query, reader) {
+            return Ok(Vec::new());
+        }
+        if unread_only {
+            query.push(" AND read_at IS NULL");
+        }
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(limit as i64);
+        let rows = query.build().fetch_all(&self.pool).await?;
         rows.iter().map(notification_from_row).collect()
     }
 
-    async fn unread_notifications(&self, user: &UserId) -> Result<u64, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS unread FROM notifications WHERE user_id = $1 AND read_at IS NULL",
-        )
-        .bind(pg_text(user.as_str()))
-        .fetch_one(&self.pool)
-        .await?;
+    async fn unread_notifications(
+        &self,
+        reader: &NotificationReader<'_>,
+    ) -> Result<u64, StoreError> {
+        let mut query =
+            QueryBuilder::<Postgres>::new("SELECT COUNT(*) AS unread FROM notifications WHERE");
+        if !push_reader(&mut query, reader) {
+            return Ok(0);
+        }
+        query.push(" AND read_at IS NULL");
+        let row = query.build().fetch_one(&self.pool).await?;
         get_u64(&row, "unread")
     }
 
     async fn mark_notifications_read(
         &self,
-        user: &UserId,
+        reader: &NotificationReader<'_>,
         which: &MarkRead,
     ) -> Result<u64, StoreError> {
         let mut query = QueryBuilder::<Postgres>::new("UPDATE notifications SET read_at = ");
-        query
-            .push_bind(to_micros(super::now()))
-            .push(" WHERE read_at IS NULL AND user_id = ")
-            .push_bind(pg_text(user.as_str()).into_owned());
+        query.push_bind(to_micros(super::now())).push(" WHERE");
+        if !push_reader(&mut query, reader) {
+            return Ok(0);
+        }
+        query.push(" AND read_at IS NULL");
         match which {
             MarkRead::All => {}
             MarkRead::UpTo(id) => {
@@ -789,4 +804,30 @@ pub(super) fn pg_event(new: &NewEvent) -> Cow<'_, NewEvent> {
     clean.actor.name = new.actor.name.as_deref().map(|n| pg_text(n).into_owned());
     clean.client_id = new.client_id.as_deref().map(|c| pg_text(c).into_owned());
     Cow::Owned(clean)
+}
+
+/// Pushes the rows of `notifications` the reader may see (`NotificationReader`): theirs,
+/// not of a supervisors-only event unless they may read those, in their inboxes. False
+/// when they may see none (no inbox at all).
+fn push_reader(query: &mut QueryBuilder<'_, Postgres>, reader: &NotificationReader<'_>) -> bool {
+    query
+        .push(" user_id = ")
+        .push_bind(pg_text(reader.user.as_str()).into_owned());
+    if !reader.supervisors {
+        query.push(
+            " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = notifications.event_id \
+             AND e.visibility = 'supervisors')",
+        );
+    }
+    if let Some(inboxes) = reader.inboxes {
+        if inboxes.is_empty() {
+            return false;
+        }
+        let inboxes: Vec<String> = inboxes.iter().map(|i| i.as_str().to_owned()).collect();
+        query
+            .push(" AND conversation_id IN (SELECT id FROM conversations WHERE inbox_id = ANY(")
+            .push_bind(inboxes)
+            .push("))");
+    }
+    true
 }

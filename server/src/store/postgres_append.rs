@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
 
 use backchannel_protocol::server::{Notification, NotificationKind};
-use backchannel_protocol::{ConversationId, EventData, UserId};
+use backchannel_protocol::{ConversationId, EventData, UserId, Visibility};
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Row};
 
@@ -1124,6 +1124,7 @@ fn notification(user: &UserId, kind: NotificationKind, event: &Event) -> UserNot
             at: event.view.at,
             read: false,
         },
+        supervisors_only: event.visibility() == Visibility::Supervisors,
     }
 }
 
@@ -1334,5 +1335,6 @@ async fn notify(
             at: event.view.at,
             read: false,
         },
+        supervisors_only: event.visibility() == Visibility::Supervisors,
     })
 }

@@ -33,7 +33,8 @@ use super::rows::{
 use super::sqlite_append::AppendThread;
 use super::{
     to_micros, AuditRow, ConversationFilter, ConversationRecord, DirectoryEntry, Event, MarkRead,
-    NoteRecord, NoteSearch, Store, StoreError, WriteOutcome, WriteRefusal, WriteRequest,
+    NoteRecord, NoteSearch, NotificationReader, Store, StoreError, UserNotification, WriteOutcome,
+    WriteRefusal, WriteRequest,
 };
 
 /// The database file inside the data directory.
@@ -564,11 +565,12 @@ impl Store for SqliteStore {
         since: time::OffsetDateTime,
         after: u64,
         limit: u32,
-    ) -> Result<Vec<Notification>, StoreError> {
+    ) -> Result<Vec<UserNotification>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, kind, conversation_id, event_id, from_id, from_role, from_name, \
-             created_at, read_at FROM notifications WHERE user_id = ? AND created_at >= ? \
-             AND id > ? ORDER BY id LIMIT ?",
+            "SELECT n.id, n.kind, n.conversation_id, n.event_id, n.from_id, n.from_role, \
+             n.from_name, n.created_at, n.read_at, e.visibility = 'supervisors' AS supervisors_only \
+             FROM notifications n JOIN events e ON e.id = n.event_id \
+             WHERE n.user_id = ? AND n.created_at >= ? AND n.id > ? ORDER BY n.id LIMIT ?",
         )
         .bind(user.as_str())
         .bind(to_micros(since))
@@ -576,51 +578,64 @@ impl Store for SqliteStore {
         .bind(limit as i64)
         .fetch_all(&self.readers)
         .await?;
-        rows.iter().map(notification_from_row).collect()
+        rows.iter()
+            .map(|row| {
+                Ok(UserNotification {
+                    user_id: user.clone(),
+                    notification: notification_from_row(row)?,
+                    supervisors_only: row.try_get("supervisors_only")?,
+                })
+            })
+            .collect()
     }
 
     async fn notifications(
         &self,
-        user: &UserId,
+        reader: &NotificationReader<'_>,
         unread_only: bool,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let mut query = QueryBuilder::new(
             "SELECT id, kind, conversation_id, event_id, from_id, from_role, from_name, \
-             created_at, read_at FROM notifications WHERE user_id = ? {} \
-             ORDER BY id DESC LIMIT ?",
-            if unread_only {
-                "AND read_at IS NULL"
-            } else {
-                ""
-            }
-        ))
-        .bind(user.as_str())
-        .bind(limit as i64)
-        .fetch_all(&self.readers)
-        .await?;
+             created_at, read_at FROM notifications WHERE",
+        );
+        if !push_reader(&mut query, reader) {
+            return Ok(Vec::new());
+        }
+        if unread_only {
+            query.push(" AND read_at IS NULL");
+        }
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(limit as i64);
+        let rows = query.build().fetch_all(&self.readers).await?;
         rows.iter().map(notification_from_row).collect()
     }
 
-    async fn unread_notifications(&self, user: &UserId) -> Result<u64, StoreError> {
-        let row =
-            sqlx::query("SELECT COUNT(*) FROM notifications WHERE user_id = ? AND read_at IS NULL")
-                .bind(user.as_str())
-                .fetch_one(&self.readers)
-                .await?;
+    async fn unread_notifications(
+        &self,
+        reader: &NotificationReader<'_>,
+    ) -> Result<u64, StoreError> {
+        let mut query = QueryBuilder::new("SELECT COUNT(*) FROM notifications WHERE");
+        if !push_reader(&mut query, reader) {
+            return Ok(0);
+        }
+        query.push(" AND read_at IS NULL");
+        let row = query.build().fetch_one(&self.readers).await?;
         Ok(row.try_get::<i64, _>(0)? as u64)
     }
 
     async fn mark_notifications_read(
         &self,
-        user: &UserId,
+        reader: &NotificationReader<'_>,
         which: &MarkRead,
     ) -> Result<u64, StoreError> {
         let mut query = QueryBuilder::new("UPDATE notifications SET read_at = ");
-        query
-            .push_bind(to_micros(super::now()))
-            .push(" WHERE read_at IS NULL AND user_id = ")
-            .push_bind(user.as_str().to_owned());
+        query.push_bind(to_micros(super::now())).push(" WHERE");
+        if !push_reader(&mut query, reader) {
+            return Ok(0);
+        }
+        query.push(" AND read_at IS NULL");
         match which {
             MarkRead::All => {}
             MarkRead::UpTo(id) => {
@@ -692,6 +707,32 @@ impl Store for SqliteStore {
 
 /// Appends ` AND {column} IN (...)` binding `inboxes`; false if the list is empty, when
 /// nothing can match (and `IN ()` is not SQL).
+/// Pushes the rows of `notifications` the reader may see (`NotificationReader`): theirs,
+/// not of a supervisors-only event unless they may read those, in their inboxes. False
+/// when they may see none (no inbox at all).
+fn push_reader(
+    query: &mut QueryBuilder<'_, sqlx::Sqlite>,
+    reader: &NotificationReader<'_>,
+) -> bool {
+    query
+        .push(" user_id = ")
+        .push_bind(reader.user.as_str().to_owned());
+    if !reader.supervisors {
+        query.push(
+            " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = notifications.event_id \
+             AND e.visibility = 'supervisors')",
+        );
+    }
+    if let Some(inboxes) = reader.inboxes {
+        query.push(" AND conversation_id IN (SELECT id FROM conversations WHERE 1 = 1");
+        if !push_inboxes(query, "inbox_id", inboxes) {
+            return false;
+        }
+        query.push(")");
+    }
+    true
+}
+
 fn push_inboxes(
     query: &mut QueryBuilder<'_, sqlx::Sqlite>,
     column: &str,

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use backchannel_protocol::server::{Notification, NotificationKind};
-use backchannel_protocol::{ConversationId, EventData, UserId};
+use backchannel_protocol::{ConversationId, EventData, UserId, Visibility};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
@@ -729,5 +729,6 @@ fn notify(
             at: event.view.at,
             read: false,
         },
+        supervisors_only: event.visibility() == Visibility::Supervisors,
     })
 }
