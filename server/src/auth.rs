@@ -112,6 +112,24 @@ pub struct Identity {
     pub teams: Vec<String>,
     /// Meaningful for staff only; customers reach conversations through their contact id.
     pub inboxes: InboxScope,
+    /// Unix seconds after which the token is refused (`exp` and the clock-skew leeway):
+    /// a socket opened with it is closed then, as HTTP would refuse it.
+    pub expires_at: u64,
+}
+
+impl Identity {
+    /// The token has expired (at `now`, Unix seconds), as token validation counts it.
+    pub fn expired_at(&self, now: u64) -> bool {
+        now > self.expires_at
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 impl Identity {
@@ -151,6 +169,7 @@ impl Identity {
             handle,
             teams: claims.teams.unwrap_or_default(),
             inboxes,
+            expires_at: claims.exp.saturating_add(EXP_LEEWAY_SECS),
         })
     }
 }

@@ -140,6 +140,8 @@ impl Demo {
             handle: "demo-setup".into(),
             teams: Vec::new(),
             inboxes: InboxScope::All,
+            // In-process identities for the seed: no token, nothing to expire.
+            expires_at: u64::MAX,
         };
         service
             .put_team(
@@ -225,6 +227,8 @@ impl Demo {
             handle: "dave".into(),
             teams: Vec::new(),
             inboxes: InboxScope::Only(Default::default()),
+            // In-process identities for the seed: no token, nothing to expire.
+            expires_at: u64::MAX,
         };
         let open = OpenConversation {
             inbox_id: InboxId(INBOX.into()),

@@ -276,3 +276,35 @@ async fn tokens_from_the_cli_are_accepted() {
     assert_eq!(welcome["user"]["role"], "agent");
     ws.subscribe(&conv, None).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_is_closed_with_4001_once_its_token_expires() {
+    // A token is good until its `exp` on a socket as over HTTP: a socket opened with it
+    // does not outlive it (tokens cannot be revoked, so short-lived ones are the defence,
+    // and an open socket receives notifications). Checked at each heartbeat.
+    let server = TestServer::start_with(|config| {
+        config.limits.heartbeat_interval = Duration::from_millis(200);
+    })
+    .await;
+    let mut expiring = claims("agent", "alice");
+    expiring["inboxes"] = json!(["support"]);
+    // Past, but within the 5 s the server tolerates for clock skew: about 2 s left.
+    expiring["exp"] = json!(now() - 3);
+    let token = sign(&expiring);
+    let mut ws = server.client(&token).await;
+    ws.sync().await;
+
+    let (frames, closed) = ws.drain_until_close(Duration::from_secs(8)).await;
+    assert_eq!(closed.code, Some(4001), "{closed:?}");
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["type"] == "error" && f["code"] == "unauthorized"),
+        "the close is explained first: {frames:?}"
+    );
+    server
+        .http
+        .get("/v1/conversations", Some(&token))
+        .await
+        .assert_error(401, "unauthorized");
+}

@@ -252,6 +252,19 @@ impl Session {
                         self.outbox.close(CloseReason::HeartbeatTimeout);
                         return;
                     }
+                    // A token is good until its `exp`, on a socket as over HTTP: checked
+                    // at each heartbeat rather than by a timer of its own, which every
+                    // idle socket would carry for its whole life. The client fetches a
+                    // new token on 4001 and resumes with `since`.
+                    if self.identity.expired_at(crate::auth::unix_now()) {
+                        let expired = refuse(
+                            &self.outbox,
+                            None,
+                            "token expired: reconnect with a new token",
+                        );
+                        socket.drive(Box::pin(expired)).await;
+                        return;
+                    }
                     // Boxed, as the branches below: this future lives as long as the
                     // socket, and inlined, each await's state would be part of it.
                     if !socket.drive(Box::pin(self.outbox.ping())).await {
