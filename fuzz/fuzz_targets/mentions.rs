@@ -1,6 +1,6 @@
 //! Arbitrary text as a note: `mentions::parse` never panics, and every name it returns is
 //! non-empty, lower-case, at most 64 characters, and is the lower-cased form of a run of
-//! allowed characters that follows an `@` in the input.
+//! allowed characters (an `@` allowed after the first) that follows an `@` in the input.
 #![no_main]
 
 use backchannel::mentions::{parse, MAX_MENTIONS};
@@ -16,7 +16,7 @@ fn follows_an_at(text: &str, name: &str) -> bool {
     text.match_indices('@').any(|(at, _)| {
         let rest = &text[at + 1..];
         rest.char_indices()
-            .take_while(|&(_, c)| allowed(c))
+            .take_while(|&(i, c)| allowed(c) || (i > 0 && c == '@'))
             .map(|(i, c)| i + c.len_utf8())
             .any(|end| rest[..end].to_lowercase() == name)
     })
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(*name, name.to_lowercase(), "not lower-case: {name:?}");
         assert!(name.chars().count() <= 64, "too long: {name:?}");
         assert!(
-            !name.ends_with(['.', '-']),
+            !name.ends_with(['.', '-', '@']),
             "trailing punctuation: {name:?}"
         );
         assert!(

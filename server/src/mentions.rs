@@ -2,9 +2,11 @@
 //!
 //! A mention is `@` at the start of the text or after a character that cannot be part of
 //! a name (so `bob@example.com` is not one), followed by a name of letters, digits, `_`,
-//! `.` and `-`. Trailing `.` and `-` are punctuation, not part of the name
-//! ("thanks @alice."). Names are compared lower-cased. Who a name refers to (an agent's
-//! handle or a team id) is decided by the service against the directory.
+//! `.`, `-` and, inside it, `@`: a handle may be an address (a token's `sub` lower-cased
+//! is the default handle), and `@bob@acme.com` must name `bob@acme.com`, not `bob`.
+//! Trailing `.`, `-` and `@` are punctuation, not part of the name ("thanks @alice.").
+//! Names are compared lower-cased. Who a name refers to (an agent's handle or a team id)
+//! is decided by the service against the directory.
 
 /// Longest name considered.
 const MAX_NAME: usize = 64;
@@ -27,11 +29,15 @@ pub fn parse(text: &str) -> Vec<String> {
             continue;
         }
         let rest = &text[index + 1..];
-        let end = rest
-            .char_indices()
-            .find(|&(_, c)| !is_name_char(c))
-            .map_or(rest.len(), |(i, _)| i);
-        let name = rest[..end].trim_end_matches(['.', '-']);
+        // A name starts with a name character; an `@` is part of it only further in.
+        let end = if rest.starts_with(is_name_char) {
+            rest.char_indices()
+                .find(|&(_, c)| !is_name_char(c) && c != '@')
+                .map_or(rest.len(), |(i, _)| i)
+        } else {
+            0
+        };
+        let name = rest[..end].trim_end_matches(['.', '-', '@']);
         // Counted after lower-casing, which can lengthen a name (`İ` is `i` + U+0307).
         let name = name.to_lowercase();
         if !name.is_empty() && name.chars().count() <= MAX_NAME && !names.contains(&name) {
@@ -66,6 +72,15 @@ mod tests {
     fn ignores_emails_and_lone_at_signs() {
         assert!(parse("write to carol@example.com @ noon").is_empty());
         assert_eq!(parse("(@dave)"), vec!["dave"]);
+    }
+
+    #[test]
+    fn an_address_is_one_name_not_a_prefix_of_another() {
+        // `@bob@acme.com` once notified `bob`; it names the handle `bob@acme.com`.
+        assert_eq!(parse("@bob@acme.com please look"), vec!["bob@acme.com"]);
+        assert_eq!(parse("cc @Bob@Acme.com."), vec!["bob@acme.com"]);
+        assert_eq!(parse("@bob@ and @carol"), vec!["bob", "carol"]);
+        assert_eq!(parse("@@bob"), vec!["bob"]);
     }
 
     #[test]
