@@ -10,6 +10,12 @@ export interface BackoffOptions {
   maxMs?: number;
   /** The source of randomness in [0, 1); for tests. Default `Math.random`. */
   random?: () => number;
+  /**
+   * How long a session must stay up before the delays start over. Default 10 s: a server
+   * that says `welcome` and then drops the socket is retried with growing delays, not
+   * every half second by every client at once.
+   */
+  stableMs?: number;
 }
 
 /**
@@ -31,6 +37,7 @@ export function backoffDelay(
 export class Backoff {
   readonly minMs: number;
   readonly maxMs: number;
+  readonly stableMs: number;
   private readonly random: () => number;
   private step = 0;
 
@@ -38,6 +45,7 @@ export class Backoff {
     this.minMs = options.minMs ?? 500;
     this.maxMs = Math.max(options.maxMs ?? 20_000, this.minMs);
     this.random = options.random ?? Math.random;
+    this.stableMs = options.stableMs ?? 10_000;
   }
 
   /** How many delays were handed out since the last reset. */

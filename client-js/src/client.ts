@@ -129,6 +129,8 @@ interface PendingRequest {
   /** The transport it was last written to, or null while waiting for one. */
   sentOn: number | null;
   clientId?: string;
+  /** How many times the server answered `rate_limited`; the next retry waits longer. */
+  rateLimited?: number;
 }
 
 /** The server closes a socket whose frame is over 64 KiB; better to fail the one call. */
@@ -155,6 +157,8 @@ export class Client extends Emitter<ClientEvents> {
   private closeError: BackchannelError | null = null;
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   private welcomeTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Resets the backoff once a session has stayed up for `backoff.stableMs`. */
+  private stableTimer: ReturnType<typeof setTimeout> | undefined;
   private heartbeatTimer: ReturnType<typeof setInterval> | undefined;
   private lastHeard = 0;
   /** Increases with every connection attempt, so a late token cannot open a stale one. */
@@ -196,6 +200,7 @@ export class Client extends Emitter<ClientEvents> {
         }
       },
       retryDelay: (attempt) => backoffDelay(attempt, backoff.minMs, backoff.maxMs, random),
+      protocolError: (message) => this.transport?.fail(CloseCode.BadFrame, message),
     };
   }
 
@@ -364,6 +369,18 @@ export class Client extends Emitter<ClientEvents> {
     return true;
   }
 
+  /** Sends a retryable request again after a backoff delay, if it is still waiting. */
+  private retryLater(ref: Ref, request: PendingRequest): void {
+    request.sentOn = null;
+    request.rateLimited = (request.rateLimited ?? 0) + 1;
+    const delay = backoffDelay(request.rateLimited - 1, 250, 2_000);
+    setTimeout(() => {
+      if (this.pending.get(ref) === request && request.sentOn === null && this._state === 'connected') {
+        this.write(request);
+      }
+    }, delay);
+  }
+
   private async attempt(): Promise<void> {
     const attempt = ++this.attemptSeq;
     let token = this.token;
@@ -381,7 +398,26 @@ export class Client extends Emitter<ClientEvents> {
       this.token = token;
     }
     const hello = JSON.stringify({ type: 'hello', token });
-    const transport = new Transport(++this.transportSeq, this.options.url, this.WebSocket, {
+    let transport: Transport;
+    try {
+      transport = this.openTransport(hello);
+    } catch (cause) {
+      // The WebSocket constructor refused the URL (malformed, a blocked scheme, a page's
+      // security policy): no retry can fix that, so say so instead of hanging.
+      const message = cause instanceof Error ? cause.message : String(cause);
+      this.shutdown('disconnected', `cannot open a WebSocket to ${this.options.url}: ${message}`, null, true);
+      return;
+    }
+    this.transport = transport;
+    this.closeError = null;
+    clearTimeout(this.welcomeTimer);
+    this.welcomeTimer = setTimeout(() => {
+      transport.fail(CloseCode.ConnectTimeout, `no welcome within ${this.requestTimeoutMs} ms`);
+    }, this.requestTimeoutMs);
+  }
+
+  private openTransport(hello: string): Transport {
+    return new Transport(++this.transportSeq, this.options.url, this.WebSocket, {
       open: (t) => {
         if (t === this.transport) t.send(hello);
       },
@@ -392,12 +428,6 @@ export class Client extends Emitter<ClientEvents> {
         if (t === this.transport) this.onClose(code, reason);
       },
     });
-    this.transport = transport;
-    this.closeError = null;
-    clearTimeout(this.welcomeTimer);
-    this.welcomeTimer = setTimeout(() => {
-      transport.fail(CloseCode.ConnectTimeout, `no welcome within ${this.requestTimeoutMs} ms`);
-    }, this.requestTimeoutMs);
   }
 
   private onMessage(transport: Transport, text: string): void {
@@ -427,9 +457,16 @@ export class Client extends Emitter<ClientEvents> {
         if (frame.ref !== undefined) {
           // An answer to a command; one that already timed out is dropped.
           const request = this.pending.get(frame.ref);
-          if (request !== undefined) {
-            this.settle(frame.ref, { error: new BackchannelError(frame.code, frame.message, { ...missed, ...idOf(request) }) });
+          if (request === undefined) return;
+          if (request.retry && frame.code === 'rate_limited') {
+            // Not done, and safe to send again (its `client_id` makes it idempotent):
+            // later, within its own deadline, as after a reconnect. A burst of
+            // resubscribes after a reconnect spends the socket's rate before the sends
+            // queued meanwhile go out.
+            this.retryLater(frame.ref, request);
+            return;
           }
+          this.settle(frame.ref, { error: new BackchannelError(frame.code, frame.message, { ...missed, ...idOf(request) }) });
           return;
         }
         const error = new BackchannelError(frame.code, frame.message, missed);
@@ -466,16 +503,21 @@ export class Client extends Emitter<ClientEvents> {
   private onWelcome(transport: Transport, welcome: WelcomeFrame): void {
     clearTimeout(this.welcomeTimer);
     this._session = welcome;
-    this.backoff.reset();
+    // The delays start over once this session has stayed up a while, not at its
+    // welcome: a server that welcomes and then drops every socket is not hammered.
+    clearTimeout(this.stableTimer);
+    this.stableTimer = setTimeout(() => this.backoff.reset(), this.backoff.stableMs);
     this.tokenRefreshed = false;
     this.startHeartbeat(transport, welcome.heartbeat_ms);
     this.setState('connected');
     this.emit('connected', welcome);
     if (this.transport !== transport || this._state !== 'connected') return; // a listener disconnected
-    for (const subscription of this.subscriptions.values()) subscription._resume();
+    // The commands the application is waiting on go first: resubscribing many
+    // conversations spends the socket's rate limit.
     for (const request of this.pending.values()) {
       if (request.sentOn === null) this.write(request);
     }
+    for (const subscription of this.subscriptions.values()) subscription._resume();
   }
 
   private startHeartbeat(transport: Transport, serverMs: number): void {
@@ -606,6 +648,8 @@ export class Client extends Emitter<ClientEvents> {
   private stopTimers(): void {
     clearTimeout(this.welcomeTimer);
     this.welcomeTimer = undefined;
+    clearTimeout(this.stableTimer);
+    this.stableTimer = undefined;
     clearInterval(this.heartbeatTimer);
     this.heartbeatTimer = undefined;
   }

@@ -43,13 +43,15 @@ export type CloseAction =
   /** Give up: the client goes to `disconnected`. */
   | 'fail';
 
-const FAIL: ReadonlySet<number> = new Set([CloseCode.Normal, CloseCode.TooBig]);
+const FAIL: ReadonlySet<number> = new Set([CloseCode.TooBig]);
 
 /**
- * The action for a close code. 4001 refreshes the token; 1000 (our own `disconnect`)
- * and 1009 (a frame we should never have sent) stop; everything else, including codes
- * unknown to this version (1001, 1006, 1012, 4002, 4008, 1011...), reconnects with
- * backoff, as a server that is going away or restarting must not strand its clients.
+ * The action for a close code the peer sent. 4001 refreshes the token; 1009 (a frame we
+ * should never have sent) stops; everything else, including codes unknown to this
+ * version (1001, 1006, 1012, 4002, 4008, 1011...) and a 1000 from the server or a proxy
+ * in front of it, reconnects with backoff, as a server that is going away or restarting
+ * must not strand its clients. (Our own `disconnect()` closes with 1000 and never comes
+ * here.)
  */
 export function closeAction(code: number): CloseAction {
   if (code === CloseCode.Unauthorized) return 'refresh_token';

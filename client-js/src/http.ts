@@ -56,6 +56,9 @@ export function httpBaseFromWsUrl(wsUrl: string): string {
   return url.origin;
 }
 
+/** The most events `GET /v1/conversations/{id}/events` answers at once. */
+const MAX_HISTORY_PAGE = 1000;
+
 export class HttpApi {
   private readonly baseUrl: string;
   private readonly options: HttpApiOptions;
@@ -91,6 +94,8 @@ export class HttpApi {
    * page by page: what a truncated replay left out is `historyRange(id, since, replayFrom)`.
    */
   async historyRange(conversationId: string, after: number, before?: number, pageSize = 1000): Promise<HistoryEntry[]> {
+    // The server answers at most 1,000 a page; a larger size would read as the last page.
+    pageSize = Math.min(Math.max(1, Math.floor(pageSize)), MAX_HISTORY_PAGE);
     const out: HistoryEntry[] = [];
     let cursor = after;
     for (;;) {

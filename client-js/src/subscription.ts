@@ -30,7 +30,10 @@ export interface SubscribedContext {
   head: number;
   /** Whether this was a resubscription after a reconnect (or a repair). */
   resumed: boolean;
-  /** Only the newest events were replayed: page `after=since` up to `replayFrom - 1`. */
+  /**
+   * Only the newest events were replayed: page `after=since` up to `replayFrom - 1` (after
+   * a `reset`, from 0: `since` then named a stream that is gone).
+   */
   truncated: boolean;
   replayFrom?: number;
   /** The stream restarted: a `reset` event was emitted before the replay. */
@@ -70,7 +73,16 @@ export interface SubscriptionHost {
   forget(subscription: Subscription): void;
   /** A delay before retrying a subscribe that failed for a temporary reason. */
   retryDelay(attempt: number): number;
+  /** The server broke the protocol: drop the socket (and reconnect). */
+  protocolError(message: string): void;
 }
+
+/**
+ * Most events held while a `subscribe` is answered: the server replays at most 1,000
+ * and live events follow; a server that streams more without answering is broken, and
+ * holding them all would grow without bound.
+ */
+const MAX_BUFFERED_EVENTS = 10_000;
 
 export class Subscription extends Emitter<SubscriptionEvents> {
   readonly conversationId: string;
@@ -200,6 +212,10 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   _event(frame: EventFrame): void {
     if (this._state === 'unsubscribed') return;
     if (this.buffer !== null) {
+      if (this.buffer.length >= MAX_BUFFERED_EVENTS) {
+        this.host.protocolError(`over ${MAX_BUFFERED_EVENTS} events for ${this.conversationId} before its subscribe was answered`);
+        return;
+      }
       this.buffer.push(frame);
       return;
     }

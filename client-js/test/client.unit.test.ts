@@ -59,6 +59,8 @@ describe('codes and backoff', () => {
     for (const code of [1001, 1006, 1012, 4002, 4008, 3000, 3001]) assert.equal(closeAction(code), 'reconnect', String(code));
     assert.equal(closeAction(4001), 'refresh_token');
     assert.equal(closeAction(1009), 'fail');
+    // A 1000 from the server or a proxy is not our own disconnect(): come back.
+    assert.equal(closeAction(1000), 'reconnect');
   });
 
   test('full jitter stays between min and the doubled window, capped at max', () => {
@@ -176,8 +178,8 @@ describe('Client with a fake socket', () => {
     assert.deepEqual(seen, [1, 2]);
   });
 
-  test('backoff grows while attempts fail and starts over after a welcome', async () => {
-    const client = track(makeClient({ backoff: { minMs: 2, maxMs: 1000, random: () => 0.5 } }));
+  test('backoff grows while attempts fail, and starts over once a session stayed up', async () => {
+    const client = track(makeClient({ backoff: { minMs: 2, maxMs: 1000, random: () => 0.5, stableMs: 50 } }));
     const closes: CloseInfo[] = [];
     client.on('close', (c) => closes.push(c));
     client.connect();
@@ -185,16 +187,74 @@ describe('Client with a fake socket', () => {
       await until(() => FakeSocket.instances.length === i, `socket ${i}`);
       FakeSocket.last.drop(1006); // connection refused
     }
+    // Welcomed, then dropped at once (a broken node): the delays keep growing.
     await until(() => FakeSocket.instances.length === 4, 'socket 4');
     FakeSocket.last.welcome();
     FakeSocket.last.drop(1012);
+    // Welcomed and up past `stableMs`: the next drop starts over.
     await until(() => FakeSocket.instances.length === 5, 'socket 5');
+    FakeSocket.last.welcome();
+    await new Promise((resolve) => setTimeout(resolve, 80));
+    FakeSocket.last.drop(1012);
+    await until(() => FakeSocket.instances.length === 6, 'socket 6');
     assert.deepEqual(closes.map((c) => [c.code, c.action, c.attempt, c.delayMs]), [
       [1006, 'reconnect', 1, 3],
       [1006, 'reconnect', 2, 4],
       [1006, 'reconnect', 3, 6],
+      [1012, 'reconnect', 4, 10],
       [1012, 'reconnect', 1, 3],
     ]);
+  });
+
+  test('queued sends go out before the resubscribes, and a rate-limited one is sent again', async () => {
+    const client = track(makeClient());
+    client.connect();
+    await until(() => FakeSocket.instances.length === 1, 'a socket');
+    FakeSocket.last.welcome();
+    const sub = client.subscribe(CONV);
+    FakeSocket.last.ok('subscribe', { conversation_id: CONV, head: 0 });
+    await sub.ready();
+    FakeSocket.last.drop(1006);
+    const sent = client.send(CONV, 'queued', { clientId: 'c-q' });
+    await until(() => FakeSocket.instances.length === 2, 'a second socket');
+    const socket = FakeSocket.last;
+    socket.welcome();
+    const types = socket.sent.map((f) => f.type);
+    assert.ok(types.indexOf('send') < types.indexOf('subscribe'), `send first: ${types.join(', ')}`);
+    const first = socket.frames('send')[0]!;
+    socket.receive({ type: 'error', ref: first.ref, code: 'rate_limited', message: 'slow down' });
+    await until(() => socket.frames('send').length === 2, 'the send again', 3000);
+    const again = socket.frames('send')[1]!;
+    assert.equal(again.client_id, 'c-q');
+    socket.receive({ type: 'ok', ref: again.ref, seq: 1, event_id: 'e1', duplicate: false });
+    assert.equal((await sent).seq, 1);
+  });
+
+  test('a WebSocket constructor that throws ends in disconnected with the reason', async () => {
+    class Refusing {
+      constructor() {
+        throw new SyntaxError('bad URL');
+      }
+    }
+    const client = track(makeClient({ WebSocket: Refusing as unknown as WebSocketConstructor }));
+    const errors: BackchannelError[] = [];
+    client.on('error', (e) => errors.push(e));
+    client.connect();
+    await until(() => client.state === 'disconnected', 'disconnected');
+    assert.match(errors[0]?.message ?? '', /cannot open a WebSocket.*bad URL/);
+    await assert.rejects(client.ready(), (e: unknown) => e instanceof BackchannelError);
+  });
+
+  test('a server that streams events without answering the subscribe is dropped', async () => {
+    const client = track(makeClient());
+    client.connect();
+    await until(() => FakeSocket.instances.length === 1, 'a socket');
+    const socket = FakeSocket.last;
+    socket.welcome();
+    client.subscribe(CONV);
+    for (let seq = 1; seq <= 10_001; seq++) socket.receive(eventFrame(seq));
+    await until(() => FakeSocket.instances.length === 2, 'a new socket');
+    assert.equal(socket.closedWith?.code, 3002);
   });
 
   test('each seq is delivered once across replays, reconnects and repeats', async () => {

@@ -10,12 +10,14 @@ function backoffDelay(step, minMs, maxMs, random = Math.random) {
 var Backoff = class {
   minMs;
   maxMs;
+  stableMs;
   random;
   step = 0;
   constructor(options = {}) {
     this.minMs = options.minMs ?? 500;
     this.maxMs = Math.max(options.maxMs ?? 2e4, this.minMs);
     this.random = options.random ?? Math.random;
+    this.stableMs = options.stableMs ?? 1e4;
   }
   /** How many delays were handed out since the last reset. */
   get attempts() {
@@ -59,7 +61,7 @@ var CloseCode = {
   /** Client-side: the server sent something that is not a JSON frame. */
   BadFrame: 3002
 };
-var FAIL = /* @__PURE__ */ new Set([CloseCode.Normal, CloseCode.TooBig]);
+var FAIL = /* @__PURE__ */ new Set([CloseCode.TooBig]);
 function closeAction(code) {
   if (code === CloseCode.Unauthorized) return "refresh_token";
   if (FAIL.has(code)) return "fail";
@@ -132,6 +134,7 @@ var Emitter = class {
 };
 
 // src/subscription.ts
+var MAX_BUFFERED_EVENTS = 1e4;
 var Subscription = class extends Emitter {
   conversationId;
   _state = "subscribing";
@@ -248,6 +251,10 @@ var Subscription = class extends Emitter {
   _event(frame) {
     if (this._state === "unsubscribed") return;
     if (this.buffer !== null) {
+      if (this.buffer.length >= MAX_BUFFERED_EVENTS) {
+        this.host.protocolError(`over ${MAX_BUFFERED_EVENTS} events for ${this.conversationId} before its subscribe was answered`);
+        return;
+      }
       this.buffer.push(frame);
       return;
     }
@@ -433,6 +440,8 @@ var Client = class extends Emitter {
   closeError = null;
   reconnectTimer;
   welcomeTimer;
+  /** Resets the backoff once a session has stayed up for `backoff.stableMs`. */
+  stableTimer;
   heartbeatTimer;
   lastHeard = 0;
   /** Increases with every connection attempt, so a late token cannot open a stale one. */
@@ -472,7 +481,8 @@ var Client = class extends Emitter {
           this.subscriptions.delete(subscription.conversationId);
         }
       },
-      retryDelay: (attempt) => backoffDelay(attempt, backoff.minMs, backoff.maxMs, random)
+      retryDelay: (attempt) => backoffDelay(attempt, backoff.minMs, backoff.maxMs, random),
+      protocolError: (message) => this.transport?.fail(CloseCode.BadFrame, message)
     };
   }
   get state() {
@@ -623,6 +633,17 @@ var Client = class extends Emitter {
     else request.reject(outcome.error);
     return true;
   }
+  /** Sends a retryable request again after a backoff delay, if it is still waiting. */
+  retryLater(ref, request) {
+    request.sentOn = null;
+    request.rateLimited = (request.rateLimited ?? 0) + 1;
+    const delay = backoffDelay(request.rateLimited - 1, 250, 2e3);
+    setTimeout(() => {
+      if (this.pending.get(ref) === request && request.sentOn === null && this._state === "connected") {
+        this.write(request);
+      }
+    }, delay);
+  }
   async attempt() {
     const attempt = ++this.attemptSeq;
     let token = this.token;
@@ -640,7 +661,23 @@ var Client = class extends Emitter {
       this.token = token;
     }
     const hello = JSON.stringify({ type: "hello", token });
-    const transport = new Transport(++this.transportSeq, this.options.url, this.WebSocket, {
+    let transport;
+    try {
+      transport = this.openTransport(hello);
+    } catch (cause) {
+      const message = cause instanceof Error ? cause.message : String(cause);
+      this.shutdown("disconnected", `cannot open a WebSocket to ${this.options.url}: ${message}`, null, true);
+      return;
+    }
+    this.transport = transport;
+    this.closeError = null;
+    clearTimeout(this.welcomeTimer);
+    this.welcomeTimer = setTimeout(() => {
+      transport.fail(CloseCode.ConnectTimeout, `no welcome within ${this.requestTimeoutMs} ms`);
+    }, this.requestTimeoutMs);
+  }
+  openTransport(hello) {
+    return new Transport(++this.transportSeq, this.options.url, this.WebSocket, {
       open: (t) => {
         if (t === this.transport) t.send(hello);
       },
@@ -651,12 +688,6 @@ var Client = class extends Emitter {
         if (t === this.transport) this.onClose(code, reason);
       }
     });
-    this.transport = transport;
-    this.closeError = null;
-    clearTimeout(this.welcomeTimer);
-    this.welcomeTimer = setTimeout(() => {
-      transport.fail(CloseCode.ConnectTimeout, `no welcome within ${this.requestTimeoutMs} ms`);
-    }, this.requestTimeoutMs);
   }
   onMessage(transport, text) {
     this.lastHeard = Date.now();
@@ -684,9 +715,12 @@ var Client = class extends Emitter {
         const missed = frame.missed === void 0 ? {} : { missed: frame.missed };
         if (frame.ref !== void 0) {
           const request = this.pending.get(frame.ref);
-          if (request !== void 0) {
-            this.settle(frame.ref, { error: new BackchannelError(frame.code, frame.message, { ...missed, ...idOf(request) }) });
+          if (request === void 0) return;
+          if (request.retry && frame.code === "rate_limited") {
+            this.retryLater(frame.ref, request);
+            return;
           }
+          this.settle(frame.ref, { error: new BackchannelError(frame.code, frame.message, { ...missed, ...idOf(request) }) });
           return;
         }
         const error = new BackchannelError(frame.code, frame.message, missed);
@@ -721,16 +755,17 @@ var Client = class extends Emitter {
   onWelcome(transport, welcome) {
     clearTimeout(this.welcomeTimer);
     this._session = welcome;
-    this.backoff.reset();
+    clearTimeout(this.stableTimer);
+    this.stableTimer = setTimeout(() => this.backoff.reset(), this.backoff.stableMs);
     this.tokenRefreshed = false;
     this.startHeartbeat(transport, welcome.heartbeat_ms);
     this.setState("connected");
     this.emit("connected", welcome);
     if (this.transport !== transport || this._state !== "connected") return;
-    for (const subscription of this.subscriptions.values()) subscription._resume();
     for (const request of this.pending.values()) {
       if (request.sentOn === null) this.write(request);
     }
+    for (const subscription of this.subscriptions.values()) subscription._resume();
   }
   startHeartbeat(transport, serverMs) {
     clearInterval(this.heartbeatTimer);
@@ -849,6 +884,8 @@ var Client = class extends Emitter {
   stopTimers() {
     clearTimeout(this.welcomeTimer);
     this.welcomeTimer = void 0;
+    clearTimeout(this.stableTimer);
+    this.stableTimer = void 0;
     clearInterval(this.heartbeatTimer);
     this.heartbeatTimer = void 0;
   }
@@ -891,6 +928,7 @@ function httpBaseFromWsUrl(wsUrl) {
   url.protocol = url.protocol === "wss:" ? "https:" : "http:";
   return url.origin;
 }
+var MAX_HISTORY_PAGE = 1e3;
 var HttpApi = class {
   baseUrl;
   options;
@@ -920,6 +958,7 @@ var HttpApi = class {
    * page by page: what a truncated replay left out is `historyRange(id, since, replayFrom)`.
    */
   async historyRange(conversationId, after, before, pageSize = 1e3) {
+    pageSize = Math.min(Math.max(1, Math.floor(pageSize)), MAX_HISTORY_PAGE);
     const out = [];
     let cursor = after;
     for (; ; ) {
