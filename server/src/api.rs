@@ -471,6 +471,8 @@ struct NotificationsQuery {
     #[serde(default)]
     unread: bool,
     limit: Option<u32>,
+    /// Only ids below this one: the next page of an older list.
+    before: Option<u64>,
 }
 
 async fn notifications(
@@ -481,7 +483,7 @@ async fn notifications(
     let Query(query) = query.map_err(query_error)?;
     let page = state
         .service
-        .notifications(&who, query.unread, query.limit)
+        .notifications(&who, query.unread, query.before, query.limit)
         .await?;
     Ok(Json(page).into_response())
 }

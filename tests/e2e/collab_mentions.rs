@@ -136,6 +136,20 @@ async fn offline_mentions_are_stored_never_replaced_and_marked_read() {
         .map(|n| n["id"].as_u64().unwrap())
         .collect();
     assert_eq!(newest, vec![id_n3, id_assigned]);
+    // `before` pages on to the older ones.
+    let reply = server
+        .http
+        .get(
+            &format!("/v1/notifications?limit=2&before={id_assigned}"),
+            Some(&bob_t),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let older: Vec<u64> = items_of(&reply.json())
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(older, vec![id_n2, id_n1]);
 
     // Someone else cannot mark Bob's notifications read.
     let reply = server
@@ -426,8 +440,14 @@ async fn the_directory_follows_the_latest_token() {
     make_known(&server, &dave_billing).await;
     let ok = alice.note(&conv, "n-3", "@dave still?").await;
     assert_eq!(ok["mentioned"], json!([]), "{ok}");
+    // The one he got is a support conversation's: shown to a token that names support,
+    // not to his billing-only one.
     assert_eq!(
         notifications(&server, &dave_billing, true).await["unread"],
+        0
+    );
+    assert_eq!(
+        notifications(&server, &dave_support, true).await["unread"],
         1
     );
 }

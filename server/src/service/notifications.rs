@@ -8,6 +8,7 @@ impl Service {
         &self,
         who: &Identity,
         unread_only: bool,
+        before: Option<u64>,
         limit: Option<u32>,
     ) -> Result<NotificationsPage, ServiceError> {
         Self::require_staff(who, "have notifications")?;
@@ -16,7 +17,7 @@ impl Service {
         Ok(NotificationsPage {
             notifications: self
                 .store
-                .notifications(&reader, unread_only, limit)
+                .notifications(&reader, unread_only, before, limit)
                 .await?,
             unread: self.store.unread_notifications(&reader).await?,
         })

@@ -1442,7 +1442,12 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
     );
     let bobs = h
         .store
-        .notifications(&NotificationReader::unrestricted(&user("bob")), false, 50)
+        .notifications(
+            &NotificationReader::unrestricted(&user("bob")),
+            false,
+            None,
+            50,
+        )
         .await
         .expect("list");
     assert_eq!(bobs.len(), 1);
@@ -1492,7 +1497,12 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
     }
     let bobs = h
         .store
-        .notifications(&NotificationReader::unrestricted(&user("bob")), false, 50)
+        .notifications(
+            &NotificationReader::unrestricted(&user("bob")),
+            false,
+            None,
+            50,
+        )
         .await
         .expect("list");
     let ids: Vec<u64> = bobs.iter().map(|n| n.id).collect();
@@ -1501,7 +1511,12 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
     let (b1, b2, b3, b4) = (ids[3], ids[2], ids[1], ids[0]);
     let page = h
         .store
-        .notifications(&NotificationReader::unrestricted(&user("bob")), false, 2)
+        .notifications(
+            &NotificationReader::unrestricted(&user("bob")),
+            false,
+            None,
+            2,
+        )
         .await
         .expect("list");
     assert_eq!(page.iter().map(|n| n.id).collect::<Vec<_>>(), vec![b4, b3]);
@@ -1515,7 +1530,12 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
 
     let carols = h
         .store
-        .notifications(&NotificationReader::unrestricted(&user("carol")), false, 50)
+        .notifications(
+            &NotificationReader::unrestricted(&user("carol")),
+            false,
+            None,
+            50,
+        )
         .await
         .expect("list");
     let carol_id = carols[0].id;
@@ -1558,13 +1578,23 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
     assert_eq!(marked, 2);
     let unread = h
         .store
-        .notifications(&NotificationReader::unrestricted(&user("bob")), true, 50)
+        .notifications(
+            &NotificationReader::unrestricted(&user("bob")),
+            true,
+            None,
+            50,
+        )
         .await
         .expect("list");
     assert_eq!(unread.iter().map(|n| n.id).collect::<Vec<_>>(), vec![b4]);
     let all = h
         .store
-        .notifications(&NotificationReader::unrestricted(&user("bob")), false, 50)
+        .notifications(
+            &NotificationReader::unrestricted(&user("bob")),
+            false,
+            None,
+            50,
+        )
         .await
         .expect("list");
     assert_eq!(
@@ -1640,7 +1670,12 @@ async fn notifications_page_since_a_time_past_an_id(h: &Harness) {
             .await;
         let stored = h
             .store
-            .notifications(&NotificationReader::unrestricted(&user("bob")), false, 1)
+            .notifications(
+                &NotificationReader::unrestricted(&user("bob")),
+                false,
+                None,
+                1,
+            )
             .await
             .expect("list");
         assert_eq!(stored[0].event_id, event.view.id);
@@ -1663,6 +1698,21 @@ async fn notifications_page_since_a_time_past_an_id(h: &Harness) {
         }
     }
     assert_eq!(paged, ids, "bob's since then, oldest first, once each");
+    // The list pages backwards with `before`: the next older ones, newest first.
+    let older = h
+        .store
+        .notifications(
+            &NotificationReader::unrestricted(&user("bob")),
+            false,
+            Some(ids[3]),
+            2,
+        )
+        .await
+        .expect("an older page");
+    assert_eq!(
+        older.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[1]]
+    );
     let past_all = h
         .store
         .notifications_since(&user("bob"), since, u64::MAX, 10)
@@ -1718,7 +1768,7 @@ async fn notifications_follow_the_readers_role_and_inboxes(h: &Harness) {
     let unrestricted = NotificationReader::unrestricted(&sam);
     let all = h
         .store
-        .notifications(&unrestricted, false, 50)
+        .notifications(&unrestricted, false, None, 50)
         .await
         .expect("list");
     assert_eq!(
@@ -1727,7 +1777,7 @@ async fn notifications_follow_the_readers_role_and_inboxes(h: &Harness) {
     );
     let seen = h
         .store
-        .notifications(&as_agent, false, 50)
+        .notifications(&as_agent, false, None, 50)
         .await
         .expect("list");
     assert_eq!(
@@ -1749,7 +1799,7 @@ async fn notifications_follow_the_readers_role_and_inboxes(h: &Harness) {
     };
     assert!(h
         .store
-        .notifications(&no_inbox, false, 50)
+        .notifications(&no_inbox, false, None, 50)
         .await
         .expect("list")
         .is_empty());

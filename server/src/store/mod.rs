@@ -579,11 +579,13 @@ pub trait Store: Send + Sync + 'static {
     /// they may not read, and so tell them those notes' words.
     async fn search_notes(&self, search: &NoteSearch) -> Result<Vec<NoteRecord>, StoreError>;
 
-    /// The reader's notifications that they may see, newest first.
+    /// The reader's notifications that they may see, newest first; with `before`, only
+    /// ids below it (the next page).
     async fn notifications(
         &self,
         reader: &NotificationReader<'_>,
         unread_only: bool,
+        before: Option<u64>,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError>;
     /// A page of `user`'s notifications created at or after `since` with an id past

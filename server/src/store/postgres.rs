@@ -666,6 +666,7 @@ impl Store for PgStore {
         &self,
         reader: &NotificationReader<'_>,
         unread_only: bool,
+        before: Option<u64>,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
         let mut query = QueryBuilder::<Postgres>::new(
@@ -678,6 +679,9 @@ impl Store for PgStore {
         }
         if unread_only {
             query.push(" AND read_at IS NULL");
+        }
+        if let Some(before) = before {
+            query.push(" AND id < ").push_bind(sql_int(before));
         }
         query
             .push(" ORDER BY id DESC LIMIT ")

@@ -593,6 +593,7 @@ impl Store for SqliteStore {
         &self,
         reader: &NotificationReader<'_>,
         unread_only: bool,
+        before: Option<u64>,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
         let mut query = QueryBuilder::new(
@@ -604,6 +605,9 @@ impl Store for SqliteStore {
         }
         if unread_only {
             query.push(" AND read_at IS NULL");
+        }
+        if let Some(before) = before {
+            query.push(" AND id < ").push_bind(sql_int(before));
         }
         query
             .push(" ORDER BY id DESC LIMIT ")
