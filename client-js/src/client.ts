@@ -597,7 +597,7 @@ export class Client extends Emitter<ClientEvents> {
     }
     this.emit('close', { code, reason, action: 'fail', attempt: this.backoff.attempts + 1 });
     if (code === CloseCode.Unauthorized) {
-      this.shutdown('unauthorized', this.closeError?.message ?? 'the server refused the token (close 4001)', null, true);
+      this.shutdown('unauthorized', this.closeError?.detail ?? 'the server refused the token (close 4001)', null, true);
     } else {
       this.shutdown('disconnected', `the server closed the connection with ${code}${reason ? `: ${reason}` : ''}`, null, true);
     }

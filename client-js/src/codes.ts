@@ -78,7 +78,8 @@ export type ClientErrorCode =
   /**
    * The socket was lost after the frame was sent and the command is not one the client
    * may safely repeat (only `send` and `note` are repeated), or the client was
-   * disconnected (by `disconnect()` or a refused token) before the answer came.
+   * disconnected (by `disconnect()`) before the answer came. (After a token refused
+   * twice, commands still waiting reject with `unauthorized`, the reason it gave up.)
    */
   | 'disconnected'
   /** The server sent something that is not a JSON frame (HTTP: a body that is not JSON). */
@@ -103,6 +104,8 @@ export class BackchannelError extends Error {
   readonly status?: number;
   /** For `send` and `note`: the `client_id`, to retry later without a duplicate. */
   readonly clientId?: string;
+  /** The message without the `code: ` prefix `message` carries. */
+  readonly detail: string;
 
   constructor(
     code: ErrorCode,
@@ -112,6 +115,7 @@ export class BackchannelError extends Error {
     super(`${code}: ${message}`);
     this.name = 'BackchannelError';
     this.code = code;
+    this.detail = message;
     if (details.missed !== undefined) this.missed = details.missed;
     if (details.status !== undefined) this.status = details.status;
     if (details.clientId !== undefined) this.clientId = details.clientId;

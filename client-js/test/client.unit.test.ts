@@ -436,7 +436,10 @@ describe('Client with a fake socket', () => {
       socket.receive({ type: 'error', code: 'unauthorized', message: 'token expired' });
       socket.drop(4001, 'unauthorized');
     }
-    await assert.rejects(ready, (e: unknown) => e instanceof BackchannelError && e.code === 'unauthorized' && /token expired/.test(e.message));
+    await assert.rejects(
+      ready,
+      (e: unknown) => e instanceof BackchannelError && e.code === 'unauthorized' && e.message === 'unauthorized: token expired',
+    );
     assert.equal(client.state, 'disconnected');
     assert.equal(calls, 2);
     await new Promise((r) => setTimeout(r, 20));

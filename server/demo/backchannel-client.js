@@ -81,10 +81,13 @@ var BackchannelError = class extends Error {
   status;
   /** For `send` and `note`: the `client_id`, to retry later without a duplicate. */
   clientId;
+  /** The message without the `code: ` prefix `message` carries. */
+  detail;
   constructor(code, message, details = {}) {
     super(`${code}: ${message}`);
     this.name = "BackchannelError";
     this.code = code;
+    this.detail = message;
     if (details.missed !== void 0) this.missed = details.missed;
     if (details.status !== void 0) this.status = details.status;
     if (details.clientId !== void 0) this.clientId = details.clientId;
@@ -836,7 +839,7 @@ var Client = class extends Emitter {
     }
     this.emit("close", { code, reason, action: "fail", attempt: this.backoff.attempts + 1 });
     if (code === CloseCode.Unauthorized) {
-      this.shutdown("unauthorized", this.closeError?.message ?? "the server refused the token (close 4001)", null, true);
+      this.shutdown("unauthorized", this.closeError?.detail ?? "the server refused the token (close 4001)", null, true);
     } else {
       this.shutdown("disconnected", `the server closed the connection with ${code}${reason ? `: ${reason}` : ""}`, null, true);
     }
