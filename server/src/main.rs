@@ -306,17 +306,25 @@ async fn shutdown_signal() {
     }
 }
 
-/// The store `serve` would use with the same flags.
+/// The store `serve` would use with the same flags, which must exist already: an audit
+/// pointed at a mistyped directory would otherwise create an empty store there and
+/// report that every chain (of none) verifies.
 async fn open_store(
     data_dir: &std::path::Path,
     database_url: Option<&str>,
 ) -> Result<std::sync::Arc<dyn backchannel::store::Store>, String> {
-    use backchannel::store::{postgres::PgStore, sqlite::SqliteStore};
+    use backchannel::store::{postgres::PgStore, sqlite::SqliteStore, sqlite::DATABASE_FILE};
     match database_url.filter(|url| !url.is_empty()) {
         Some(url) => Ok(PgStore::open(url).await.map_err(|e| e.to_string())?),
-        None => Ok(SqliteStore::open(data_dir)
-            .await
-            .map_err(|e| e.to_string())?),
+        None => {
+            let file = data_dir.join(DATABASE_FILE);
+            if !file.is_file() {
+                return Err(format!("no store at {}", file.display()));
+            }
+            Ok(SqliteStore::open(data_dir)
+                .await
+                .map_err(|e| e.to_string())?)
+        }
     }
 }
 
@@ -337,6 +345,13 @@ fn audit(command: AuditCommand) -> Result<(), String> {
                     "checked {} events in {} conversations",
                     report.events, report.conversations
                 );
+                if !report.orphaned.is_empty() {
+                    return Err(format!(
+                        "events of {} conversation(s) have no conversation row; first: {}",
+                        report.orphaned.len(),
+                        report.orphaned[0]
+                    ));
+                }
                 match report.broken.first() {
                     None => {
                         println!("every chain verifies");

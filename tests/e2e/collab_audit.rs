@@ -370,3 +370,150 @@ async fn a_removed_row_fails_verification() {
     let (code, output) = verify(&dir).await;
     assert_eq!(code, Some(1), "{output}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shortened_chain_or_a_conversation_row_removed_fails_verification() {
+    // Rows cut off the tail with the head moved back to match, a conversation with no
+    // events left, events whose conversation row is gone: each is a valid-looking shorter
+    // chain (or none), and each must fail.
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path().to_str().unwrap().to_owned();
+    let alice_t = agent("alice");
+    let mut process = ServerProcess::spawn(data.path()).await;
+    let mut alice = process.client(&alice_t).await;
+    let mut convs = Vec::new();
+    for name in ["carol", "dora", "erin"] {
+        let conv = process.http.open_as_customer(&customer(name)).await;
+        for i in 0..3 {
+            alice.note(&conv, &format!("{name}-{i}"), "a note").await;
+        }
+        convs.push(conv);
+    }
+    alice.close().await;
+    stop(&mut process).await;
+    assert_eq!(verify(&dir).await.0, Some(0));
+
+    // The tail cut, and the head set to the new last event's hash.
+    let c = &convs[0];
+    exec(
+        data.path(),
+        &format!("DELETE FROM events WHERE conversation_id = '{c}' AND supervisor_seq = 4"),
+    )
+    .await;
+    exec(
+        data.path(),
+        &format!(
+            "UPDATE conversations SET last_hash = (SELECT hash FROM events \
+             WHERE conversation_id = '{c}' AND supervisor_seq = 3) WHERE id = '{c}'"
+        ),
+    )
+    .await;
+    let (code, output) = verify(&dir).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("counts 4 events; 3 are stored"), "{output}");
+    exec(
+        data.path(),
+        &format!("DELETE FROM events WHERE conversation_id = '{c}'"),
+    )
+    .await;
+    exec(
+        data.path(),
+        &format!("DELETE FROM conversations WHERE id = '{c}'"),
+    )
+    .await;
+    assert_eq!(verify(&dir).await.0, Some(0), "the rest is whole again");
+
+    // Every event of a conversation deleted, its head zeroed.
+    let c = &convs[1];
+    exec(
+        data.path(),
+        &format!("DELETE FROM notes WHERE conversation_id = '{c}'"),
+    )
+    .await;
+    exec(
+        data.path(),
+        &format!("DELETE FROM events WHERE conversation_id = '{c}'"),
+    )
+    .await;
+    exec(
+        data.path(),
+        &format!(
+            "UPDATE conversations SET last_hash = zeroblob(32), supervisor_seq = 0 WHERE id = '{c}'"
+        ),
+    )
+    .await;
+    let (code, output) = verify(&dir).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("no events"), "{output}");
+    exec(
+        data.path(),
+        &format!("DELETE FROM conversations WHERE id = '{c}'"),
+    )
+    .await;
+    assert_eq!(verify(&dir).await.0, Some(0));
+
+    // The conversation row deleted, its events left (foreign keys off, as a tamperer's).
+    let c = &convs[2];
+    exec(
+        data.path(),
+        &format!("PRAGMA foreign_keys = OFF; DELETE FROM conversations WHERE id = '{c}'"),
+    )
+    .await;
+    let (code, output) = verify(&dir).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains("no conversation row") && output.contains(c.as_str()),
+        "{output}"
+    );
+
+    // A mistyped directory is not an empty, verified store.
+    let missing = data.path().join("typo");
+    let (code, output) = verify(missing.to_str().unwrap()).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("no store at"), "{output}");
+    assert!(!missing.exists(), "nothing created at the mistyped path");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verification_beside_live_appends_reports_no_break() {
+    // `audit verify` and the audit endpoint run beside a live node: an append committing
+    // between reading a conversation's events and its head made it look truncated.
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path().to_str().unwrap().to_owned();
+    let process = ServerProcess::spawn(data.path()).await;
+    let conv = process.http.open_as_customer(&customer("carol")).await;
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let http = process.http.clone();
+            let conv = conv.clone();
+            let writing = writing.clone();
+            tokio::spawn(async move {
+                let token = agent(&format!("writer{w}"));
+                let mut i = 0;
+                while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                    let reply = http
+                        .post(
+                            &format!("/v1/conversations/{conv}/notes"),
+                            Some(&token),
+                            &json!({"client_id": format!("w{w}-{i}"), "body": "busy"}),
+                        )
+                        .await;
+                    assert_eq!(reply.status, 201, "{}", reply.text);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let sam = supervisor("sam");
+    for round in 0..12 {
+        let (code, output) = verify(&dir).await;
+        assert_eq!(code, Some(0), "round {round}: {output}");
+        let report = audit(&process.http, &sam, &conv).await.json();
+        assert_eq!(report["verified"], true, "round {round}: {report}");
+    }
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+}

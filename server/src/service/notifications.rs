@@ -72,15 +72,13 @@ impl Service {
             ));
         }
         self.authorize_view(who, conversation).await?;
-        let rows = self.store.audit_rows(conversation).await?;
-        let head = self.store.last_hash(conversation).await?;
-        let first_break = chain::verify(&rows, head.as_deref())
-            .err()
-            .map(|b| ChainBreak {
-                seq: b.seq,
-                event_id: b.event_id,
-                reason: b.reason,
-            });
+        let snapshot = self.store.audit_snapshot(conversation).await?;
+        let rows = &snapshot.rows;
+        let first_break = chain::verify_snapshot(&snapshot).err().map(|b| ChainBreak {
+            seq: b.seq,
+            event_id: b.event_id,
+            reason: b.reason,
+        });
         let events = rows
             .iter()
             .filter_map(|row| {

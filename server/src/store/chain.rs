@@ -118,6 +118,43 @@ pub struct Break {
     pub reason: String,
 }
 
+/// Verifies a conversation read in one snapshot: its chain links (`verify`), and that the
+/// chain is whole: it starts with the conversation's opening and holds as many events as
+/// the conversation's counter says, so a tail cut off with the head moved back to match,
+/// or every event deleted, does not pass as a shorter valid chain.
+pub fn verify_snapshot(snapshot: &super::AuditSnapshot) -> Result<(), Break> {
+    verify(&snapshot.rows, snapshot.head.as_deref())?;
+    match snapshot.rows.first() {
+        None => {
+            return Err(Break {
+                seq: 1,
+                event_id: None,
+                reason: "no events: a conversation's chain starts with its opening".into(),
+            })
+        }
+        Some(first) if first.kind != "conversation_opened" => {
+            return Err(Break {
+                seq: 1,
+                event_id: Some(first.id.clone()),
+                reason: "the chain does not start with the conversation's opening".into(),
+            })
+        }
+        Some(_) => {}
+    }
+    let stored = snapshot.rows.len() as u64;
+    if stored != snapshot.supervisor_seq {
+        return Err(Break {
+            seq: stored.min(snapshot.supervisor_seq) + 1,
+            event_id: None,
+            reason: format!(
+                "the conversation counts {} events; {stored} are stored",
+                snapshot.supervisor_seq
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Recomputes a conversation's chain from its stored rows (in supervisor order) and
 /// compares each link, then the head kept on the conversation row.
 pub fn verify(rows: &[super::AuditRow], head: Option<&[u8]>) -> Result<(), Break> {

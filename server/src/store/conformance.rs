@@ -2169,6 +2169,29 @@ async fn audit_chain_verifies_and_detects_tampering(h: &Harness) {
     // A missing tail is noticed.
     assert!(chain::verify(&rows[..rows.len() - 1], head.as_deref()).is_err());
 
+    // The snapshot holds the same rows, head and counter, and verifies whole; cut short
+    // with the head moved back to match, only the counter says so.
+    let snapshot = h.store.audit_snapshot(conv).await.expect("snapshot");
+    assert_eq!(snapshot.rows.len(), rows.len());
+    assert_eq!(snapshot.head, head);
+    assert_eq!(snapshot.supervisor_seq, rows.len() as u64);
+    assert_eq!(chain::verify_snapshot(&snapshot), Ok(()));
+    let mut shortened = snapshot.clone();
+    shortened.rows.pop();
+    shortened.head = shortened.rows.last().map(|r| r.hash.clone());
+    assert_eq!(
+        chain::verify(&shortened.rows, shortened.head.as_deref()),
+        Ok(())
+    );
+    let broken = chain::verify_snapshot(&shortened).expect_err("a short chain");
+    assert!(broken.reason.contains("counts"), "{broken:?}");
+    assert!(h
+        .store
+        .orphaned_event_conversations()
+        .await
+        .expect("orphans")
+        .is_empty());
+
     let changed = rows[2].payload.replace("internal", "nothing to see");
     assert_ne!(changed, rows[2].payload);
     h.tamper_payload(target.view.id, &changed).await;

@@ -399,6 +399,18 @@ pub struct NoteSearch {
     pub limit: u32,
 }
 
+/// A conversation's chain as one consistent read: its rows, and the head and counter
+/// kept on its row, as of the same moment. Read apart, an append between the two reads
+/// made a live conversation look truncated.
+#[derive(Clone, Debug)]
+pub struct AuditSnapshot {
+    pub rows: Vec<AuditRow>,
+    /// The chain head on the conversation row; `None` if the row is gone.
+    pub head: Option<Vec<u8>>,
+    /// The conversation's supervisor `seq` counter: how many events it says it has.
+    pub supervisor_seq: u64,
+}
+
 /// One event's stored columns, as the audit chain hashes them.
 #[derive(Clone, Debug)]
 pub struct AuditRow {
@@ -615,6 +627,15 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_rows(&self, conversation: ConversationId) -> Result<Vec<AuditRow>, StoreError>;
     /// The chain head kept on the conversation row.
     async fn last_hash(&self, conversation: ConversationId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The rows, head and counter of a conversation read in one snapshot (what `audit
+    /// verify` and the audit endpoint check, beside appends).
+    async fn audit_snapshot(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<AuditSnapshot, StoreError>;
+    /// Conversation ids that events name but no conversation row has: what deleting a
+    /// conversation's row (and nothing else) would leave.
+    async fn orphaned_event_conversations(&self) -> Result<Vec<String>, StoreError>;
     /// Every conversation id, oldest first.
     async fn conversation_ids(&self) -> Result<Vec<ConversationId>, StoreError>;
 

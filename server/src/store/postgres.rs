@@ -38,9 +38,10 @@ use super::rows::{
     stream_after, tag_from_row, team_from_row,
 };
 use super::{
-    to_micros, AppendShortcutCounters, AuditRow, ConversationFilter, ConversationRecord,
-    DirectoryEntry, Event, MarkRead, NewEvent, NoteRecord, NoteSearch, NotificationReader, Store,
-    StoreError, UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
+    to_micros, AppendShortcutCounters, AuditRow, AuditSnapshot, ConversationFilter,
+    ConversationRecord, DirectoryEntry, Event, MarkRead, NewEvent, NoteRecord, NoteSearch,
+    NotificationReader, Store, StoreError, UserNotification, WriteOutcome, WriteRefusal,
+    WriteRequest,
 };
 
 /// Connections per node.
@@ -749,6 +750,52 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| r.try_get("last_hash")).transpose()?)
+    }
+
+    async fn audit_snapshot(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<AuditSnapshot, StoreError> {
+        // One snapshot for both reads: an append committing between them must not make
+        // the rows and the head disagree.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let head =
+            sqlx::query("SELECT last_hash, supervisor_seq FROM conversations WHERE id = $1::uuid")
+                .bind(conversation.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = $1::uuid \
+             ORDER BY supervisor_seq"
+        ))
+        .bind(conversation.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(AuditSnapshot {
+            rows: rows
+                .iter()
+                .map(audit_row_from_row)
+                .collect::<Result<_, _>>()?,
+            head: head.as_ref().map(|r| r.try_get("last_hash")).transpose()?,
+            supervisor_seq: head
+                .as_ref()
+                .map_or(Ok(0), |r| get_u64(r, "supervisor_seq"))?,
+        })
+    }
+
+    async fn orphaned_event_conversations(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT conversation_id::text AS id FROM events e \
+             WHERE NOT EXISTS (SELECT 1 FROM conversations c WHERE c.id = e.conversation_id) \
+             ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
 
     async fn conversation_ids(&self) -> Result<Vec<ConversationId>, StoreError> {

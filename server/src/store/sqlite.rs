@@ -32,9 +32,9 @@ use super::rows::{
 };
 use super::sqlite_append::AppendThread;
 use super::{
-    to_micros, AuditRow, ConversationFilter, ConversationRecord, DirectoryEntry, Event, MarkRead,
-    NoteRecord, NoteSearch, NotificationReader, Store, StoreError, UserNotification, WriteOutcome,
-    WriteRefusal, WriteRequest,
+    to_micros, AuditRow, AuditSnapshot, ConversationFilter, ConversationRecord, DirectoryEntry,
+    Event, MarkRead, NoteRecord, NoteSearch, NotificationReader, Store, StoreError,
+    UserNotification, WriteOutcome, WriteRefusal, WriteRequest,
 };
 
 /// The database file inside the data directory.
@@ -677,6 +677,46 @@ impl Store for SqliteStore {
             .fetch_optional(&self.readers)
             .await?;
         Ok(row.map(|r| r.try_get("last_hash")).transpose()?)
+    }
+
+    async fn audit_snapshot(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<AuditSnapshot, StoreError> {
+        // One read transaction: in WAL mode its snapshot is taken at the first read and
+        // holds for the second, whatever commits meanwhile.
+        let mut tx = self.readers.begin().await?;
+        let head = sqlx::query("SELECT last_hash, supervisor_seq FROM conversations WHERE id = ?")
+            .bind(conversation.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = ? ORDER BY supervisor_seq"
+        ))
+        .bind(conversation.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(AuditSnapshot {
+            rows: rows
+                .iter()
+                .map(audit_row_from_row)
+                .collect::<Result<_, _>>()?,
+            head: head.as_ref().map(|r| r.try_get("last_hash")).transpose()?,
+            supervisor_seq: head
+                .as_ref()
+                .map_or(Ok(0), |r| get_u64(r, "supervisor_seq"))?,
+        })
+    }
+
+    async fn orphaned_event_conversations(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT conversation_id FROM events \
+             WHERE conversation_id NOT IN (SELECT id FROM conversations) ORDER BY 1",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
     async fn conversation_ids(&self) -> Result<Vec<ConversationId>, StoreError> {
