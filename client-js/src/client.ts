@@ -21,7 +21,7 @@
 import { Backoff, backoffDelay, type BackoffOptions } from './backoff.js';
 import { BackchannelError, CloseCode, closeAction, type CloseAction } from './codes.js';
 import { Emitter } from './emitter.js';
-import { Subscription, type SubscriptionHost } from './subscription.js';
+import { Subscription, type ResetContext, type SubscriptionHost } from './subscription.js';
 import { Transport, type WebSocketConstructor } from './transport.js';
 import type {
   AgentPresenceFrame,
@@ -65,8 +65,16 @@ export interface ClientEvents {
   connected: WelcomeFrame;
   /** A socket closed (or was given up). */
   close: CloseInfo;
-  /** A conversation event of a subscription, each `seq` exactly once. */
+  /**
+   * A conversation event of a subscription, each `seq` exactly once per stream: after a
+   * `reset` of that conversation the stream starts again at 1.
+   */
   event: EventFrame;
+  /**
+   * A subscription's stream restarted (the server's history is not the one the client
+   * held, e.g. a restored backup): drop what was shown for that conversation.
+   */
+  reset: ResetContext;
   typing: TypingFrame;
   notification: NotificationFrame;
   presence: PresenceFrame;
@@ -274,6 +282,7 @@ export class Client extends Emitter<ClientEvents> {
     const existing = this.subscriptions.get(conversationId);
     if (existing !== undefined) return existing;
     const subscription = new Subscription(this.subscriptionHost, conversationId, options.since ?? 0);
+    subscription.on('reset', (context) => this.emit('reset', context));
     this.subscriptions.set(conversationId, subscription);
     if (this._state === 'connected') subscription._start();
     return subscription;

@@ -337,11 +337,22 @@ describe('Client with a fake socket', () => {
     sub.on('reset', (r) => log.push(`reset ${r.droppedSeq}->${r.head}`));
     sub.on('event', (f) => log.push(`event ${f.seq}`));
     sub.on('subscribed', (s) => log.push(`subscribed reset=${s.reset}`));
+    // The client's own stream says so too, before its events restart at 1.
+    client.on('reset', (r) => log.push(`client reset ${r.conversationId === CONV}`));
+    client.on('event', (f) => log.push(`client event ${f.seq}`));
     socket.receive(eventFrame(1));
     socket.receive(eventFrame(2));
     socket.ok('subscribe', { conversation_id: CONV, head: 2, reset: true });
     await sub.ready();
-    assert.deepEqual(log, ['reset 50->2', 'event 1', 'event 2', 'subscribed reset=true']);
+    assert.deepEqual(log, [
+      'client reset true',
+      'reset 50->2',
+      'event 1',
+      'client event 1',
+      'event 2',
+      'client event 2',
+      'subscribed reset=true',
+    ]);
     assert.equal(sub.lastSeq, 2);
 
     const other = client.subscribe('0192f0c8-0000-7000-8000-000000000002', { since: 3 });

@@ -553,6 +553,7 @@ var Client = class extends Emitter {
     const existing = this.subscriptions.get(conversationId);
     if (existing !== void 0) return existing;
     const subscription = new Subscription(this.subscriptionHost, conversationId, options.since ?? 0);
+    subscription.on("reset", (context) => this.emit("reset", context));
     this.subscriptions.set(conversationId, subscription);
     if (this._state === "connected") subscription._start();
     return subscription;
