@@ -33,13 +33,6 @@ pub struct Verification {
     pub orphaned: Vec<String>,
 }
 
-impl Verification {
-    /// Every chain verified and no event is left without its conversation.
-    pub fn is_clean(&self) -> bool {
-        self.broken.is_empty() && self.orphaned.is_empty()
-    }
-}
-
 /// Recomputes every chain.
 pub async fn verify_all(store: &dyn Store) -> Result<Verification, AuditError> {
     let mut report = Verification::default();

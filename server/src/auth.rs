@@ -117,13 +117,6 @@ pub struct Identity {
     pub expires_at: u64,
 }
 
-impl Identity {
-    /// The token has expired (at `now`, Unix seconds), as token validation counts it.
-    pub fn expired_at(&self, now: u64) -> bool {
-        now > self.expires_at
-    }
-}
-
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -133,6 +126,11 @@ pub fn unix_now() -> u64 {
 }
 
 impl Identity {
+    /// The token has expired (at `now`, Unix seconds), as token validation counts it.
+    pub fn expired_at(&self, now: u64) -> bool {
+        now > self.expires_at
+    }
+
     fn from_claims(claims: Claims) -> Result<Self, AuthError> {
         check_claim(&claims.sub, "sub", MAX_SUB_LEN)?;
         if let Some(name) = &claims.name {

@@ -382,7 +382,7 @@ async fn a_shortened_chain_or_a_conversation_row_removed_fails_verification() {
     let mut process = ServerProcess::spawn(data.path()).await;
     let mut alice = process.client(&alice_t).await;
     let mut convs = Vec::new();
-    for name in ["carol", "dora", "erin"] {
+    for name in ["carol", "dora", "erin", "fay"] {
         let conv = process.http.open_as_customer(&customer(name)).await;
         for i in 0..3 {
             alice.note(&conv, &format!("{name}-{i}"), "a note").await;
@@ -445,6 +445,35 @@ async fn a_shortened_chain_or_a_conversation_row_removed_fails_verification() {
     let (code, output) = verify(&dir).await;
     assert_eq!(code, Some(1), "{output}");
     assert!(output.contains("no events"), "{output}");
+    exec(
+        data.path(),
+        &format!("DELETE FROM conversations WHERE id = '{c}'"),
+    )
+    .await;
+    assert_eq!(verify(&dir).await.0, Some(0));
+
+    // A row that cannot even be decoded breaks its own conversation, and names it.
+    let c = &convs[3];
+    exec(
+        data.path(),
+        &format!(
+            "UPDATE events SET payload = x'41' WHERE conversation_id = '{c}' AND supervisor_seq = 2"
+        ),
+    )
+    .await;
+    let (code, output) = verify(&dir).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains("cannot be read") && output.contains(c.as_str()),
+        "{output}"
+    );
+    for table in ["notes", "events"] {
+        exec(
+            data.path(),
+            &format!("DELETE FROM {table} WHERE conversation_id = '{c}'"),
+        )
+        .await;
+    }
     exec(
         data.path(),
         &format!("DELETE FROM conversations WHERE id = '{c}'"),
