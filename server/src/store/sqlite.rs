@@ -8,8 +8,9 @@
 //! exactly that. The writer task group-commits, so one fsync serves every append waiting
 //! at that moment.
 
+use std::os::raw::c_int;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -59,12 +60,37 @@ pub struct SqliteStore {
     readers: SqlitePool,
 }
 
+/// SQLite's process-wide settings, made once, before the process's first SQLite
+/// connection (rusqlite's or sqlx's): SQLite refuses them once it has initialized, and
+/// then keeps its defaults, with the same results at a higher CPU cost. Returns whether
+/// they are in force.
+///
+/// - Memory statistics off: with them on, every allocation and free SQLite makes takes a
+///   process-wide mutex to count it, ~2 % of the server's user-space instructions per
+///   delivery in `bc-load fanout` (docs/benchmarks-log.md). Nothing here reads them: no
+///   soft heap limit, no `sqlite3_memory_used`.
+/// - The relabelling page cache (`sqlite_page_cache.rs`).
+pub fn configure_process() -> bool {
+    static CONFIGURED: OnceLock<bool> = OnceLock::new();
+    *CONFIGURED.get_or_init(|| {
+        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int. Before SQLite initializes it
+        // succeeds; after, it returns SQLITE_MISUSE and changes nothing.
+        let memstatus_off = unsafe {
+            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as c_int)
+        } == rusqlite::ffi::SQLITE_OK;
+        if !memstatus_off {
+            tracing::debug!("SQLite was initialized already: its memory statistics stay on");
+        }
+        let page_cache = super::sqlite_page_cache::install();
+        memstatus_off && page_cache
+    })
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database in `data_dir` and brings its schema up to
     /// date.
     pub async fn open(data_dir: &Path) -> Result<Arc<Self>, StoreError> {
-        // Before the process's first SQLite connection, or never (see the module).
-        super::sqlite_page_cache::install();
+        configure_process();
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_owned(),
             source,

@@ -19,7 +19,8 @@
 //! Everything else passes through untouched.
 //!
 //! It must be installed before SQLite initializes (before any connection, rusqlite's or
-//! sqlx's, is opened in the process); [`install`] is called by [`super::sqlite::SqliteStore::open`]
+//! sqlx's, is opened in the process); [`install`] is called by
+//! [`super::sqlite::configure_process`], which [`super::sqlite::SqliteStore::open`] calls,
 //! and does nothing after the first call. If SQLite was initialized already, it stays
 //! on the plain cache: slower commits, same results.
 

@@ -1,23 +1,55 @@
-//! The relabelling page cache (`server/src/store/sqlite_page_cache.rs`) in a process of its
-//! own: it can only be installed before SQLite initializes, which the other test binaries
-//! (storage, end-to-end) may already have done in theirs.
+//! SQLite's process-wide settings (`configure_process` in `server/src/store/sqlite.rs`) in
+//! a process of their own: they can only be made before SQLite initializes, which the
+//! other test binaries (storage, end-to-end) may already have done in theirs. Every test
+//! here configures first, as the server does before its first connection.
 //!
-//! SQLite's balance of a split B-tree parks pages at the lock-byte page's number while it
+//! Memory statistics are off: SQLite no longer counts (under a process-wide mutex) what
+//! it allocates.
+//!
+//! The relabelling page cache (`server/src/store/sqlite_page_cache.rs`): SQLite's
+//! balance of a split B-tree parks pages at the lock-byte page's number while it
 //! renumbers them; the cache relabels that key. Data written through it, with many such
 //! renumberings, must read back exactly, pass SQLite's integrity check, and survive a
 //! reopen.
 
 use std::collections::BTreeMap;
 
-use backchannel::store::sqlite_page_cache;
+use backchannel::store::{sqlite, sqlite_page_cache};
 use rand::Rng;
 use rusqlite::Connection;
 
 #[test]
+fn memory_statistics_are_off() {
+    assert!(
+        sqlite::configure_process(),
+        "configured before the process's first SQLite connection"
+    );
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let db = Connection::open(dir.path().join("memory.db")).expect("open");
+    db.execute_batch(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, value TEXT NOT NULL);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
+         INSERT INTO items (value) SELECT hex(randomblob(100)) FROM n;",
+    )
+    .expect("rows written");
+    let count: i64 = db
+        .query_row("SELECT count(*) FROM items", [], |row| row.get(0))
+        .expect("count");
+    assert_eq!(count, 1000);
+    // SAFETY: a plain read of SQLite's counter.
+    let counted = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+    assert_eq!(
+        counted, 0,
+        "with statistics on, SQLite counts every allocation (it holds a page cache and \
+         a schema here)"
+    );
+}
+
+#[test]
 fn pages_parked_during_splits_are_relabelled_and_every_row_reads_back() {
     assert!(
-        sqlite_page_cache::install(),
-        "installed before the process's first SQLite connection"
+        sqlite::configure_process(),
+        "configured before the process's first SQLite connection"
     );
     assert!(sqlite_page_cache::install(), "installing again is a no-op");
 
