@@ -875,8 +875,12 @@ fn push_reader(query: &mut QueryBuilder<'_, Postgres>, reader: &NotificationRead
             return false;
         }
         let inboxes: Vec<String> = inboxes.iter().map(|i| i.as_str().to_owned()).collect();
+        // Each notification's own conversation looked up by its key, as on SQLite.
         query
-            .push(" AND conversation_id IN (SELECT id FROM conversations WHERE inbox_id = ANY(")
+            .push(
+                " AND EXISTS (SELECT 1 FROM conversations c \
+                 WHERE c.id = notifications.conversation_id AND c.inbox_id = ANY(",
+            )
             .push_bind(inboxes)
             .push("))");
     }

@@ -794,8 +794,15 @@ fn push_reader(
         );
     }
     if let Some(inboxes) = reader.inboxes {
-        query.push(" AND conversation_id IN (SELECT id FROM conversations WHERE 1 = 1");
-        if !push_inboxes(query, "inbox_id", inboxes) {
+        // A lookup of each notification's own conversation by its key. `conversation_id
+        // IN (SELECT id FROM conversations WHERE inbox_id IN ...)` made SQLite list every
+        // conversation those inboxes ever held first, at each count and each mark-read,
+        // the latter holding the database's one write lock while appends waited.
+        query.push(
+            " AND EXISTS (SELECT 1 FROM conversations c \
+             WHERE c.id = notifications.conversation_id",
+        );
+        if !push_inboxes(query, "c.inbox_id", inboxes) {
             return false;
         }
         query.push(")");
@@ -818,4 +825,52 @@ fn push_inboxes(
     }
     query.push(")");
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A notification reader narrowed to inboxes looks up each notification's own
+    /// conversation by its key: it never lists the inboxes' conversations first, work
+    /// that grows with every conversation they ever held and that `read_notifications`
+    /// would do holding the database's one write lock.
+    #[tokio::test]
+    async fn a_reader_scoped_to_inboxes_looks_up_each_conversation_by_key() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        let user = UserId::from("frank");
+        let inboxes = [InboxId::from("support"), InboxId::from("billing")];
+        let reader = NotificationReader {
+            user: &user,
+            supervisors: false,
+            inboxes: Some(&inboxes),
+        };
+        for head in [
+            "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM notifications WHERE",
+            "EXPLAIN QUERY PLAN UPDATE notifications SET read_at = 1 WHERE",
+        ] {
+            let mut query = QueryBuilder::new(head);
+            assert!(push_reader(&mut query, &reader));
+            let plan: Vec<String> = query
+                .build()
+                .fetch_all(&store.readers)
+                .await
+                .expect("plan")
+                .iter()
+                .map(|row| row.try_get::<String, _>("detail").expect("detail"))
+                .collect();
+            assert!(
+                plan.iter().any(|step| step.starts_with("SEARCH c USING")
+                    && (step.contains("(id=?)") || step.contains("PRIMARY KEY"))),
+                "{head}: the conversation looked up by its key: {plan:?}"
+            );
+            assert!(
+                !plan
+                    .iter()
+                    .any(|step| step.contains("LIST SUBQUERY") || step.starts_with("SCAN c")),
+                "{head}: no list of the inboxes' conversations: {plan:?}"
+            );
+        }
+    }
 }
