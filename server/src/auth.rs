@@ -6,6 +6,7 @@
 //! and kept in the data directory, so every restart accepts the tokens it issued.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backchannel_protocol::{InboxId, Role, UserId};
@@ -59,11 +60,12 @@ pub enum InboxScope {
     Only(InboxSet),
 }
 
-/// A set of inboxes, sorted in a boxed slice: every socket holds its caller's for its
-/// life, and most name one or two inboxes, which a hash set would keep in a table of at
-/// least four slots plus its hasher's keys.
+/// A set of inboxes, sorted in a shared slice: every socket holds its caller's for its
+/// life (and the hub a second handle on it, to scope notifications), and most name one
+/// or two inboxes, which a hash set would keep in a table of at least four slots plus
+/// its hasher's keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct InboxSet(Box<[InboxId]>);
+pub struct InboxSet(Arc<[InboxId]>);
 
 impl InboxSet {
     pub fn contains(&self, inbox: &InboxId) -> bool {
@@ -80,7 +82,7 @@ impl FromIterator<InboxId> for InboxSet {
         let mut list: Vec<InboxId> = inboxes.into_iter().collect();
         list.sort();
         list.dedup();
-        InboxSet(list.into_boxed_slice())
+        InboxSet(list.into())
     }
 }
 

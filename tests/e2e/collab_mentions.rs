@@ -532,3 +532,32 @@ async fn notifications_follow_the_callers_role_and_inboxes_now() {
         "{back_in_support}"
     );
 }
+
+/// A live notification is shown on a user's sockets whose token names its conversation's
+/// inbox, not on every socket of the user: Frank's billing-only console is never told of
+/// a support conversation he was mentioned in through his other token, as listing with
+/// that token shows nothing either.
+#[tokio::test(flavor = "multi_thread")]
+async fn live_notifications_follow_each_sockets_inboxes() {
+    let server = TestServer::start().await;
+    let conv = server.open_as_customer(&customer("carol")).await;
+    let frank_billing_t = agent_in("frank", &["billing"]);
+    let frank_support_t = agent_in("frank", &["support"]);
+    // The support socket last: the directory has him in support, so he is notified.
+    let mut frank_billing = online(&server, &frank_billing_t).await;
+    let mut frank_support = online(&server, &frank_support_t).await;
+    let mut alice = online(&server, &agent("alice")).await;
+
+    let ok = alice
+        .ok(note_of(&conv, "n-1", "@frank the refund plan", None, None))
+        .await;
+    assert_eq!(ok["mentioned"], json!(["frank"]), "{ok}");
+    let live = next_notification(&mut frank_support).await;
+    check_notification(&live, "mention", &conv, &event_id(&ok), "alice");
+    assert_no_frame(
+        &mut frank_billing,
+        "a support conversation's notification on a billing-only socket",
+        is_notification,
+    )
+    .await;
+}

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backchannel_protocol::server::Notification;
-use backchannel_protocol::{ConversationId, EventView, UserId};
+use backchannel_protocol::{ConversationId, EventView, InboxId, UserId};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -89,6 +89,10 @@ enum WireMessage {
         /// the event may be theirs alone.
         #[serde(default = "supervisors_only_if_unknown")]
         supervisors_only: bool,
+        /// Absent from a node older than the field: then only sessions of every inbox
+        /// are told.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inbox: Option<InboxId>,
     },
     Ephemeral {
         node: String,
@@ -351,6 +355,7 @@ fn encode(shared: &Shared, message: &Outgoing) -> Vec<(String, Vec<u8>)> {
                 user_id: n.user_id.clone(),
                 notification: n.notification.clone(),
                 supervisors_only: n.supervisors_only,
+                inbox: n.inbox.clone(),
             };
             serde_json::to_vec(&message)
                 .ok()
@@ -392,10 +397,12 @@ fn decode(node: &str, payload: &[u8]) -> Option<Inbound> {
             user_id,
             notification,
             supervisors_only,
+            inbox,
         }) if from != node => Some(Inbound::Notification(UserNotification {
             user_id,
             notification,
             supervisors_only,
+            inbox,
         })),
         Ok(WireMessage::Ephemeral {
             node: from,
@@ -656,6 +663,7 @@ mod tests {
             user_id: UserId::from("alice"),
             notification: sample_notification(),
             supervisors_only: false,
+            inbox: Some(InboxId::from("support")),
         };
         let encoded = encode(
             &Shared::new("a".into(), "d2"),
@@ -680,16 +688,19 @@ mod tests {
         }
     }
 
-    /// Whether a notification's event is for supervisors only crosses nodes with it; from
-    /// a node that does not send the flag, it is taken as supervisors-only, so an agent
-    /// is never told of a coaching note during a rolling upgrade.
+    /// Whether a notification's event is for supervisors only, and its conversation's
+    /// inbox, cross nodes with it; from a node that sends neither, it is taken as
+    /// supervisors-only and of no known inbox (so shown to sessions of every inbox only),
+    /// so an agent is never told of a coaching note, or of a conversation outside their
+    /// token's inboxes, during a rolling upgrade.
     #[test]
     fn notifications_carry_their_audience_and_default_to_supervisors() {
-        for supervisors_only in [false, true] {
+        for (supervisors_only, inbox) in [(false, Some("support")), (true, Some("vip"))] {
             let notification = UserNotification {
                 user_id: UserId::from("alice"),
                 notification: sample_notification(),
                 supervisors_only,
+                inbox: inbox.map(InboxId::from),
             };
             let encoded = encode(
                 &Shared::new("a".into(), "d1"),
@@ -707,7 +718,10 @@ mod tests {
             "notification": sample_notification(),
         });
         match decode("b", &serde_json::to_vec(&older).expect("encode")) {
-            Some(Inbound::Notification(decoded)) => assert!(decoded.supervisors_only),
+            Some(Inbound::Notification(decoded)) => {
+                assert!(decoded.supervisors_only);
+                assert_eq!(decoded.inbox, None);
+            }
             _ => panic!("expected a notification"),
         }
     }

@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 pub use room::{Room, Seat, SubscribeOk};
 
+use crate::auth::InboxScope;
 use crate::broker::{Broker, Ephemeral, Topic};
 use crate::store::{Event, Store, StoreError, UserNotification};
 use crate::visibility::{StaffFrame, Typing};
@@ -44,9 +45,19 @@ impl ConnId {
     }
 }
 
+/// One of a staff user's sockets, and what may be shown on it.
+struct StaffSocket {
+    conn: ConnId,
+    actor: Actor,
+    /// The inboxes its token names: a notification of a conversation in another inbox is
+    /// not shown on it (the user's other token may name that inbox).
+    inboxes: InboxScope,
+    outbox: StaffOutbox,
+}
+
 /// One staff user's sockets on this node.
 struct UserSessions {
-    sockets: Vec<(ConnId, Actor, StaffOutbox)>,
+    sockets: Vec<StaffSocket>,
     /// When the oldest open socket registered: notifications from then on are theirs to
     /// receive live, and are re-read from the store after a broker outage.
     since: time::OffsetDateTime,
@@ -191,7 +202,13 @@ impl Hub {
     }
 
     /// Registers a staff session to receive the user's notifications, from any node.
-    pub async fn register_session(&self, user: Actor, conn: ConnId, outbox: StaffOutbox) {
+    pub async fn register_session(
+        &self,
+        user: Actor,
+        inboxes: InboxScope,
+        conn: ConnId,
+        outbox: StaffOutbox,
+    ) {
         self.broker.watch(Topic::User(user.id.clone())).await;
         self.agents.touch(&user.id);
         self.sessions
@@ -203,7 +220,12 @@ impl Hub {
                 delivered: std::collections::VecDeque::new(),
             })
             .sockets
-            .push((conn, user, outbox));
+            .push(StaffSocket {
+                conn,
+                actor: user,
+                inboxes,
+                outbox,
+            });
     }
 
     /// A staff member did something: they are not away.
@@ -215,7 +237,7 @@ impl Hub {
         let mut found = false;
         if let Some(mut sessions) = self.sessions.get_mut(user) {
             let before = sessions.sockets.len();
-            sessions.sockets.retain(|(c, _, _)| *c != conn);
+            sessions.sockets.retain(|socket| socket.conn != conn);
             found = sessions.sockets.len() < before;
         }
         self.sessions
@@ -309,8 +331,10 @@ impl Hub {
 
     /// Delivers a notification to every open session of its user on this node that may
     /// read its event: one of a supervisors-only event to supervisor and admin sessions
-    /// only, as a user's sockets may carry different roles (a supervisor demoted since
-    /// the note was written, or one token of each).
+    /// only, and one of a conversation to sessions whose token names its inbox, as a
+    /// user's sockets may carry different roles and inboxes (a supervisor demoted since
+    /// the note was written, or one token of each). One whose inbox is not known (from a
+    /// node older than the field) reaches only sessions of every inbox.
     pub fn notify(&self, notification: &UserNotification) {
         if let Some(mut sessions) = self.sessions.get_mut(&notification.user_id) {
             let id = notification.notification.id;
@@ -322,11 +346,18 @@ impl Hub {
             }
             sessions.delivered.push_back(id);
             let frame = StaffFrame::notification(&notification.notification);
-            for (_, actor, outbox) in sessions.sockets.iter() {
-                if notification.supervisors_only && !actor.role.can_write_supervisor_notes() {
+            for socket in sessions.sockets.iter() {
+                if notification.supervisors_only && !socket.actor.role.can_write_supervisor_notes()
+                {
                     continue;
                 }
-                outbox.push(&frame);
+                let inbox_allowed = match &notification.inbox {
+                    Some(inbox) => socket.inboxes.allows(inbox),
+                    None => socket.inboxes == InboxScope::All,
+                };
+                if inbox_allowed {
+                    socket.outbox.push(&frame);
+                }
             }
         }
     }
@@ -455,11 +486,11 @@ impl Hub {
                     .tick(now, self.settings.away_after, republish, |visit| {
                         for entry in self.sessions.iter() {
                             let sockets = &entry.value().sockets;
-                            let Some((_, actor, _)) = sockets.first() else {
+                            let Some(StaffSocket { actor, .. }) = sockets.first() else {
                                 continue;
                             };
                             viewing.clear();
-                            for (conn, _, _) in sockets {
+                            for StaffSocket { conn, .. } in sockets {
                                 let first = viewers.partition_point(|(c, _)| c < conn);
                                 viewing.extend(
                                     viewers[first..]

@@ -235,7 +235,9 @@ impl Service {
 
     /// A staff socket's session: it receives the user's notifications until closed.
     pub async fn open_session(&self, who: &Identity, conn: ConnId, outbox: StaffOutbox) {
-        self.hub.register_session(actor(who), conn, outbox).await;
+        self.hub
+            .register_session(actor(who), who.inboxes.clone(), conn, outbox)
+            .await;
     }
 
     pub fn close_session(&self, who: &Identity, conn: ConnId) {

@@ -1440,6 +1440,15 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
             ("carol", NotificationKind::Mention)
         ]
     );
+    // Each names its conversation's inbox, which scopes the sessions it is shown on.
+    assert!(
+        mention
+            .notifications
+            .iter()
+            .all(|n| n.inbox == Some(InboxId("support".into()))),
+        "{:?}",
+        mention.notifications
+    );
     let bobs = h
         .store
         .notifications(
@@ -1473,6 +1482,10 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
     assert_eq!(
         assignment.notifications[0].notification.kind,
         NotificationKind::Assigned
+    );
+    assert_eq!(
+        assignment.notifications[0].inbox,
+        Some(InboxId("support".into()))
     );
     // Taking a conversation yourself, or unassigning it, notifies nobody.
     let own = h
@@ -1691,6 +1704,9 @@ async fn notifications_page_since_a_time_past_an_id(h: &Harness) {
             .expect("a page");
         assert!(page.iter().all(|n| n.notification.at >= since));
         assert!(page.iter().all(|n| !n.supervisors_only));
+        assert!(page
+            .iter()
+            .all(|n| n.inbox == Some(InboxId("support".into()))));
         paged.extend(page.iter().map(|n| n.notification.id));
         match page.last() {
             Some(last) if page.len() == 2 => after = last.notification.id,

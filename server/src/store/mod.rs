@@ -220,6 +220,9 @@ pub struct UserNotification {
     /// supervisor and admin sessions are told, whatever role the user had when it was
     /// written.
     pub supervisors_only: bool,
+    /// The inbox of its conversation when it was written: only the user's sessions whose
+    /// token names that inbox are told. `None` only from a node older than the field.
+    pub inbox: Option<InboxId>,
 }
 
 /// Who reads notifications, as their token has them now. A notification is written for

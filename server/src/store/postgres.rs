@@ -642,8 +642,9 @@ impl Store for PgStore {
         let rows = sqlx::query(
             "SELECT n.id, n.kind, n.conversation_id::text AS conversation_id, \
              n.event_id::text AS event_id, n.from_id, n.from_role, n.from_name, n.created_at, \
-             n.read_at, e.visibility = 'supervisors' AS supervisors_only \
+             n.read_at, e.visibility = 'supervisors' AS supervisors_only, c.inbox_id \
              FROM notifications n JOIN events e ON e.id = n.event_id \
+             JOIN conversations c ON c.id = n.conversation_id \
              WHERE n.user_id = $1 AND n.created_at >= $2 AND n.id > $3 ORDER BY n.id LIMIT $4",
         )
         .bind(pg_text(user.as_str()))
@@ -658,6 +659,7 @@ impl Store for PgStore {
                     user_id: user.clone(),
                     notification: notification_from_row(row)?,
                     supervisors_only: row.try_get("supervisors_only")?,
+                    inbox: Some(InboxId(row.try_get("inbox_id")?)),
                 })
             })
             .collect()

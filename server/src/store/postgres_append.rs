@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
 
 use backchannel_protocol::server::{Notification, NotificationKind};
-use backchannel_protocol::{ConversationId, EventData, UserId, Visibility};
+use backchannel_protocol::{ConversationId, EventData, InboxId, UserId, Visibility};
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Row};
 
@@ -787,7 +787,35 @@ impl BatchWriter {
             entry.notification.id = id as u64;
             columns.push(id, entry);
         }
-        columns.insert(conn).await
+        let mut conversations = columns.conversations.clone();
+        conversations.sort_unstable();
+        conversations.dedup();
+        columns.insert(conn).await?;
+        // Each notification's conversation's inbox, which scopes the sessions it is shown
+        // on: one read for the batch.
+        let inboxes: HashMap<String, String> = sqlx::query_as(
+            "SELECT id::text, inbox_id FROM conversations WHERE id = ANY($1::text[]::uuid[])",
+        )
+        .bind(&conversations)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        for &(outcome, index) in positions {
+            let Some(entry) = self.outcome_mut(outcome)?.notifications.get_mut(index) else {
+                return Err(StoreError::Corrupt(
+                    "a pending notification vanished".into(),
+                ));
+            };
+            let conversation = entry.notification.conversation_id.to_string();
+            let Some(inbox) = inboxes.get(&conversation) else {
+                return Err(StoreError::Corrupt(format!(
+                    "a notification's conversation {conversation} has no row"
+                )));
+            };
+            entry.inbox = Some(InboxId(inbox.clone()));
+        }
+        Ok(())
     }
 
     /// The head of every conversation appended to since the last flush, to write back.
@@ -1125,6 +1153,8 @@ fn notification(user: &UserId, kind: NotificationKind, event: &Event) -> UserNot
             read: false,
         },
         supervisors_only: event.visibility() == Visibility::Supervisors,
+        // Read when it is written (`insert_notifications`).
+        inbox: None,
     }
 }
 
@@ -1312,7 +1342,8 @@ async fn notify(
     let row = sqlx::query(
         "INSERT INTO notifications (user_id, kind, conversation_id, event_id, from_id, \
          from_role, from_name, created_at) \
-         VALUES ($1, $2, $3::uuid, $4::uuid, $5, $6, $7, $8) RETURNING id",
+         VALUES ($1, $2, $3::uuid, $4::uuid, $5, $6, $7, $8) \
+         RETURNING id, (SELECT inbox_id FROM conversations WHERE id = $3::uuid) AS inbox_id",
     )
     .bind(pg_text(user.as_str()))
     .bind(kind.as_str())
@@ -1336,5 +1367,6 @@ async fn notify(
             read: false,
         },
         supervisors_only: event.visibility() == Visibility::Supervisors,
+        inbox: Some(InboxId(row.try_get("inbox_id")?)),
     })
 }

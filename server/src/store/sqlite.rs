@@ -594,8 +594,10 @@ impl Store for SqliteStore {
     ) -> Result<Vec<UserNotification>, StoreError> {
         let rows = sqlx::query(
             "SELECT n.id, n.kind, n.conversation_id, n.event_id, n.from_id, n.from_role, \
-             n.from_name, n.created_at, n.read_at, e.visibility = 'supervisors' AS supervisors_only \
+             n.from_name, n.created_at, n.read_at, e.visibility = 'supervisors' AS supervisors_only, \
+             c.inbox_id \
              FROM notifications n JOIN events e ON e.id = n.event_id \
+             JOIN conversations c ON c.id = n.conversation_id \
              WHERE n.user_id = ? AND n.created_at >= ? AND n.id > ? ORDER BY n.id LIMIT ?",
         )
         .bind(user.as_str())
@@ -610,6 +612,7 @@ impl Store for SqliteStore {
                     user_id: user.clone(),
                     notification: notification_from_row(row)?,
                     supervisors_only: row.try_get("supervisors_only")?,
+                    inbox: Some(InboxId(row.try_get("inbox_id")?)),
                 })
             })
             .collect()

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use backchannel_protocol::server::{Notification, NotificationKind};
-use backchannel_protocol::{ConversationId, EventData, UserId, Visibility};
+use backchannel_protocol::{ConversationId, EventData, InboxId, UserId, Visibility};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
@@ -718,6 +718,9 @@ fn notify(
             ],
             |row| row.get(0),
         )?;
+    let inbox: String = db
+        .prepare_cached("SELECT inbox_id FROM conversations WHERE id = ?")?
+        .query_row([event.conversation_id.to_string()], |row| row.get(0))?;
     Ok(UserNotification {
         user_id: user.clone(),
         notification: Notification {
@@ -730,5 +733,6 @@ fn notify(
             read: false,
         },
         supervisors_only: event.visibility() == Visibility::Supervisors,
+        inbox: Some(InboxId(inbox)),
     })
 }
