@@ -345,26 +345,30 @@ fn audit(command: AuditCommand) -> Result<(), String> {
                     "checked {} events in {} conversations",
                     report.events, report.conversations
                 );
-                if !report.orphaned.is_empty() {
-                    return Err(format!(
-                        "events of {} conversation(s) have no conversation row; first: {}",
-                        report.orphaned.len(),
-                        report.orphaned[0]
-                    ));
-                }
-                match report.broken.first() {
-                    None => {
-                        println!("every chain verifies");
-                        Ok(())
-                    }
-                    Some((conversation, broken)) => Err(format!(
+                // Both kinds of damage are reported: events without their conversation
+                // must not hide a broken chain elsewhere.
+                let mut problems = Vec::new();
+                if let Some((conversation, broken)) = report.broken.first() {
+                    problems.push(format!(
                         "chain broken in {} conversation(s); first: conversation {conversation}, \
                          seq {}, event {}: {}",
                         report.broken.len(),
                         broken.seq,
                         broken.event_id.as_deref().unwrap_or("(missing)"),
                         broken.reason
-                    )),
+                    ));
+                }
+                if let Some(first) = report.orphaned.first() {
+                    problems.push(format!(
+                        "events of {} conversation(s) have no conversation row; first: {first}",
+                        report.orphaned.len(),
+                    ));
+                }
+                if problems.is_empty() {
+                    println!("every chain verifies");
+                    Ok(())
+                } else {
+                    Err(problems.join("\n"))
                 }
             }
             AuditCommand::Export {

@@ -288,7 +288,9 @@ async fn a_socket_is_closed_with_4001_once_its_token_expires() {
     .await;
     let mut expiring = claims("agent", "alice");
     expiring["inboxes"] = json!(["support"]);
-    // Past, but within the 5 s the server tolerates for clock skew: about 2 s left.
+    // Past, but within the 5 s the server tolerates for clock skew: refused once the
+    // clock reads a whole second past `exp` + 5, so 2 to 3 s from now.
+    let issued = std::time::Instant::now();
     expiring["exp"] = json!(now() - 3);
     let token = sign(&expiring);
     let mut ws = server.client(&token).await;
@@ -296,6 +298,13 @@ async fn a_socket_is_closed_with_4001_once_its_token_expires() {
 
     let (frames, closed) = ws.drain_until_close(Duration::from_secs(8)).await;
     assert_eq!(closed.code, Some(4001), "{closed:?}");
+    // Open until then: not closed at the first heartbeats (200 ms apart) for a token
+    // that is still good.
+    assert!(
+        issued.elapsed() >= Duration::from_millis(1900),
+        "closed after {:?}, while the token was good",
+        issued.elapsed()
+    );
     assert!(
         frames
             .iter()

@@ -382,7 +382,7 @@ async fn a_shortened_chain_or_a_conversation_row_removed_fails_verification() {
     let mut process = ServerProcess::spawn(data.path()).await;
     let mut alice = process.client(&alice_t).await;
     let mut convs = Vec::new();
-    for name in ["carol", "dora", "erin", "fay"] {
+    for name in ["carol", "dora", "erin", "fay", "gina"] {
         let conv = process.http.open_as_customer(&customer(name)).await;
         for i in 0..3 {
             alice.note(&conv, &format!("{name}-{i}"), "a note").await;
@@ -492,6 +492,26 @@ async fn a_shortened_chain_or_a_conversation_row_removed_fails_verification() {
     assert_eq!(code, Some(1), "{output}");
     assert!(
         output.contains("no conversation row") && output.contains(c.as_str()),
+        "{output}"
+    );
+    // And a chain broken elsewhere is reported beside it, not hidden by it.
+    let g = &convs[4];
+    exec(
+        data.path(),
+        &format!(
+            "UPDATE events SET hash = zeroblob(32) WHERE conversation_id = '{g}' \
+             AND supervisor_seq = 2"
+        ),
+    )
+    .await;
+    let (code, output) = verify(&dir).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains("no conversation row") && output.contains(c.as_str()),
+        "{output}"
+    );
+    assert!(
+        output.contains("chain broken") && output.contains(g.as_str()),
         "{output}"
     );
 
