@@ -479,7 +479,10 @@ export class Client extends Emitter<ClientEvents> {
           return;
         }
         const error = new BackchannelError(frame.code, frame.message, missed);
-        if (this._state !== 'connected') this.closeError = error;
+        // An unprompted `unauthorized` announces the 4001 close that follows, routine when
+        // a token expires on an open socket: it is that close's reason, handled there (a
+        // new token, or the reason the client gives up), not an error for the app.
+        if (this._state !== 'connected' || frame.code === 'unauthorized') this.closeError = error;
         else this.emit('error', error);
         return;
       }

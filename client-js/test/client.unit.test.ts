@@ -457,6 +457,46 @@ describe('Client with a fake socket', () => {
     assert.equal(FakeSocket.instances.length, 2);
   });
 
+  /** A connected client whose token then expires on its socket, as the server ends it:
+   * an `error` `unauthorized` without `ref`, then close 4001. Returns what it emitted as
+   * `'error'`. */
+  async function expiredOnItsSocket(client: Client): Promise<unknown[]> {
+    const errors: unknown[] = [];
+    client.on('error', (e) => errors.push(e));
+    client.connect();
+    await until(() => FakeSocket.instances.length === 1, 'a socket');
+    FakeSocket.last.welcome();
+    await client.ready();
+    FakeSocket.last.receive({ type: 'error', code: 'unauthorized', message: 'token expired: reconnect with a new token' });
+    FakeSocket.last.drop(4001, 'unauthorized');
+    return errors;
+  }
+
+  test('a token expiring on an open socket is replaced quietly, not reported as an error', async () => {
+    let calls = 0;
+    const client = track(makeClient({ token: undefined, getToken: async () => `t${++calls}` }));
+    const errors = await expiredOnItsSocket(client);
+    await until(() => FakeSocket.instances.length === 2, 'a second socket');
+    FakeSocket.last.open();
+    assert.deepEqual(FakeSocket.last.sent[0], { type: 'hello', token: 't2' });
+    FakeSocket.last.welcome();
+    await until(() => client.state === 'connected', 'connected again');
+    assert.deepEqual(errors, []);
+  });
+
+  test('a fixed token that expires on an open socket ends the client, told once with the reason', async () => {
+    const client = track(makeClient());
+    const errors = await expiredOnItsSocket(client);
+    assert.equal(client.state, 'disconnected');
+    // Told once, as the client gives up, with the server's reason.
+    assert.equal(errors.length, 1);
+    assert.ok(errors[0] instanceof BackchannelError && errors[0].code === 'unauthorized' && errors[0].message.includes('token expired'));
+    await assert.rejects(
+      client.ready(),
+      (e: unknown) => e instanceof BackchannelError && e.code === 'unauthorized' && e.message.includes('token expired'),
+    );
+  });
+
   test('a fixed token that is refused is not retried', async () => {
     const client = track(makeClient());
     client.connect();

@@ -728,7 +728,7 @@ var Client = class extends Emitter {
           return;
         }
         const error = new BackchannelError(frame.code, frame.message, missed);
-        if (this._state !== "connected") this.closeError = error;
+        if (this._state !== "connected" || frame.code === "unauthorized") this.closeError = error;
         else this.emit("error", error);
         return;
       }
