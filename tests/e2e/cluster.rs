@@ -450,6 +450,70 @@ async fn a_mention_reaches_a_user_connected_only_to_another_node() {
     assert_eq!(body["unread"], 1);
 }
 
+/// A notification from a node of the release before notifications carried their
+/// conversation's inbox (a rolling upgrade) names no inbox: the receiving node reads it
+/// from the store, so the user's sessions scoped to that inbox still get it live, and
+/// their sessions of other inboxes still do not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notification_from_an_older_node_reaches_the_sessions_of_its_inbox() {
+    let cluster = Cluster::on_shared_redis().await;
+    let a = cluster.node("a").await;
+    let bob_id = cluster.id("bob");
+    let mut bob_billing = a.client(&agent_in(&bob_id, &["billing"])).await;
+    let mut bob_support = a.client(&agent(&bob_id)).await;
+    bob_billing.sync().await;
+    bob_support.sync().await;
+    let conv = a
+        .http
+        .open_as_customer(&customer(&cluster.id("cleo")))
+        .await;
+
+    // What such a node published: `supervisors_only`, but no `inbox`.
+    let message = json!({
+        "t": "notification",
+        "node": "an-older-node",
+        "user_id": bob_id,
+        "supervisors_only": false,
+        "notification": {
+            "id": 4_000_000_001u64,
+            "kind": "mention",
+            "conversation_id": conv,
+            "event_id": uuid::Uuid::new_v4().to_string(),
+            "from": {"id": cluster.id("alice"), "role": "agent"},
+            "at": "2026-12-07T12:00:00Z",
+            "read": false,
+        },
+    });
+    let reply = redis_publish(
+        SHARED_REDIS_PORT,
+        &cluster.channel(&format!("u:{bob_id}")),
+        &message.to_string(),
+    )
+    .await;
+    assert_eq!(reply, ":1", "one node listens for bob: {reply}");
+
+    let deadline = Instant::now() + STEP;
+    let frame = wait_frame(
+        &mut bob_support,
+        deadline,
+        "the notification on bob's support socket",
+        |f| ty(f) == "notification",
+    )
+    .await;
+    assert_eq!(frame["id"], 4_000_000_001u64, "{frame}");
+    assert_eq!(frame["conversation_id"], conv.as_str(), "{frame}");
+    bob_billing.sync().await;
+    let leaked = bob_billing
+        .take_pending()
+        .into_iter()
+        .filter(|f| ty(f) == "notification")
+        .count();
+    assert_eq!(
+        leaked, 0,
+        "a support conversation's notification on a billing socket"
+    );
+}
+
 /// Two deployments (two databases) on one Redis server, each with a user of the same
 /// id: a mention in one reaches that user's socket there and never the namesake's in the
 /// other, and one deployment's agents never appear on the other's floor.

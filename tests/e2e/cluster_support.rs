@@ -140,6 +140,26 @@ pub async fn redis_command(port: u16, command: &str) -> String {
     }
 }
 
+/// Publishes `payload` on `channel` at the Redis on `127.0.0.1:port`, as a node would (a
+/// RESP array, so the payload's spaces and quotes go as they are); Redis's reply.
+pub async fn redis_publish(port: u16, channel: &str, payload: &str) -> String {
+    let mut command = String::from("*3\r\n$7\r\nPUBLISH\r\n");
+    for part in [channel, payload] {
+        command.push_str(&format!("${}\r\n{part}\r\n", part.len()));
+    }
+    let attempt = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        stream.write_all(command.as_bytes()).await.ok()?;
+        let mut buf = vec![0u8; 256];
+        let n = stream.read(&mut buf).await.ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        Ok(Some(reply)) => reply,
+        _ => format!("(no answer to PUBLISH {channel})"),
+    }
+}
+
 /// A port nobody listens on right now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -143,7 +143,7 @@ pub async fn pump(mut inbound: tokio::sync::mpsc::Receiver<Inbound>, hub: Arc<Hu
     while let Some(message) = inbound.recv().await {
         match message {
             Inbound::Events(events) => hub.committed(&events, &[]),
-            Inbound::Notification(notification) => hub.notify(&notification),
+            Inbound::Notification(notification) => hub.notify_from_another_node(notification).await,
             Inbound::Ephemeral(message) => hub.ephemeral(message),
             Inbound::Resync => hub.resync(),
         }

@@ -329,6 +329,26 @@ impl Hub {
         }
     }
 
+    /// Delivers a notification another node wrote. One from a node older than
+    /// `UserNotification::inbox` does not name its conversation's inbox: it is read from
+    /// the store (the conversation's inbox never changes), so scoped sessions still get
+    /// it live during a rolling upgrade; if the read fails, only sessions of every inbox
+    /// are told, and the others find it in `GET /v1/notifications`.
+    pub async fn notify_from_another_node(&self, mut notification: UserNotification) {
+        if notification.inbox.is_none() {
+            match self
+                .store
+                .conversation(notification.notification.conversation_id)
+                .await
+            {
+                Ok(Some(record)) => notification.inbox = Some(record.inbox_id),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("reading a notification's inbox failed: {e}"),
+            }
+        }
+        self.notify(&notification);
+    }
+
     /// Delivers a notification to every open session of its user on this node that may
     /// read its event: one of a supervisors-only event to supervisor and admin sessions
     /// only, and one of a conversation to sessions whose token names its inbox, as a
