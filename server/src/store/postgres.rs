@@ -877,7 +877,9 @@ fn push_reader(query: &mut QueryBuilder<'_, Postgres>, reader: &NotificationRead
             return false;
         }
         let inboxes: Vec<String> = inboxes.iter().map(|i| i.as_str().to_owned()).collect();
-        // Each notification's own conversation looked up by its key, as on SQLite.
+        // Each notification's own conversation looked up by its key. PostgreSQL planned
+        // the `IN (SELECT ...)` form as the same semi-join on the key; written as on
+        // SQLite, where it was not, so the engines' filters read alike.
         query
             .push(
                 " AND EXISTS (SELECT 1 FROM conversations c \

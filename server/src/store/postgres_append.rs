@@ -130,6 +130,7 @@ struct CachedHead {
     heads: Heads,
     last_hash: [u8; 32],
     contact_id: Option<String>,
+    inbox_id: String,
 }
 
 impl HeadCache {
@@ -151,6 +152,7 @@ impl HeadCache {
                         heads: head.heads,
                         last_hash: head.last_hash,
                         contact_id: head.contact_id.clone(),
+                        inbox_id: head.inbox_id.clone(),
                     },
                 );
             }
@@ -218,6 +220,7 @@ async fn write_on_cached_heads(
                     heads: head.heads,
                     last_hash: head.last_hash,
                     contact_id: head.contact_id.clone(),
+                    inbox_id: head.inbox_id.clone(),
                     dirty: false,
                     last_agent_at: None,
                     last_public_at: None,
@@ -377,6 +380,8 @@ struct Head {
     heads: Heads,
     last_hash: [u8; 32],
     contact_id: Option<String>,
+    /// Its inbox (never changes): the mention notifications written to it carry it.
+    inbox_id: String,
     /// Set once the batch appended to it: the head must be written back.
     dirty: bool,
     /// The batch's latest event in the agents' stream, and in the public one: the
@@ -461,7 +466,8 @@ impl BatchWriter {
         // Rows are locked in the order the sort returns them.
         let rows = sqlx::query(
             "SELECT id::text AS id, public_seq, agent_seq, supervisor_seq, last_hash, \
-             contact_id FROM conversations WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
+             contact_id, inbox_id FROM conversations WHERE id = ANY($1::uuid[]) \
+             ORDER BY id FOR UPDATE",
         )
         .bind(&ids)
         .fetch_all(&mut *conn)
@@ -482,6 +488,7 @@ impl BatchWriter {
                         .try_into()
                         .map_err(|_| StoreError::Corrupt("last_hash is not 32 bytes".into()))?,
                     contact_id: row.try_get("contact_id")?,
+                    inbox_id: row.try_get("inbox_id")?,
                     dirty: false,
                     last_agent_at: None,
                     last_public_at: None,
@@ -580,6 +587,7 @@ impl BatchWriter {
                 heads: Heads::default(),
                 last_hash: chain::GENESIS,
                 contact_id,
+                inbox_id: pg_text(new.inbox_id.as_str()).into_owned(),
                 dirty: false,
                 last_agent_at: None,
                 last_public_at: None,
@@ -709,12 +717,19 @@ impl BatchWriter {
                 let mut seen = HashSet::new();
                 for user in mentions {
                     if *user != actor.id && seen.insert(user) {
+                        let Some(head) = self.heads.get(&event.conversation_id) else {
+                            return Err(StoreError::Corrupt(
+                                "a locked conversation vanished".into(),
+                            ));
+                        };
+                        let inbox = InboxId(head.inbox_id.clone());
                         let entry = self.outcome_mut(outcome)?;
                         let index = entry.notifications.len();
                         entry.notifications.push(notification(
                             user,
                             NotificationKind::Mention,
                             event,
+                            inbox,
                         ));
                         self.pending.notifications.push((outcome, index));
                     }
@@ -787,35 +802,7 @@ impl BatchWriter {
             entry.notification.id = id as u64;
             columns.push(id, entry);
         }
-        let mut conversations = columns.conversations.clone();
-        conversations.sort_unstable();
-        conversations.dedup();
-        columns.insert(conn).await?;
-        // Each notification's conversation's inbox, which scopes the sessions it is shown
-        // on: one read for the batch.
-        let inboxes: HashMap<String, String> = sqlx::query_as(
-            "SELECT id::text, inbox_id FROM conversations WHERE id = ANY($1::text[]::uuid[])",
-        )
-        .bind(&conversations)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .collect();
-        for &(outcome, index) in positions {
-            let Some(entry) = self.outcome_mut(outcome)?.notifications.get_mut(index) else {
-                return Err(StoreError::Corrupt(
-                    "a pending notification vanished".into(),
-                ));
-            };
-            let conversation = entry.notification.conversation_id.to_string();
-            let Some(inbox) = inboxes.get(&conversation) else {
-                return Err(StoreError::Corrupt(format!(
-                    "a notification's conversation {conversation} has no row"
-                )));
-            };
-            entry.inbox = Some(InboxId(inbox.clone()));
-        }
-        Ok(())
+        columns.insert(conn).await
     }
 
     /// The head of every conversation appended to since the last flush, to write back.
@@ -1139,8 +1126,14 @@ impl NotificationColumns {
     }
 }
 
-/// A notification of `event` for `user`, its id drawn when it is written.
-fn notification(user: &UserId, kind: NotificationKind, event: &Event) -> UserNotification {
+/// A notification of `event` (in a conversation of `inbox`) for `user`, its id drawn when
+/// it is written.
+fn notification(
+    user: &UserId,
+    kind: NotificationKind,
+    event: &Event,
+    inbox: InboxId,
+) -> UserNotification {
     UserNotification {
         user_id: UserId(pg_text(user.as_str()).into_owned()),
         notification: Notification {
@@ -1153,8 +1146,7 @@ fn notification(user: &UserId, kind: NotificationKind, event: &Event) -> UserNot
             read: false,
         },
         supervisors_only: event.visibility() == Visibility::Supervisors,
-        // Read when it is written (`insert_notifications`).
-        inbox: None,
+        inbox: Some(inbox),
     }
 }
 
