@@ -602,9 +602,15 @@ fn project(
                 body: body.clone(),
             });
             let mut seen = HashSet::new();
+            // Read once per note, for every one mentioned (a team may be many).
+            let mut inbox = None;
             for user in mentions {
                 if *user != actor.id && seen.insert(user) {
-                    notifications.push(notify(db, user, NotificationKind::Mention, event)?);
+                    let inbox = match &inbox {
+                        Some(inbox) => inbox,
+                        None => inbox.insert(inbox_of(db, event)?),
+                    };
+                    notifications.push(notify(db, user, NotificationKind::Mention, event, inbox)?);
                 }
             }
         }
@@ -640,7 +646,14 @@ fn project(
             ])?;
             if let Some(assignee) = assignee_id {
                 if *assignee != actor.id {
-                    notifications.push(notify(db, assignee, NotificationKind::Assigned, event)?);
+                    let inbox = inbox_of(db, event)?;
+                    notifications.push(notify(
+                        db,
+                        assignee,
+                        NotificationKind::Assigned,
+                        event,
+                        &inbox,
+                    )?);
                 }
             }
         }
@@ -698,6 +711,7 @@ fn notify(
     user: &UserId,
     kind: NotificationKind,
     event: &Event,
+    inbox: &InboxId,
 ) -> Result<UserNotification, StoreError> {
     let actor = &event.view.actor;
     let id: i64 = db
@@ -718,9 +732,6 @@ fn notify(
             ],
             |row| row.get(0),
         )?;
-    let inbox: String = db
-        .prepare_cached("SELECT inbox_id FROM conversations WHERE id = ?")?
-        .query_row([event.conversation_id.to_string()], |row| row.get(0))?;
     Ok(UserNotification {
         user_id: user.clone(),
         notification: Notification {
@@ -733,6 +744,14 @@ fn notify(
             read: false,
         },
         supervisors_only: event.visibility() == Visibility::Supervisors,
-        inbox: Some(InboxId(inbox)),
+        inbox: Some(inbox.clone()),
     })
+}
+
+/// The inbox of `event`'s conversation, which its notifications carry (it never changes).
+fn inbox_of(db: &Connection, event: &Event) -> Result<InboxId, StoreError> {
+    let inbox: String = db
+        .prepare_cached("SELECT inbox_id FROM conversations WHERE id = ?")?
+        .query_row([event.conversation_id.to_string()], |row| row.get(0))?;
+    Ok(InboxId(inbox))
 }
