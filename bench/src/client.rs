@@ -1,5 +1,5 @@
-//! One simulated client: a WebSocket that speaks Backchannel's protocol (or the relay's),
-//! sends what it is told, and records what it receives.
+//! One simulated client: a WebSocket that speaks Backchannel's protocol (or the relay's,
+//! or Socket.IO's), sends what it is told, and records what it receives.
 //!
 //! A connection is a task on the load generator's single thread. [`spawn`] connects it
 //! from a chosen 127.0.0.x source address, says `hello`, subscribes to one conversation
@@ -49,6 +49,10 @@ pub enum Proto {
     },
     /// The reference relay: `{"join": room}`, then every frame is relayed verbatim.
     Relay { room: String },
+    /// Socket.IO (`bench/socketio/server.js`, Engine.IO 4 over a WebSocket): connects to
+    /// the default namespace with `{room, role, id}` as its auth and waits for `joined`;
+    /// notes and messages are `note` / `send` events with an acknowledgement id.
+    SocketIo { room: String, customer: bool },
 }
 
 #[derive(Clone, Debug)]
@@ -169,7 +173,7 @@ impl Conn {
     fn new(spec: Spec, ctx: Ctx) -> Conn {
         let last_seq = match &spec.proto {
             Proto::Backchannel { since, .. } => since.unwrap_or(0),
-            Proto::Relay { .. } => 0,
+            Proto::Relay { .. } | Proto::SocketIo { .. } => 0,
         };
         Conn {
             spec,
@@ -186,8 +190,14 @@ impl Conn {
         }
     }
 
-    fn is_relay(&self) -> bool {
-        matches!(self.spec.proto, Proto::Relay { .. })
+    /// Whether each socket's events carry consecutive seqs to check: only Backchannel
+    /// keeps a stream per audience (the relay and Socket.IO have no log).
+    fn has_streams(&self) -> bool {
+        matches!(self.spec.proto, Proto::Backchannel { .. })
+    }
+
+    fn is_socketio(&self) -> bool {
+        matches!(self.spec.proto, Proto::SocketIo { .. })
     }
 
     async fn open(&mut self) -> Result<(Ws, u64), String> {
@@ -200,7 +210,13 @@ impl Conn {
             .await
             .map_err(|e| format!("connect: {e}"))?;
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let url = format!("ws://{}/v1/ws", self.spec.server);
+        let url = match self.spec.proto {
+            Proto::SocketIo { .. } => format!(
+                "ws://{}/socket.io/?EIO=4&transport=websocket",
+                self.spec.server
+            ),
+            _ => format!("ws://{}/v1/ws", self.spec.server),
+        };
         let (mut ws, _) =
             tokio_tungstenite::client_async_with_config(url.as_str(), tcp, Some(ws_config()))
                 .await
@@ -212,6 +228,20 @@ impl Conn {
                     .await
                     .map_err(|e| e.to_string())?;
                 self.expect_answer(&mut ws, "{\"joined\"").await?;
+                0
+            }
+            Proto::SocketIo { room, customer } => {
+                // Engine.IO's open packet first, then Socket.IO's CONNECT with the auth.
+                self.expect_answer(&mut ws, "0{").await?;
+                let auth = serde_json::json!({
+                    "room": room,
+                    "role": if customer { "customer" } else { "agent" },
+                    "id": self.spec.id,
+                });
+                ws.send(Message::text(format!("40{auth}")))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.expect_answer(&mut ws, "42[\"joined\"").await?;
                 0
             }
             Proto::Backchannel {
@@ -256,7 +286,9 @@ impl Conn {
                     if text.starts_with(prefix) {
                         return Ok(text.as_str().to_owned());
                     }
-                    if text.starts_with("{\"type\":\"error\"") {
+                    if text.starts_with("{\"type\":\"error\"")
+                        || (self.is_socketio() && text.starts_with("44"))
+                    {
                         return Err(format!("refused: {}", text.as_str()));
                     }
                     self.on_text(&text);
@@ -383,6 +415,14 @@ impl Conn {
                 )
             }
             Proto::Relay { room } => relay_event_frame(room, self.sent, note, self.spec.id, &body),
+            Proto::SocketIo { room, .. } => socketio_event(
+                if note { "note" } else { "send" },
+                t,
+                &format!(
+                    "{{\"conversation_id\":\"{room}\",\"client_id\":\"c{}-{}\",\"body\":\"{body}\"}}",
+                    self.spec.id, self.sent
+                ),
+            ),
         };
         self.out.push(frame);
         let mut stats = self.ctx.stats.borrow_mut();
@@ -397,23 +437,13 @@ impl Conn {
         if self.spec.leak_check && text.contains(NOTE_MARKER) {
             self.ctx.stats.borrow_mut().leaks += 1;
         }
-        if text.starts_with("{\"type\":\"event\"") {
+        if self.is_socketio() {
+            self.on_socketio_text(text);
+        } else if text.starts_with("{\"type\":\"event\"") {
             self.on_event(text);
         } else if text.starts_with("{\"type\":\"ok\"") {
             if let Some(t) = number_after(text, "\"ref\":") {
-                let now = now_us();
-                {
-                    let mut stats = self.ctx.stats.borrow_mut();
-                    stats.total_acks += 1;
-                    if stats.recording {
-                        stats.acks += 1;
-                        stats
-                            .ack_us
-                            .push(now.saturating_sub(t).min(u32::MAX as u64) as u32);
-                    }
-                }
-                self.in_flight = self.in_flight.saturating_sub(1);
-                self.refill();
+                self.on_ok(t);
             }
         } else if text.starts_with("{\"type\":\"error\"") {
             self.ctx.stats.borrow_mut().error(text);
@@ -424,11 +454,52 @@ impl Conn {
         }
     }
 
+    /// Socket.IO's packets: `2` is Engine.IO's ping (answered `3`, or the server drops
+    /// the socket), `42["event",…]` a delivery, `43T[…]` the acknowledgement of the
+    /// append whose ack id was its send time T.
+    fn on_socketio_text(&mut self, text: &str) {
+        if text == "2" {
+            self.out.push("3".to_owned());
+        } else if text.starts_with("42[\"event\"") {
+            self.on_event(text);
+        } else if let Some(ack) = text.strip_prefix("43") {
+            if let Some(t) = leading_number(ack) {
+                if ack.contains("\"type\":\"error\"") {
+                    self.ctx.stats.borrow_mut().error(text);
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                    self.refill();
+                } else {
+                    self.on_ok(t);
+                }
+            }
+        } else if text.starts_with("44") || text.starts_with('1') {
+            // CONNECT_ERROR, or Engine.IO's close.
+            self.ctx.stats.borrow_mut().error(text);
+        }
+    }
+
+    /// An append sent at `t` was acknowledged.
+    fn on_ok(&mut self, t: u64) {
+        let now = now_us();
+        {
+            let mut stats = self.ctx.stats.borrow_mut();
+            stats.total_acks += 1;
+            if stats.recording {
+                stats.acks += 1;
+                stats
+                    .ack_us
+                    .push(now.saturating_sub(t).min(u32::MAX as u64) as u32);
+            }
+        }
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.refill();
+    }
+
     fn on_event(&mut self, text: &str) {
         let now = now_us();
         dump(text);
         let mut stats = self.ctx.stats.borrow_mut();
-        if !self.is_relay() {
+        if self.has_streams() {
             match number_after(text, "\"seq\":") {
                 Some(seq) if seq == self.last_seq + 1 => self.last_seq = seq,
                 Some(seq) if seq <= self.last_seq => stats.duplicates += 1,
@@ -488,6 +559,11 @@ pub fn relay_event_frame(room: &str, n: u64, note: bool, id: u32, body: &str) ->
             "{{\"type\":\"event\",\"conversation_id\":\"{room}\",\"seq\":{n},\"event\":{{\"id\":\"{event_id}\",\"at\":\"{at}\",\"actor\":{{\"id\":\"c{id}\",\"role\":\"customer\"}},\"kind\":\"message\",\"body\":\"{body}\"}}}}"
         )
     }
+}
+
+/// A Socket.IO event packet with an acknowledgement id: `42ACK["NAME",DATA]`.
+pub fn socketio_event(name: &str, ack: u64, data: &str) -> String {
+    format!("42{ack}[\"{name}\",{data}]")
 }
 
 /// Prints the first `BC_LOAD_DUMP_FRAMES` event frames received to stderr (debugging).

@@ -2,7 +2,7 @@
 //! one JSON line on stdout (progress goes to stderr):
 //!
 //! ```text
-//! bc-load fanout     # 500 rooms x (5 agents + 1 customer), relay then Backchannel
+//! bc-load fanout     # 500 rooms x (5 agents + 1 customer): the relay, Backchannel, Socket.IO
 //! bc-load idle       # 10,000 idle connections: memory per connection
 //! bc-load durable    # acknowledged notes per second, SQLite and PostgreSQL
 //! bc-load cluster    # two nodes over Redis: cross-node delivery latency
@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Rooms of agents and a customer: paced notes and messages, fixed rate and
-    /// saturation search, against the relay and Backchannel.
+    /// saturation search, against the relay, Backchannel and Socket.IO.
     Fanout(fanout::FanoutArgs),
     /// Idle connections: server memory per connection.
     Idle(idle::IdleArgs),

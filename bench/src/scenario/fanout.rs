@@ -1,19 +1,20 @@
 //! `fanout`: rooms of agents and a customer, notes and messages at a paced rate, against
-//! the reference relay and then Backchannel, side by side in one run.
+//! the reference relay, Backchannel and Socket.IO, side by side in one run.
 //!
 //! Each target gets the same room shape and the same offered sends per second: first a
 //! fixed-rate step (by default 22,500 offered deliveries/s on Backchannel's shape), then
 //! a saturation search for the highest rate whose agents' p99 stays under the limit.
 //! Backchannel delivers a note to the room's agents (the sender included) and a message
-//! to them and the customer; the relay delivers every frame to the other members. CPU
-//! per delivery is compared at the fixed step.
+//! to them and the customer; so does the Socket.IO server (`bench/socketio/server.js`,
+//! what teams pick today: rooms, its Redis adapter, no store); the relay delivers every
+//! frame to the other members. CPU per delivery is compared at the fixed step.
 //!
 //! The machine this runs on is shared, and its speed drifts within minutes (the relay's
-//! cost per delivery has moved by a third within an hour). So both targets are set up
-//! side by side first, and the fixed step runs in rounds, the relay then Backchannel,
-//! `--rounds` times: each figure of `fixed` is the median over the rounds, and each
-//! ratio to the relay the median of the rounds' ratios, every pair measured a few
-//! seconds apart. The searches run after the rounds, one target at a time.
+//! cost per delivery has moved by a third within an hour). So the targets are set up
+//! side by side first, and the fixed step runs in rounds, the relay, Backchannel, then
+//! Socket.IO, `--rounds` times: each figure of `fixed` is the median over the rounds, and
+//! each ratio the median of the rounds' ratios, every pair measured seconds apart. The
+//! searches run after the rounds, one target at a time.
 //!
 //! Before the rounds, Backchannel's rooms are given `--history` events (a paced step at
 //! `--history-rate` whose figures are kept apart), so the rounds measure a database with
@@ -85,9 +86,18 @@ pub struct FanoutArgs {
     /// The p99 a search step must stay under, in ms.
     #[arg(long, default_value_t = 100.0)]
     pub p99_ms: f64,
-    /// Run against the relay only, or Backchannel only.
-    #[arg(long, value_parser = ["both", "relay", "backchannel"], default_value = "both")]
-    pub targets: String,
+    /// The targets, in the order each round runs them: a comma-separated list of
+    /// `relay`, `backchannel`, `socketio`; `both` is the relay and Backchannel, `all`
+    /// adds Socket.IO.
+    #[arg(long, default_value = "all", value_parser = TargetList::parse)]
+    pub targets: TargetList,
+    /// The Socket.IO server (`node` runs it; its packages from `npm ci` in its folder).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/socketio/server.js"))]
+    pub socketio_server: std::path::PathBuf,
+    /// The Redis the Socket.IO server's adapter publishes on (`none`: its in-memory
+    /// adapter).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub socketio_redis: String,
     /// Longest wait for deliveries after a step.
     #[arg(long, default_value_t = 10)]
     pub drain_s: u64,
@@ -105,13 +115,11 @@ pub async fn run(args: FanoutArgs) -> Result<Value, String> {
         "body_pad": args.common.body_pad,
         "fixed_sends_per_s": round(sends_per_s, 1),
     });
-    // Relay first, so a round's pair is the floor then Backchannel.
+    // In the list's order (the relay first by default), so a round measures the floor
+    // and then the others seconds apart.
     let mut prepared = Vec::new();
-    if args.targets != "backchannel" {
-        prepared.push(Prepared::new(&args, false).await?);
-    }
-    if args.targets != "relay" {
-        prepared.push(Prepared::new(&args, true).await?);
+    for &target in &args.targets.0 {
+        prepared.push(Prepared::new(&args, target).await?);
     }
     let fixed = StepParams {
         sends_per_s,
@@ -120,7 +128,10 @@ pub async fn run(args: FanoutArgs) -> Result<Value, String> {
         drain: Duration::from_secs(args.drain_s),
         p99_limit_ms: args.fixed_p99_ms,
     };
-    for target in prepared.iter().filter(|target| target.backchannel) {
+    for target in prepared
+        .iter()
+        .filter(|target| target.target == Target::Backchannel)
+    {
         out["history"] = target.write_history(&args).await;
     }
     let mut rounds: Vec<Vec<Value>> = vec![Vec::new(); prepared.len()];
@@ -137,45 +148,13 @@ pub async fn run(args: FanoutArgs) -> Result<Value, String> {
         let name = target.name();
         out[name] = target.finish(&args, steps).await;
     }
-    let ratio = |path: &[&str]| -> Value {
-        match (
-            number_at(&out["backchannel"], path),
-            number_at(&out["relay"], path),
-        ) {
-            (Some(b), Some(r)) if r > 0.0 => json!(round(b / r, 2)),
-            _ => Value::Null,
-        }
-    };
-    // A fixed-step ratio is the median of the rounds' ratios: each pair ran seconds apart.
-    let round_ratios = |path: &[&str]| -> Vec<f64> {
-        let rounds = |target: &str| -> Vec<Option<f64>> {
-            out[target]["fixed_rounds"]
-                .as_array()
-                .map(|steps| steps.iter().map(|step| number_at(step, path)).collect())
-                .unwrap_or_default()
-        };
-        rounds("backchannel")
-            .into_iter()
-            .zip(rounds("relay"))
-            .filter_map(|pair| match pair {
-                (Some(b), Some(r)) if r > 0.0 => Some(round(b / r, 2)),
-                _ => None,
-            })
-            .collect()
-    };
-    let fixed_ratio = |path: &[&str]| -> Value {
-        median(round_ratios(path)).map_or(Value::Null, |m| json!(round(m, 2)))
-    };
-    let cpu_ratio = fixed_ratio(&["server_cpu_us_per_delivery"]);
-    out["ratio_to_relay"] = json!({
-        "cpu_us_per_delivery_fixed": cpu_ratio,
-        "cpu_us_per_delivery_fixed_rounds": round_ratios(&["server_cpu_us_per_delivery"]),
-        "p50_fixed": fixed_ratio(&["latency", "p50_ms"]),
-        "p99_fixed": fixed_ratio(&["latency", "p99_ms"]),
-        "max_deliveries_per_s": ratio(&["search", "best", "deliveries_per_s"]),
-        "cpu_us_per_delivery_at_max": ratio(&["search", "best", "server_cpu_us_per_delivery"]),
-        "rss_kib_per_connection": ratio(&["rss_kib_per_connection"]),
-    });
+    let to_relay = ratios(&out, "backchannel", "relay");
+    let socketio_to_relay = ratios(&out, "socketio", "relay");
+    let to_socketio = ratios(&out, "backchannel", "socketio");
+    out["ratio_to_relay"] = to_relay;
+    out["socketio_ratio_to_relay"] = socketio_to_relay;
+    out["ratio_to_socketio"] = to_socketio;
+    let cpu_ratio = out["ratio_to_relay"]["cpu_us_per_delivery_fixed"].clone();
     let bc = &out["backchannel"];
     let fixed_p99 = bc["fixed"]["latency"]["p99_ms"].as_f64();
     let best = bc["search"]["best"]["deliveries_per_s"].as_f64();
@@ -185,6 +164,105 @@ pub async fn run(args: FanoutArgs) -> Result<Value, String> {
         "sustained_100k_with_p99_under_100ms": best.map(|d| d >= 100_000.0),
     });
     Ok(out)
+}
+
+/// `out[of]`'s figures over `out[to]`'s (null unless both targets ran).
+fn ratios(out: &Value, of: &str, to: &str) -> Value {
+    if out[of].is_null() || out[to].is_null() {
+        return Value::Null;
+    }
+    let cpu = &["server_cpu_us_per_delivery"];
+    json!({
+        "cpu_us_per_delivery_fixed": fixed_ratio(out, of, to, cpu),
+        "cpu_us_per_delivery_fixed_rounds": round_ratios(out, of, to, cpu),
+        "p50_fixed": fixed_ratio(out, of, to, &["latency", "p50_ms"]),
+        "p99_fixed": fixed_ratio(out, of, to, &["latency", "p99_ms"]),
+        "max_deliveries_per_s": ratio(out, of, to, &["search", "best", "deliveries_per_s"]),
+        "cpu_us_per_delivery_at_max": ratio(out, of, to, &["search", "best", "server_cpu_us_per_delivery"]),
+        "rss_kib_per_connection": ratio(out, of, to, &["rss_kib_per_connection"]),
+    })
+}
+
+/// `out[of]` over `out[to]` at `path`.
+fn ratio(out: &Value, of: &str, to: &str, path: &[&str]) -> Value {
+    match (number_at(&out[of], path), number_at(&out[to], path)) {
+        (Some(a), Some(b)) if b > 0.0 => json!(round(a / b, 2)),
+        _ => Value::Null,
+    }
+}
+
+/// Each fixed-step round's ratio of `out[of]` to `out[to]` at `path` (the rounds ran in
+/// pairs, seconds apart).
+fn round_ratios(out: &Value, of: &str, to: &str, path: &[&str]) -> Vec<f64> {
+    let rounds = |target: &str| -> Vec<Option<f64>> {
+        out[target]["fixed_rounds"]
+            .as_array()
+            .map(|steps| steps.iter().map(|step| number_at(step, path)).collect())
+            .unwrap_or_default()
+    };
+    rounds(of)
+        .into_iter()
+        .zip(rounds(to))
+        .filter_map(|pair| match pair {
+            (Some(a), Some(b)) if b > 0.0 => Some(round(a / b, 2)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A fixed-step ratio: the median of the rounds' ratios.
+fn fixed_ratio(out: &Value, of: &str, to: &str, path: &[&str]) -> Value {
+    median(round_ratios(out, of, to, path)).map_or(Value::Null, |m| json!(round(m, 2)))
+}
+
+/// A server `fanout` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `bc-relay`, the floor.
+    Relay,
+    Backchannel,
+    /// `bench/socketio/server.js` on its Redis adapter.
+    SocketIo,
+}
+
+/// The `--targets` of a run, in order.
+#[derive(Clone, Debug)]
+pub struct TargetList(pub Vec<Target>);
+
+impl TargetList {
+    fn parse(list: &str) -> Result<TargetList, String> {
+        let mut targets = Vec::new();
+        for name in list.split(',').map(str::trim) {
+            let add: &[Target] = match name {
+                "relay" => &[Target::Relay],
+                "backchannel" => &[Target::Backchannel],
+                "socketio" => &[Target::SocketIo],
+                "both" => &[Target::Relay, Target::Backchannel],
+                "all" => &[Target::Relay, Target::Backchannel, Target::SocketIo],
+                other => {
+                    return Err(format!(
+                        "unknown target {other:?} (relay, backchannel, socketio, both, all)"
+                    ))
+                }
+            };
+            for target in add {
+                if !targets.contains(target) {
+                    targets.push(*target);
+                }
+            }
+        }
+        Ok(TargetList(targets))
+    }
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Relay => "relay",
+            Target::Backchannel => "backchannel",
+            Target::SocketIo => "socketio",
+        }
+    }
 }
 
 /// The number at `path` (object keys) inside `value`, if there is one.
@@ -197,7 +275,7 @@ fn number_at(value: &Value, path: &[&str]) -> Option<f64> {
 /// One target set up for the run: its server, the fleet connected to it, and who sends
 /// what.
 struct Prepared {
-    backchannel: bool,
+    target: Target,
     env: Env,
     server: Server,
     targets: Targets,
@@ -209,14 +287,17 @@ struct Prepared {
 }
 
 impl Prepared {
-    /// Starts the target (`backchannel` true: Backchannel, else the relay), opens its
-    /// conversations and connects the rooms.
-    async fn new(args: &FanoutArgs, backchannel: bool) -> Result<Prepared, String> {
+    /// Starts the target, opens its conversations and connects the rooms.
+    async fn new(args: &FanoutArgs, target: Target) -> Result<Prepared, String> {
         let env = Env::new(args.common.clone());
-        let server: Server = if backchannel {
-            env.backchannel("fanout", &[])?
-        } else {
-            env.relay()?
+        let backchannel = target == Target::Backchannel;
+        let server: Server = match target {
+            Target::Backchannel => env.backchannel("fanout", &[])?,
+            Target::Relay => env.relay()?,
+            Target::SocketIo => {
+                let redis = (args.socketio_redis != "none").then_some(args.socketio_redis.as_str());
+                env.socketio(&args.socketio_server, redis)?
+            }
         };
         let targets = Targets::of(&[&server], backchannel);
         let per_room = args.agents + args.customers;
@@ -239,22 +320,27 @@ impl Prepared {
             for k in 0..per_room {
                 let customer = k >= args.agents;
                 let id = specs.len() as u32;
-                let proto = if backchannel {
-                    let (role, sub) = if customer {
-                        ("customer", format!("c{r}"))
-                    } else {
-                        ("agent", format!("a{r}-{k}"))
-                    };
-                    Proto::Backchannel {
-                        token: env.token(role, &sub),
-                        conversation: conversation.clone(),
-                        since: None,
-                        subscribe: true,
+                let proto = match target {
+                    Target::Backchannel => {
+                        let (role, sub) = if customer {
+                            ("customer", format!("c{r}"))
+                        } else {
+                            ("agent", format!("a{r}-{k}"))
+                        };
+                        Proto::Backchannel {
+                            token: env.token(role, &sub),
+                            conversation: conversation.clone(),
+                            since: None,
+                            subscribe: true,
+                        }
                     }
-                } else {
-                    Proto::Relay {
+                    Target::Relay => Proto::Relay {
                         room: conversation.clone(),
-                    }
+                    },
+                    Target::SocketIo => Proto::SocketIo {
+                        room: conversation.clone(),
+                        customer,
+                    },
                 };
                 if customer {
                     room.customer = Some(specs.len());
@@ -265,7 +351,7 @@ impl Prepared {
                     server: server.addr,
                     source: sources[specs.len() % sources.len()],
                     proto,
-                    leak_check: customer && backchannel,
+                    leak_check: customer && target != Target::Relay,
                     latency: !customer,
                     group: 0,
                     id,
@@ -277,22 +363,25 @@ impl Prepared {
         }
         let handles = env.connect(specs).await?;
         let rss_kib_after = settled_rss(server.pid).await;
+        // Backchannel and Socket.IO deliver to the sender too, a note to the agents only;
+        // the relay to every other member.
+        let relay = target == Target::Relay;
         let plan = Plan {
             rooms,
             note_pct: args.note_pct,
-            note_fanout: if backchannel {
+            note_fanout: if relay {
+                (per_room - 1) as u32
+            } else {
                 args.agents as u32
-            } else {
-                (per_room - 1) as u32
             },
-            msg_fanout: if backchannel {
-                per_room as u32
-            } else {
+            msg_fanout: if relay {
                 (per_room - 1) as u32
+            } else {
+                per_room as u32
             },
         };
         Ok(Prepared {
-            backchannel,
+            target,
             env,
             server,
             targets,
@@ -305,11 +394,7 @@ impl Prepared {
     }
 
     fn name(&self) -> &'static str {
-        if self.backchannel {
-            "backchannel"
-        } else {
-            "relay"
-        }
+        self.target.name()
     }
 
     async fn step(&self, params: StepParams) -> Step {

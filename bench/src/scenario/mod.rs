@@ -17,7 +17,7 @@ pub mod resume;
 pub mod stalled;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
@@ -179,6 +179,48 @@ impl Env {
             Some(dir),
         )?;
         eprintln!("bc-load: relay on {} (pid {:?})", server.addr, server.pid);
+        Ok(server)
+    }
+
+    /// Starts the Socket.IO server (`server_js`, run by `node`) on its Redis adapter at
+    /// `redis`, or its in-memory one.
+    pub fn socketio(&self, server_js: &Path, redis: Option<&str>) -> Result<Server, String> {
+        server_js
+            .parent()
+            .map(|dir| dir.join("node_modules"))
+            .filter(|modules| modules.is_dir())
+            .ok_or_else(|| {
+                format!(
+                    "{}'s packages are not installed: run `npm ci` in its folder",
+                    server_js.display()
+                )
+            })?;
+        let dir = procs::temp_dir("socketio")?;
+        let mut args = vec![
+            server_js.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        match redis {
+            Some(url) => args.extend(["--redis".into(), url.to_owned()]),
+            None => args.push("--no-redis".into()),
+        }
+        let server = Server::spawn(
+            Launch {
+                binary: Path::new("node"),
+                args,
+                cores: self.cores(),
+                log: dir.join("socketio.log"),
+                env: vec![("NODE_ENV".into(), "production".into())],
+            },
+            Some(dir),
+        )?;
+        eprintln!(
+            "bc-load: Socket.IO on {} (pid {:?}, adapter {})",
+            server.addr,
+            server.pid,
+            redis.unwrap_or("in memory")
+        );
         Ok(server)
     }
 
@@ -485,6 +527,8 @@ pub async fn run_step(
         .map(|&b| round(b as f64 / 1e6 / window_secs, 3))
         .collect::<Vec<_>>());
     json["postgres_redis_cpu_util"] = json!(round(helpers_cpu as f64 / 1e6 / window_secs, 3));
+    json["postgres_redis_cpu_us_per_delivery"] =
+        json!(round(helpers_cpu as f64 / s.deliveries.max(1) as f64, 3));
     json["other_cpu_util"] = json!(round(
         busy_total.saturating_sub(server_cpu + load_cpu) as f64 / 1e6 / window_secs,
         3
