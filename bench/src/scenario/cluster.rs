@@ -17,6 +17,11 @@
 //! (docs/benchmarks-log.md, tenth session). The kernel's writeback of what the rounds
 //! themselves dirty, every ~30 s, is the deployment's too and stays in the measurement.
 //! `--no-vacuum` skips both.
+//!
+//! `--target socketio` runs the same step on two Socket.IO nodes
+//! (`bench/socketio/server.js`) on the same Redis, through its adapter: what teams pick
+//! today for more than one node. It has no store, so there is no history, no database
+//! and nothing to replay: its cross-node latency is Redis's hop alone.
 
 use std::time::Duration;
 
@@ -67,18 +72,35 @@ pub struct ClusterArgs {
     /// Do not vacuum, analyze and checkpoint the database after the history.
     #[arg(long)]
     pub no_vacuum: bool,
+    /// The nodes: Backchannel's (on PostgreSQL and Redis), or Socket.IO's (on Redis).
+    #[arg(long, value_parser = ["backchannel", "socketio"], default_value = "backchannel")]
+    pub target: String,
+    /// The Socket.IO server (with `--target socketio`).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/socketio/server.js"))]
+    pub socketio_server: std::path::PathBuf,
+}
+
+impl ClusterArgs {
+    fn socketio(&self) -> bool {
+        self.target == "socketio"
+    }
 }
 
 pub async fn run(args: ClusterArgs) -> Result<Value, String> {
     let env = Env::new(args.common.clone());
     let mut out = header("cluster", &env);
-    let name = format!("bcbench_cluster_{}_{}", std::process::id(), super::clock());
-    let url = procs::create_database(&args.postgres, &name)?;
-    let result = measure(&env, &args, &url).await;
-    procs::drop_database(&args.postgres, &name);
-    let result = result?;
+    let result = if args.socketio() {
+        measure(&env, &args, None).await?
+    } else {
+        let name = format!("bcbench_cluster_{}_{}", std::process::id(), super::clock());
+        let url = procs::create_database(&args.postgres, &name)?;
+        let result = measure(&env, &args, Some(&url)).await;
+        procs::drop_database(&args.postgres, &name);
+        result?
+    };
     let p99 = result["step"]["latency_remote"]["p99_ms"].as_f64();
     out["shape"] = json!({
+        "target": args.target,
         "rooms": args.rooms,
         "remote_agents_per_room": args.remote_agents,
         "sends_per_s": round(args.rate / args.remote_agents.max(1) as f64, 1),
@@ -91,9 +113,11 @@ pub async fn run(args: ClusterArgs) -> Result<Value, String> {
     Ok(out)
 }
 
-async fn measure(env: &Env, args: &ClusterArgs, url: &str) -> Result<Value, String> {
-    let node = |id: &str| {
-        env.backchannel(
+/// Starts the two nodes and runs the step; `url` is the PostgreSQL database
+/// Backchannel's nodes share (none for Socket.IO's).
+async fn measure(env: &Env, args: &ClusterArgs, url: Option<&str>) -> Result<Value, String> {
+    let node = |id: &str| match url {
+        Some(url) => env.backchannel(
             &format!("cluster-{id}"),
             &[
                 "--database-url".into(),
@@ -103,23 +127,38 @@ async fn measure(env: &Env, args: &ClusterArgs, url: &str) -> Result<Value, Stri
                 "--node-id".into(),
                 format!("bench-{id}"),
             ],
-        )
+        ),
+        None => env.socketio(&args.socketio_server, Some(&args.redis)),
     };
     let a = node("a")?;
     let b = node("b")?;
-    let contacts: Vec<String> = (0..args.rooms).map(|r| format!("c{r}")).collect();
-    let conversations =
-        procs::open_conversations(&a.base_url(), &env.common.jwt_secret, &contacts, 16).await?;
+    let conversations: Vec<String> = match url {
+        Some(_) => {
+            let contacts: Vec<String> = (0..args.rooms).map(|r| format!("c{r}")).collect();
+            procs::open_conversations(&a.base_url(), &env.common.jwt_secret, &contacts, 16).await?
+        }
+        None => (0..args.rooms)
+            .map(|r| format!("00000000-0000-4000-8000-{r:012}"))
+            .collect(),
+    };
+    // Socket.IO keeps no history to write or to skip.
+    let history_events = if url.is_some() { args.history } else { 0 };
     let per_room = 1 + args.remote_agents;
     let sources = env.sources(args.rooms * per_room);
     let spec = |id: usize, on_b: bool, room: usize, k: usize, since: Option<u64>| Spec {
         server: if on_b { b.addr } else { a.addr },
         source: sources[id % sources.len()],
-        proto: Proto::Backchannel {
-            token: env.token("agent", &format!("a{room}-{k}")),
-            conversation: conversations[room].clone(),
-            since,
-            subscribe: true,
+        proto: match url {
+            Some(_) => Proto::Backchannel {
+                token: env.token("agent", &format!("a{room}-{k}")),
+                conversation: conversations[room].clone(),
+                since,
+                subscribe: true,
+            },
+            None => Proto::SocketIo {
+                room: conversations[room].clone(),
+                customer: false,
+            },
         },
         leak_check: false,
         latency: true,
@@ -147,12 +186,12 @@ async fn measure(env: &Env, args: &ClusterArgs, url: &str) -> Result<Value, Stri
         note_fanout: fanout,
         msg_fanout: fanout,
     };
-    let targets = Targets::of(&[&a, &b], true);
-    let history = if args.history > 0 {
-        let seconds = args.history as f64 / args.history_rate;
+    let targets = Targets::of(&[&a, &b], url.is_some());
+    let history = if let (Some(url), true) = (url, history_events > 0) {
+        let seconds = history_events as f64 / args.history_rate;
         eprintln!(
-            "bc-load: cluster: writing {} events of history at {:.0} appends/s ({seconds:.0} s)",
-            args.history, args.history_rate
+            "bc-load: cluster: writing {history_events} events of history at {:.0} appends/s ({seconds:.0} s)",
+            args.history_rate
         );
         let step = run_step(
             env,
@@ -173,12 +212,12 @@ async fn measure(env: &Env, args: &ClusterArgs, url: &str) -> Result<Value, Stri
             procs::vacuum_analyze(url)?;
             procs::checkpoint(url)?;
         }
-        json!({ "events": args.history, "step": step.json, "vacuumed": vacuumed })
+        json!({ "events": history_events, "step": step.json, "vacuumed": vacuumed })
     } else {
         json!({ "events": 0 })
     };
     // Node B's agents subscribe from the heads the history left, so none replays it.
-    let heads = if args.history > 0 {
+    let heads = if history_events > 0 {
         let agents: Vec<String> = (0..args.rooms).map(|r| format!("a{r}-1")).collect();
         procs::agent_stream_heads(
             &b.base_url(),
@@ -193,7 +232,7 @@ async fn measure(env: &Env, args: &ClusterArgs, url: &str) -> Result<Value, Stri
     let mut remote = Vec::with_capacity(args.rooms * args.remote_agents);
     for (r, head) in heads.iter().enumerate() {
         for k in 1..per_room {
-            let since = (args.history > 0).then_some(*head);
+            let since = (history_events > 0).then_some(*head);
             remote.push(spec(args.rooms + remote.len(), true, r, k, since));
         }
     }
