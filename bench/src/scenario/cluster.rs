@@ -76,7 +76,7 @@ pub struct ClusterArgs {
     #[arg(long, value_parser = ["backchannel", "socketio"], default_value = "backchannel")]
     pub target: String,
     /// The Socket.IO server (with `--target socketio`).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/socketio/server.js"))]
+    #[arg(long, default_value = super::SOCKETIO_SERVER)]
     pub socketio_server: std::path::PathBuf,
 }
 
@@ -137,9 +137,7 @@ async fn measure(env: &Env, args: &ClusterArgs, url: Option<&str>) -> Result<Val
             let contacts: Vec<String> = (0..args.rooms).map(|r| format!("c{r}")).collect();
             procs::open_conversations(&a.base_url(), &env.common.jwt_secret, &contacts, 16).await?
         }
-        None => (0..args.rooms)
-            .map(|r| format!("00000000-0000-4000-8000-{r:012}"))
-            .collect(),
+        None => super::room_ids(args.rooms),
     };
     // Socket.IO keeps no history to write or to skip.
     let history_events = if url.is_some() { args.history } else { 0 };

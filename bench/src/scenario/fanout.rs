@@ -92,7 +92,7 @@ pub struct FanoutArgs {
     #[arg(long, default_value = "all", value_parser = TargetList::parse)]
     pub targets: TargetList,
     /// The Socket.IO server (`node` runs it; its packages from `npm ci` in its folder).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/socketio/server.js"))]
+    #[arg(long, default_value = super::SOCKETIO_SERVER)]
     pub socketio_server: std::path::PathBuf,
     /// The Redis the Socket.IO server's adapter publishes on (`none`: its in-memory
     /// adapter).
@@ -308,9 +308,7 @@ impl Prepared {
             procs::open_conversations(&server.base_url(), &env.common.jwt_secret, &contacts, 16)
                 .await?
         } else {
-            (0..args.rooms)
-                .map(|r| format!("00000000-0000-4000-8000-{r:012}"))
-                .collect()
+            super::room_ids(args.rooms)
         };
         let rss_kib_before = settled_rss(server.pid).await;
         let mut specs = Vec::with_capacity(connections);

@@ -71,9 +71,7 @@ async fn one_target(args: &IdleArgs, backchannel: bool) -> Result<Value, String>
         let contacts: Vec<String> = (0..rooms).map(|r| format!("c{r}")).collect();
         procs::open_conversations(&server.base_url(), &env.common.jwt_secret, &contacts, 16).await?
     } else {
-        (0..rooms)
-            .map(|r| format!("00000000-0000-4000-8000-{r:012}"))
-            .collect()
+        super::room_ids(rooms)
     };
     let sources = env.sources(n);
     let specs: Vec<Spec> = (0..n)

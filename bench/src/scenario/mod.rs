@@ -262,6 +262,17 @@ impl Env {
     }
 }
 
+/// The Socket.IO server `fanout` and `cluster` run by default (`bench/socketio`).
+pub const SOCKETIO_SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/socketio/server.js");
+
+/// Room names for servers that keep no conversations (the relay, Socket.IO): shaped like
+/// Backchannel's conversation ids, so every frame carries the same bytes.
+pub fn room_ids(rooms: usize) -> Vec<String> {
+    (0..rooms)
+        .map(|r| format!("00000000-0000-4000-8000-{r:012}"))
+        .collect()
+}
+
 /// Closes every connection and waits (10 s at most) for their tasks to end.
 pub async fn close_all(handles: Vec<Handle>) {
     for handle in &handles {
