@@ -4,7 +4,8 @@
 //! here configures first, as the server does before its first connection.
 //!
 //! Memory statistics are off: SQLite no longer counts (under a process-wide mutex) what
-//! it allocates.
+//! it allocates. Nor is the bundled SQLite built with memory management, which would put
+//! every connection's page cache behind one more (`.cargo/config.toml`).
 //!
 //! The relabelling page cache (`server/src/store/sqlite_page_cache.rs`): SQLite's
 //! balance of a split B-tree parks pages at the lock-byte page's number while it
@@ -42,6 +43,19 @@ fn memory_statistics_are_off() {
         counted, 0,
         "with statistics on, SQLite counts every allocation (it holds a page cache and \
          a schema here)"
+    );
+}
+
+#[test]
+fn page_caches_are_per_connection_without_a_shared_mutex() {
+    // SAFETY: a plain read of a compile-time option, given a NUL-terminated name.
+    let used =
+        unsafe { rusqlite::ffi::sqlite3_compileoption_used(c"ENABLE_MEMORY_MANAGEMENT".as_ptr()) };
+    assert_eq!(
+        used, 0,
+        "SQLite was built with SQLITE_ENABLE_MEMORY_MANAGEMENT: every page fetch on the \
+         append thread takes the page caches' shared mutex (LIBSQLITE3_FLAGS in \
+         .cargo/config.toml undefines it)"
     );
 }
 
