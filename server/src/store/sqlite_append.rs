@@ -576,27 +576,26 @@ fn project(
             audience,
             mentions,
         } => {
-            let rowid: i64 = db
-                .prepare_cached(
-                    "INSERT INTO notes (id, conversation_id, contact_id, author_id, \
-                     author_role, author_name, note_type, audience, body, created_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING rowid",
-                )?
-                .query_row(
-                    params![
-                        event.view.id.to_string(),
-                        conversation,
-                        contact_id,
-                        actor.id.as_str(),
-                        actor.role.as_str(),
-                        actor.name.as_deref(),
-                        enum_text(note_type)?,
-                        enum_text(audience)?,
-                        body,
-                        to_micros(event.view.at),
-                    ],
-                    |row| row.get(0),
-                )?;
+            db.prepare_cached(
+                "INSERT INTO notes (id, conversation_id, contact_id, author_id, \
+                 author_role, author_name, note_type, audience, body, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                event.view.id.to_string(),
+                conversation,
+                contact_id,
+                actor.id.as_str(),
+                actor.role.as_str(),
+                actor.name.as_deref(),
+                enum_text(note_type)?,
+                enum_text(audience)?,
+                body,
+                to_micros(event.view.at),
+            ])?;
+            // Not `RETURNING rowid`: SQLite gathers a RETURNING clause's rows in a
+            // temporary B-tree it opens and closes for every execution.
+            let rowid = db.last_insert_rowid();
             search.push(SearchWrite::Insert {
                 rowid,
                 body: body.clone(),
@@ -714,24 +713,22 @@ fn notify(
     inbox: &InboxId,
 ) -> Result<UserNotification, StoreError> {
     let actor = &event.view.actor;
-    let id: i64 = db
-        .prepare_cached(
-            "INSERT INTO notifications (user_id, kind, conversation_id, event_id, from_id, \
-             from_role, from_name, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )?
-        .query_row(
-            params![
-                user.as_str(),
-                kind.as_str(),
-                event.conversation_id.to_string(),
-                event.view.id.to_string(),
-                actor.id.as_str(),
-                actor.role.as_str(),
-                actor.name.as_deref(),
-                to_micros(event.view.at),
-            ],
-            |row| row.get(0),
-        )?;
+    db.prepare_cached(
+        "INSERT INTO notifications (user_id, kind, conversation_id, event_id, from_id, \
+         from_role, from_name, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        user.as_str(),
+        kind.as_str(),
+        event.conversation_id.to_string(),
+        event.view.id.to_string(),
+        actor.id.as_str(),
+        actor.role.as_str(),
+        actor.name.as_deref(),
+        to_micros(event.view.at),
+    ])?;
+    // `id` is the rowid (INTEGER PRIMARY KEY); read back as the notes' is, above.
+    let id = db.last_insert_rowid();
     Ok(UserNotification {
         user_id: user.clone(),
         notification: Notification {
