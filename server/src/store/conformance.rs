@@ -1551,6 +1551,9 @@ async fn notifications_for_mentions_and_assignment(h: &Harness) {
         )
         .await
         .expect("list");
+    // Her notification as the append returned it (the second of the note's: its id is
+    // not the note's row's, as bob's happens to be) is the one the store keeps.
+    assert_eq!(carols[0], mention.notifications[1].notification);
     let carol_id = carols[0].id;
     let marked = h
         .store
