@@ -155,6 +155,17 @@ pub async fn run(args: FanoutArgs) -> Result<Value, String> {
     out["socketio_ratio_to_relay"] = socketio_to_relay;
     out["ratio_to_socketio"] = to_socketio;
     out["noise"] = noise(&out);
+    out["fixed_load"] = fixed_load(&out);
+    if let Some(saturated) = out["fixed_load"]["saturated"]
+        .as_array()
+        .filter(|s| !s.is_empty())
+    {
+        eprintln!(
+            "bc-load: fanout: {saturated:?} used over {SATURATED_SERVER_CPU} of the core at the \
+             fixed step: at this rate the server is saturated on this machine, its p99 is \
+             queueing and its group commits are larger than a lighter load's"
+        );
+    }
     if out["noise"]["disturbed"].as_bool() == Some(true) {
         eprintln!(
             "bc-load: fanout: other processes took over {DISTURBED_OTHER_CPU} of a core in a \
@@ -200,6 +211,38 @@ fn noise(out: &Value) -> Value {
     json!({
         "other_cpu_util_max": per_target,
         "disturbed": worst > DISTURBED_OTHER_CPU,
+    })
+}
+
+/// A server's share of its core above which a fixed round ran at what the server
+/// sustains on this machine, not below it. In the page's run of 17:00 on 2026-12-07
+/// Backchannel used 0.56–0.63 of its core at the fixed step and committed batches of ~5;
+/// at 17:57 on a slower machine of the same kind (the relay 22 µs per delivery against
+/// 14.4) it used 0.86–0.92, committed batches of 31–87 and its p99 was 150–373 ms: the
+/// same command measured another regime (docs/benchmarks-log.md).
+const SATURATED_SERVER_CPU: f64 = 0.85;
+
+/// The most of its core each target's server used in a fixed round, and which targets
+/// passed [`SATURATED_SERVER_CPU`] in any round.
+fn fixed_load(out: &Value) -> Value {
+    let mut per_target = serde_json::Map::new();
+    let mut saturated = Vec::new();
+    for name in ["relay", "backchannel", "socketio"] {
+        let Some(steps) = out[name]["fixed_rounds"].as_array() else {
+            continue;
+        };
+        let most = steps
+            .iter()
+            .filter_map(|step| step["server_cpu_util"].as_f64())
+            .fold(0.0, f64::max);
+        if most > SATURATED_SERVER_CPU {
+            saturated.push(name);
+        }
+        per_target.insert(name.to_owned(), json!(round(most, 3)));
+    }
+    json!({
+        "server_cpu_util_max": per_target,
+        "saturated": saturated,
     })
 }
 
@@ -531,5 +574,34 @@ mod tests {
         let busy = json!({ "relay": rounds(&[0.73, 0.49]), "backchannel": rounds(&[0.3]) });
         assert_eq!(noise(&busy)["disturbed"], json!(true));
         assert_eq!(noise(&busy)["other_cpu_util_max"]["relay"], json!(0.73));
+    }
+
+    fn loads(servers: &[f64]) -> Value {
+        json!({ "fixed_rounds": servers.iter().map(|s| json!({ "server_cpu_util": s })).collect::<Vec<_>>() })
+    }
+
+    #[test]
+    fn a_round_at_the_servers_limit_names_it_saturated() {
+        let light = json!({ "relay": loads(&[0.33, 0.34]), "backchannel": loads(&[0.61, 0.58]) });
+        assert_eq!(
+            fixed_load(&light),
+            json!({
+                "server_cpu_util_max": { "relay": 0.34, "backchannel": 0.61 },
+                "saturated": [],
+            })
+        );
+        let slow = json!({
+            "relay": loads(&[0.49, 0.5]),
+            "backchannel": loads(&[0.8, 0.891]),
+            "socketio": loads(&[0.86]),
+        });
+        assert_eq!(
+            fixed_load(&slow)["saturated"],
+            json!(["backchannel", "socketio"])
+        );
+        assert_eq!(
+            fixed_load(&slow)["server_cpu_util_max"]["backchannel"],
+            json!(0.891)
+        );
     }
 }
