@@ -192,25 +192,37 @@ pub async fn run(args: FanoutArgs) -> Result<Value, String> {
 /// 1.87x to a flattered 1.60x (docs/benchmarks.md, "noise").
 const DISTURBED_OTHER_CPU: f64 = 0.3;
 
+/// The largest `key` of each target's fixed rounds, for the targets that ran.
+fn most_per_round(out: &Value, key: &str) -> Vec<(&'static str, f64)> {
+    ["relay", "backchannel", "socketio"]
+        .into_iter()
+        .filter_map(|name| {
+            let steps = out[name]["fixed_rounds"].as_array()?;
+            let most = steps
+                .iter()
+                .filter_map(|step| step[key].as_f64())
+                .fold(0.0, f64::max);
+            Some((name, most))
+        })
+        .collect()
+}
+
+/// Each target's figures as one JSON object, keyed by target.
+fn per_target(figures: &[(&str, f64)]) -> Value {
+    figures
+        .iter()
+        .map(|(name, figure)| ((*name).to_owned(), json!(round(*figure, 3))))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 /// The most other load each target's fixed rounds shared the machine with, and whether
 /// any round passed [`DISTURBED_OTHER_CPU`].
 fn noise(out: &Value) -> Value {
-    let mut per_target = serde_json::Map::new();
-    let mut worst: f64 = 0.0;
-    for name in ["relay", "backchannel", "socketio"] {
-        let Some(steps) = out[name]["fixed_rounds"].as_array() else {
-            continue;
-        };
-        let most = steps
-            .iter()
-            .filter_map(|step| step["other_cpu_util"].as_f64())
-            .fold(0.0, f64::max);
-        worst = worst.max(most);
-        per_target.insert(name.to_owned(), json!(round(most, 3)));
-    }
+    let others = most_per_round(out, "other_cpu_util");
     json!({
-        "other_cpu_util_max": per_target,
-        "disturbed": worst > DISTURBED_OTHER_CPU,
+        "other_cpu_util_max": per_target(&others),
+        "disturbed": others.iter().any(|(_, most)| *most > DISTURBED_OTHER_CPU),
     })
 }
 
@@ -225,23 +237,14 @@ const SATURATED_SERVER_CPU: f64 = 0.85;
 /// The most of its core each target's server used in a fixed round, and which targets
 /// passed [`SATURATED_SERVER_CPU`] in any round.
 fn fixed_load(out: &Value) -> Value {
-    let mut per_target = serde_json::Map::new();
-    let mut saturated = Vec::new();
-    for name in ["relay", "backchannel", "socketio"] {
-        let Some(steps) = out[name]["fixed_rounds"].as_array() else {
-            continue;
-        };
-        let most = steps
-            .iter()
-            .filter_map(|step| step["server_cpu_util"].as_f64())
-            .fold(0.0, f64::max);
-        if most > SATURATED_SERVER_CPU {
-            saturated.push(name);
-        }
-        per_target.insert(name.to_owned(), json!(round(most, 3)));
-    }
+    let servers = most_per_round(out, "server_cpu_util");
+    let saturated: Vec<&str> = servers
+        .iter()
+        .filter(|(_, most)| *most > SATURATED_SERVER_CPU)
+        .map(|(name, _)| *name)
+        .collect();
     json!({
-        "server_cpu_util_max": per_target,
+        "server_cpu_util_max": per_target(&servers),
         "saturated": saturated,
     })
 }
@@ -557,13 +560,17 @@ fn bc_mean(args: &FanoutArgs) -> f64 {
 mod tests {
     use super::*;
 
-    fn rounds(others: &[f64]) -> Value {
-        json!({ "fixed_rounds": others.iter().map(|o| json!({ "other_cpu_util": o })).collect::<Vec<_>>() })
+    /// A target whose fixed rounds measured `values` of `key`.
+    fn rounds(key: &str, values: &[f64]) -> Value {
+        json!({ "fixed_rounds": values.iter().map(|v| json!({ key: v })).collect::<Vec<_>>() })
     }
 
     #[test]
     fn a_round_shared_with_other_work_marks_the_run_disturbed() {
-        let quiet = json!({ "relay": rounds(&[0.04, 0.02]), "backchannel": rounds(&[0.12, 0.08]) });
+        let quiet = json!({
+            "relay": rounds("other_cpu_util", &[0.04, 0.02]),
+            "backchannel": rounds("other_cpu_util", &[0.12, 0.08]),
+        });
         assert_eq!(
             noise(&quiet),
             json!({
@@ -571,18 +578,20 @@ mod tests {
                 "disturbed": false,
             })
         );
-        let busy = json!({ "relay": rounds(&[0.73, 0.49]), "backchannel": rounds(&[0.3]) });
+        let busy = json!({
+            "relay": rounds("other_cpu_util", &[0.73, 0.49]),
+            "backchannel": rounds("other_cpu_util", &[0.3]),
+        });
         assert_eq!(noise(&busy)["disturbed"], json!(true));
         assert_eq!(noise(&busy)["other_cpu_util_max"]["relay"], json!(0.73));
     }
 
-    fn loads(servers: &[f64]) -> Value {
-        json!({ "fixed_rounds": servers.iter().map(|s| json!({ "server_cpu_util": s })).collect::<Vec<_>>() })
-    }
-
     #[test]
     fn a_round_at_the_servers_limit_names_it_saturated() {
-        let light = json!({ "relay": loads(&[0.33, 0.34]), "backchannel": loads(&[0.61, 0.58]) });
+        let light = json!({
+            "relay": rounds("server_cpu_util", &[0.33, 0.34]),
+            "backchannel": rounds("server_cpu_util", &[0.61, 0.58]),
+        });
         assert_eq!(
             fixed_load(&light),
             json!({
@@ -591,9 +600,9 @@ mod tests {
             })
         );
         let slow = json!({
-            "relay": loads(&[0.49, 0.5]),
-            "backchannel": loads(&[0.8, 0.891]),
-            "socketio": loads(&[0.86]),
+            "relay": rounds("server_cpu_util", &[0.49, 0.5]),
+            "backchannel": rounds("server_cpu_util", &[0.8, 0.891]),
+            "socketio": rounds("server_cpu_util", &[0.86]),
         });
         assert_eq!(
             fixed_load(&slow)["saturated"],
