@@ -81,4 +81,15 @@ fn fanout_measures_the_relay_and_socket_io_side_by_side() {
         line["ratio_to_socketio"].is_null(),
         "Backchannel did not run"
     );
+    // Each target's busiest round is reported; at 1,000 deliveries/s neither server is
+    // near its core's limit.
+    for target in ["relay", "socketio"] {
+        let most = line["fixed_load"]["server_cpu_util_max"][target].as_f64();
+        assert!(
+            most.is_some_and(|most| most > 0.0 && most < 0.85),
+            "{target}'s busiest round: {}",
+            line["fixed_load"]
+        );
+    }
+    assert_eq!(line["fixed_load"]["saturated"], serde_json::json!([]));
 }
