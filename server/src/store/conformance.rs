@@ -3459,6 +3459,122 @@ async fn sqlite_activity_buckets_are_filled_by_their_migration() {
     h.finish(result).await;
 }
 
+/// SQLite only: migration 0008 rebuilds the events table (its visibility check written
+/// without an IN list). A data directory from before it keeps every event, each stream's
+/// order, the hash chain, the stream and idempotency indexes, and the check itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_events_survive_the_visibility_check_rebuild() {
+    let h = Harness::sqlite().await;
+    let Backend::Sqlite { dir } = &h.backend else {
+        unreachable!("a SQLite harness")
+    };
+    let c = h.open("support", Some("cust-1")).await;
+    let (cust, alice, sue) = (customer("cust-1"), agent("alice"), supervisor("sue"));
+    h.append(h.event(c, &cust, Some("m-1"), message("my kettle broke")))
+        .await;
+    h.add(c, &alice, note("check the warranty")).await;
+    h.add(c, &sue, supervisors_note("mind the tone")).await;
+    h.add(c, &alice, message("a new one is on its way")).await;
+    let before = |audience| h.store.events_after(c, audience, 0, 100);
+    let (customers_before, agents_before, supervisors_before) = (
+        before(Audience::Customer).await.expect("customer stream"),
+        before(Audience::Agents).await.expect("agents' stream"),
+        before(Audience::Supervisors)
+            .await
+            .expect("supervisors' stream"),
+    );
+    h.store.close().await;
+
+    // Put the data directory back as migration 0007 left it: the table with the IN check.
+    let file = dir.path().join(DATABASE_FILE);
+    let events_schema = |db: &rusqlite::Connection| -> String {
+        db.query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("the events table")
+    };
+    {
+        let db = rusqlite::Connection::open(&file).expect("open the database file");
+        db.execute_batch(
+            "CREATE TABLE events_old (
+                 id TEXT PRIMARY KEY,
+                 conversation_id TEXT NOT NULL REFERENCES conversations (id),
+                 supervisor_seq INTEGER NOT NULL, agent_seq INTEGER, public_seq INTEGER,
+                 kind TEXT NOT NULL,
+                 visibility TEXT NOT NULL
+                     CHECK (visibility IN ('public', 'internal', 'supervisors')),
+                 actor_id TEXT NOT NULL, actor_role TEXT NOT NULL, actor_name TEXT,
+                 client_id TEXT, payload TEXT NOT NULL, created_at INTEGER NOT NULL,
+                 hash BLOB NOT NULL,
+                 UNIQUE (conversation_id, supervisor_seq));
+             INSERT INTO events_old SELECT * FROM events;
+             DROP TABLE events;
+             ALTER TABLE events_old RENAME TO events;
+             CREATE UNIQUE INDEX events_public_stream ON events (conversation_id, public_seq)
+                 WHERE public_seq IS NOT NULL;
+             CREATE UNIQUE INDEX events_idempotency ON events (actor_id, client_id)
+                 WHERE client_id IS NOT NULL;
+             DELETE FROM _sqlx_migrations WHERE version = 8;",
+        )
+        .expect("recreate the schema of migration 0007");
+        assert!(events_schema(&db).contains("IN ('public'"));
+    }
+
+    let store = SqliteStore::open(dir.path())
+        .await
+        .expect("reopen and migrate");
+    let clock = h.clock.load(Ordering::SeqCst);
+    let h = Harness::new(store, h.backend);
+    h.clock.store(clock, Ordering::SeqCst);
+    let result = AssertUnwindSafe(async {
+        {
+            let db = rusqlite::Connection::open(&file).expect("open the database file");
+            let schema = events_schema(&db);
+            assert!(!schema.contains(" IN "), "{schema}");
+            let indexes: BTreeSet<String> = db
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'")
+                .expect("list the indexes")
+                .query_map([], |row| row.get(0))
+                .expect("the indexes")
+                .collect::<Result<_, _>>()
+                .expect("index names");
+            assert!(
+                indexes.contains("events_public_stream") && indexes.contains("events_idempotency"),
+                "{indexes:?}"
+            );
+            let refused = db.execute(
+                "UPDATE events SET visibility = 'everyone' WHERE rowid = (SELECT MIN(rowid) FROM events)",
+                [],
+            );
+            assert!(
+                matches!(&refused, Err(e) if e.to_string().contains("CHECK")),
+                "a visibility outside the three is refused: {refused:?}"
+            );
+        }
+        let after = |audience| h.store.events_after(c, audience, 0, 100);
+        assert_eq!(after(Audience::Customer).await.expect("customer stream"), customers_before);
+        assert_eq!(after(Audience::Agents).await.expect("agents' stream"), agents_before);
+        assert_eq!(
+            after(Audience::Supervisors).await.expect("supervisors' stream"),
+            supervisors_before
+        );
+        let retry = h
+            .append(h.event(c, &cust, Some("m-1"), message("my kettle broke")))
+            .await;
+        assert!(retry.duplicate, "the idempotency index came through");
+        let next = h.add(c, &cust, message("thanks")).await;
+        assert_eq!(next.seqs.supervisor, supervisors_before.len() as u64 + 1);
+        let audit = h.store.audit_rows(c).await.expect("audit rows");
+        let head = h.store.last_hash(c).await.expect("head");
+        assert_eq!(chain::verify(&audit, head.as_deref()), Ok(()));
+    })
+    .catch_unwind()
+    .await;
+    h.finish(result).await;
+}
+
 /// SQLite only: another process appending to the same data directory between two of this
 /// store's batches. The append thread remembers the heads it committed; it must notice
 /// the other connection's commit and not hand out seqs or a hash link that are already
