@@ -86,15 +86,28 @@ impl TryFrom<Typing> for PublicTyping {
     }
 }
 
+/// Bytes reserved before a frame is serialized. An event frame with a short body (a
+/// chat line, a note) fits, so it is written without the buffer growing: from
+/// serde_json's own start of 128 bytes it grew twice per frame, each a reallocation and
+/// a copy (1.6 % of the socket side's instructions per delivery in `bc-load fanout`
+/// under callgrind, docs/benchmarks-log.md). A longer frame grows as before, and a
+/// frame of 257–512 bytes ended with this capacity anyway.
+const FRAME_CAPACITY: usize = 512;
+
 /// One serialized frame, shared by every socket it goes to.
 #[derive(Clone, Debug)]
 pub struct SharedFrame(Utf8Bytes);
 
 impl SharedFrame {
     fn encode<R: serde::Serialize>(frame: &ServerFrame<'_, R>) -> SharedFrame {
+        let mut text = Vec::with_capacity(FRAME_CAPACITY);
         // Serializing these plain structs cannot fail: no maps with non-string keys, no
-        // fallible Serialize impls. An empty frame would be dropped by clients anyway.
-        let text = serde_json::to_string(frame).unwrap_or_default();
+        // fallible Serialize impls; serde_json writes UTF-8. An empty frame would be
+        // dropped by clients anyway.
+        let text = match serde_json::to_writer(&mut text, frame) {
+            Ok(()) => String::from_utf8(text).unwrap_or_default(),
+            Err(_) => String::new(),
+        };
         SharedFrame(Utf8Bytes::from(text))
     }
 
