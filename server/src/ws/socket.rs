@@ -23,7 +23,8 @@ use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{Sink, SinkExt, Stream};
+use futures::{FutureExt, Sink, SinkExt, Stream};
+use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error, Message};
 
@@ -38,6 +39,9 @@ const MAX_FRAMES_PER_FLUSH: usize = 256;
 const MAX_BYTES_PER_FLUSH: usize = 16 * 1024;
 /// How long the close frame may take to leave once the socket is being closed.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes a closing socket reads and drops from its receive buffer (a kernel's
+/// default receive buffer and then some; [`Socket::drop_unread`]).
+const MAX_UNREAD_DROPPED: usize = 256 * 1024;
 
 /// What [`Socket::next`] waited for.
 pub enum Next {
@@ -148,6 +152,24 @@ impl Socket {
         }
         // Frames still queued (a slow consumer's) are dropped with the socket.
         self.queue.clear();
+        self.drop_unread();
+    }
+
+    /// Reads and drops what the client sent that was never read, as far as it has
+    /// already arrived. A socket closed with unread bytes in its receive buffer makes the
+    /// kernel reset the connection instead of ending it, and the reset can destroy the
+    /// close frame before the client reads it: a client that sent commands and read none
+    /// of their answers saw "connection reset" rather than 4008. Never waits, and stops
+    /// after [`MAX_UNREAD_DROPPED`]: what has not arrived is not waited for.
+    fn drop_unread(&mut self) {
+        let mut chunk = [0u8; 4096];
+        let mut dropped = 0;
+        while dropped < MAX_UNREAD_DROPPED {
+            match self.ws.get_mut().read(&mut chunk).now_or_never() {
+                Some(Ok(read)) if read > 0 => dropped += read,
+                _ => break,
+            }
+        }
     }
 
     /// Writes what is queued until the queue is empty or the socket cannot take more;
