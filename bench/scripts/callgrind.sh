@@ -27,6 +27,8 @@ label=${3:?"usage: $0 fanout|durable SERVER_BIN LABEL"}
 bc_load=${BC_LOAD:-target/release/bc-load}
 delay=${DELAY:-3}
 out=${OUT:-$(mktemp -d)}
+# shellcheck source=step.sh
+. bench/scripts/step.sh
 command -v valgrind >/dev/null || { echo "$0: valgrind is not installed" >&2; exit 1; }
 
 # bc-load starts the server as `SERVER_BIN serve ...`: this wrapper puts valgrind first.
@@ -53,13 +55,7 @@ case "$scenario" in
   *) echo "$0: fanout or durable" >&2; exit 2 ;;
 esac
 
-"$bc_load" "${args[@]}" --server-bin "$wrapper" >"$out/cg.$label.json" 2>"$out/cg.$label.err" &
-load=$!
-until grep -q "$started" "$out/cg.$label.err" 2>/dev/null; do
-  kill -0 "$load" 2>/dev/null || { cat "$out/cg.$label.err" >&2; exit 1; }
-  sleep 0.3
-done
-pid=$(grep -o 'serving on [^ ]* (pid Some([0-9]*))' "$out/cg.$label.err" | tail -n 1 | grep -o '[0-9]*))' | tr -d ')')
+start_step "$out/cg.$label" "$started" "${args[@]}" --server-bin "$wrapper"
 sleep "$delay"
 callgrind_control -i on "$pid" >/dev/null 2>&1
 sleep "$window"

@@ -24,15 +24,10 @@ bc_load=${BC_LOAD:-target/release/bc-load}
 delay=${DELAY:-3}
 window=${WINDOW:-6}
 out=${OUT:-$(mktemp -d)}
+# shellcheck source=step.sh
+. bench/scripts/step.sh
 
-"$bc_load" "$scenario" "$@" >"$out/split.json" 2>"$out/split.err" &
-load=$!
-until grep -q "$started" "$out/split.err" 2>/dev/null; do
-  kill -0 "$load" 2>/dev/null || { cat "$out/split.err" >&2; exit 1; }
-  sleep 0.2
-done
-# The last server bc-load spawned is the one whose step has started.
-pid=$(grep -o 'serving on [^ ]* (pid Some([0-9]*))' "$out/split.err" | tail -n 1 | grep -o '[0-9]*))' | tr -d ')')
+start_step "$out/split" "$started" "$scenario" "$@"
 sleep "$delay"
 
 # Clock ticks per thread name (threads of one name, such as tokio's workers, summed).
