@@ -70,6 +70,22 @@ fn postgres_server() -> String {
 }
 
 impl Harness {
+    /// SQLite only: opens the data directory again (migrating it), after the test put
+    /// its schema back as an older release left it. Event times go on from where they
+    /// were.
+    async fn reopen_migrated(self) -> Harness {
+        let Backend::Sqlite { dir } = &self.backend else {
+            unreachable!("a SQLite harness")
+        };
+        let store = SqliteStore::open(dir.path())
+            .await
+            .expect("reopen and migrate");
+        let clock = self.clock.load(Ordering::SeqCst);
+        let h = Harness::new(store, self.backend);
+        h.clock.store(clock, Ordering::SeqCst);
+        h
+    }
+
     fn new(store: Arc<dyn Store>, backend: Backend) -> Harness {
         Harness {
             store,
@@ -3439,12 +3455,7 @@ async fn sqlite_activity_buckets_are_filled_by_their_migration() {
         .expect("recreate the schema of migration 0006");
     }
 
-    let store = SqliteStore::open(dir.path())
-        .await
-        .expect("reopen and migrate");
-    let clock = h.clock.load(Ordering::SeqCst);
-    let h = Harness::new(store, h.backend);
-    h.clock.store(clock, Ordering::SeqCst);
+    let h = h.reopen_migrated().await;
     let result = AssertUnwindSafe(async {
         assert_eq!(h.misfiled_activity_buckets().await, 0);
         assert_eq!(listed(&h, listing()).await, vec![c1, c2]);
@@ -3522,12 +3533,7 @@ async fn sqlite_events_survive_the_visibility_check_rebuild() {
         assert!(events_schema(&db).contains("IN ('public'"));
     }
 
-    let store = SqliteStore::open(dir.path())
-        .await
-        .expect("reopen and migrate");
-    let clock = h.clock.load(Ordering::SeqCst);
-    let h = Harness::new(store, h.backend);
-    h.clock.store(clock, Ordering::SeqCst);
+    let h = h.reopen_migrated().await;
     let result = AssertUnwindSafe(async {
         {
             let db = rusqlite::Connection::open(&file).expect("open the database file");
