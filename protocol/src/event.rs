@@ -235,3 +235,172 @@ pub struct EventView {
     #[serde(flatten)]
     pub data: EventData,
 }
+
+impl EventView {
+    /// This view as JSON, made from `data_json`, its [`EventData`] already serialized on
+    /// its own (the payload the store keeps). The bytes are those of
+    /// `serde_json::to_string(self)`: `data` is flattened, so the view is `id`, `at` and
+    /// `actor`, then the data's own fields, `kind` first. Only the three leading fields
+    /// are serialized here, so an event's body is escaped once, when it is stored, and
+    /// not again for the frames that carry it. `None` if `data_json` is not an object.
+    ///
+    /// `data_json` must be `data` as this build serializes it: a payload read back from
+    /// an older store may not be (a field added since, written by its default).
+    pub fn to_json_with_data(&self, data_json: &str) -> Option<String> {
+        #[derive(Serialize)]
+        struct Head<'a> {
+            id: EventId,
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+            actor: &'a Actor,
+        }
+        let fields = data_json.strip_prefix('{')?;
+        let mut json = Vec::with_capacity(data_json.len() + 192);
+        serde_json::to_writer(
+            &mut json,
+            &Head {
+                id: self.id,
+                at: self.at,
+                actor: &self.actor,
+            },
+        )
+        .ok()?;
+        // `{"id":..,"at":..,"actor":{..}}`: the data's fields go before its last brace.
+        json.pop();
+        if fields.trim_start() != "}" {
+            json.push(b',');
+        }
+        json.extend_from_slice(fields.as_bytes());
+        String::from_utf8(json).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn every_kind() -> Vec<EventData> {
+        let note = EventId::new();
+        vec![
+            EventData::ConversationOpened {
+                inbox_id: InboxId("support".into()),
+                subject: None,
+            },
+            EventData::ConversationOpened {
+                inbox_id: InboxId("support".into()),
+                subject: Some("Refund \"now\"".into()),
+            },
+            EventData::Message {
+                body: "line one\nline \u{2028} two \u{1F600} </script> \\ \"quoted\"".into(),
+            },
+            EventData::Note {
+                body: "@bob look".into(),
+                note_type: NoteType::Transfer,
+                audience: NoteAudience::Supervisors,
+                mentions: vec![UserId("bob".into())],
+            },
+            EventData::Note {
+                body: String::new(),
+                note_type: NoteType::General,
+                audience: NoteAudience::Agents,
+                mentions: vec![],
+            },
+            EventData::NoteEdited {
+                note_id: note,
+                body: "fixed".into(),
+                audience: NoteAudience::Agents,
+            },
+            EventData::NotePinned {
+                note_id: note,
+                pinned: false,
+                audience: NoteAudience::Agents,
+            },
+            EventData::Assigned {
+                assignee_id: Some(UserId("alice".into())),
+                team_id: None,
+            },
+            EventData::Assigned {
+                assignee_id: None,
+                team_id: None,
+            },
+            EventData::StatusChanged {
+                status: Status::Resolved,
+            },
+            EventData::TagsChanged {
+                added: vec!["vip".into()],
+                removed: vec![],
+            },
+            EventData::FieldsChanged {
+                target: FieldTarget::Contact,
+                target_id: "c-1".into(),
+                changes: BTreeMap::from([
+                    ("plan".to_owned(), serde_json::json!("pro")),
+                    ("seats".to_owned(), serde_json::json!(12.5)),
+                    ("gone".to_owned(), serde_json::Value::Null),
+                    (
+                        "nested".to_owned(),
+                        serde_json::json!({"a": [1, {"b": null}]}),
+                    ),
+                ]),
+            },
+        ]
+    }
+
+    #[test]
+    fn a_view_made_from_its_stored_data_is_byte_for_byte_its_serialization() {
+        let actors = [
+            Actor {
+                id: UserId("alice".into()),
+                role: Role::Agent,
+                name: Some("Alice \"Al\" O'Neil".into()),
+            },
+            Actor {
+                id: UserId("c-1".into()),
+                role: Role::Customer,
+                name: None,
+            },
+        ];
+        let kinds = every_kind();
+        for actor in &actors {
+            for data in &kinds {
+                let view = EventView {
+                    id: EventId::new(),
+                    at: OffsetDateTime::from_unix_timestamp_nanos(1_765_000_000_123_456_789)
+                        .expect("a valid time"),
+                    actor: actor.clone(),
+                    data: data.clone(),
+                };
+                let data_json = serde_json::to_string(&view.data).expect("serializes");
+                let composed = view.to_json_with_data(&data_json);
+                let direct = serde_json::to_string(&view).expect("serializes");
+                assert_eq!(composed.as_deref(), Some(direct.as_str()), "{data:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn data_that_is_not_an_object_makes_no_view() {
+        let view = EventView {
+            id: EventId::new(),
+            at: OffsetDateTime::UNIX_EPOCH,
+            actor: Actor {
+                id: UserId("alice".into()),
+                role: Role::Agent,
+                name: None,
+            },
+            data: EventData::StatusChanged {
+                status: Status::Open,
+            },
+        };
+        assert_eq!(view.to_json_with_data("[1]"), None);
+        assert_eq!(view.to_json_with_data(""), None);
+        // An object without fields still makes a valid view.
+        let empty = view.to_json_with_data("{}").expect("an object");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&empty).is_ok(),
+            "{empty}"
+        );
+    }
+}

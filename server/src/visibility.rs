@@ -111,6 +111,31 @@ impl SharedFrame {
         SharedFrame(Utf8Bytes::from(text))
     }
 
+    /// An `event` frame, `{"type":"event","conversation_id","seq","event"}`: the bytes
+    /// `encode` writes for `ServerFrame::Event`, around the event's view as JSON
+    /// ([`Event::view_json`]), which is copied rather than serialized again for each
+    /// audience. Empty, like `encode`'s, if serializing failed.
+    fn event(event: &Event, seq: u64) -> SharedFrame {
+        let text = Self::event_text(event, seq).unwrap_or_default();
+        SharedFrame(Utf8Bytes::from(text))
+    }
+
+    fn event_text(event: &Event, seq: u64) -> Option<String> {
+        let view = event.view_json();
+        if view.is_empty() {
+            return None;
+        }
+        let mut text = Vec::with_capacity(view.len() + 96);
+        text.extend_from_slice(br#"{"type":"event","conversation_id":"#);
+        serde_json::to_writer(&mut text, &event.conversation_id).ok()?;
+        text.extend_from_slice(br#","seq":"#);
+        serde_json::to_writer(&mut text, &seq).ok()?;
+        text.extend_from_slice(br#","event":"#);
+        text.extend_from_slice(view.as_bytes());
+        text.push(b'}');
+        String::from_utf8(text).ok()
+    }
+
     pub(crate) fn bytes(&self) -> &Utf8Bytes {
         &self.0
     }
@@ -130,11 +155,7 @@ pub struct CustomerFrame(SharedFrame);
 
 impl CustomerFrame {
     pub fn event(event: &PublicEvent) -> CustomerFrame {
-        CustomerFrame(SharedFrame::encode::<()>(&ServerFrame::Event {
-            conversation_id: event.conversation_id(),
-            seq: event.seq,
-            event: event.view(),
-        }))
+        CustomerFrame(SharedFrame::event(&event.event, event.seq))
     }
 
     pub fn typing(typing: &PublicTyping) -> CustomerFrame {
@@ -204,11 +225,7 @@ impl StaffFrame {
     /// The event as `audience` sees it, or `None` if that audience may not see it.
     pub fn event(event: &Event, audience: StaffAudience) -> Option<StaffFrame> {
         let seq = event.seqs.for_audience(audience.audience())?;
-        Some(StaffFrame(SharedFrame::encode::<()>(&ServerFrame::Event {
-            conversation_id: event.conversation_id,
-            seq,
-            event: &event.view,
-        })))
+        Some(StaffFrame(SharedFrame::event(event, seq)))
     }
 
     /// A mention or assignment, for the sessions of the user it is addressed to.
@@ -315,6 +332,7 @@ mod tests {
             },
             client_id: None,
             hash: [0; 32],
+            view_json: Default::default(),
         })
     }
 
@@ -404,5 +422,58 @@ mod tests {
         assert!(StaffFrame::event(&note, StaffAudience::Agents).is_none());
         let frame = StaffFrame::event(&note, StaffAudience::Supervisors).expect("visible");
         assert!(frame.shared().bytes().as_str().contains("\"seq\":5"));
+    }
+
+    /// The frames copy the event's JSON instead of serializing `ServerFrame::Event`:
+    /// they must be the same bytes, whether the JSON was made from a payload just stored
+    /// (`NewEvent::seal`) or serialized on first use (an event read back or from Redis).
+    #[test]
+    fn event_frames_are_the_bytes_of_the_serialized_frame() {
+        let message = EventData::Message {
+            body: "a \"quoted\" line\nand </script> \u{1F600}".into(),
+        };
+        let seqs = Seqs {
+            supervisor: 9,
+            agent: Some(8),
+            public: Some(7),
+        };
+        let lazily = event(message.clone(), seqs);
+        let new = crate::store::NewEvent {
+            id: EventId::new(),
+            conversation_id: ConversationId::new(),
+            at: crate::store::now(),
+            actor: Actor {
+                id: UserId::from("carol"),
+                role: Role::Customer,
+                name: Some("Carol \"C\"".into()),
+            },
+            client_id: Some("c-1".into()),
+            data: message,
+        };
+        let (sealed, _payload) = new
+            .seal(crate::store::Heads::default(), &[0; 32])
+            .expect("seals");
+        for event in [lazily, Arc::new(sealed)] {
+            let serialized = |seq| {
+                SharedFrame::encode::<()>(&ServerFrame::Event {
+                    conversation_id: event.conversation_id,
+                    seq,
+                    event: &event.view,
+                })
+            };
+            let agents = StaffFrame::event(&event, StaffAudience::Agents).expect("public");
+            let supervisors =
+                StaffFrame::event(&event, StaffAudience::Supervisors).expect("public");
+            let public = PublicEvent::try_from(event.clone()).expect("public");
+            let customer = CustomerFrame::event(&public);
+            let seqs = event.seqs;
+            for (frame, seq) in [
+                (agents.shared(), seqs.agent.expect("agent seq")),
+                (supervisors.shared(), seqs.supervisor),
+                (customer.shared(), seqs.public.expect("public seq")),
+            ] {
+                assert_eq!(frame.bytes().as_str(), serialized(seq).bytes().as_str());
+            }
+        }
     }
 }

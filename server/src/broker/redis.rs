@@ -387,6 +387,7 @@ fn decode(node: &str, payload: &[u8]) -> Option<Inbound> {
                         view: w.event,
                         client_id: w.client_id,
                         hash,
+                        view_json: Default::default(),
                     }))
                 })
                 .collect();
@@ -630,6 +631,7 @@ mod tests {
             },
             client_id: Some("c".into()),
             hash: [7; 32],
+            view_json: Default::default(),
         })
     }
 

@@ -94,11 +94,71 @@ pub struct Event {
     pub client_id: Option<String>,
     /// This event's link in the conversation's audit chain.
     pub hash: [u8; 32],
+    /// `view` as JSON, made once and copied into every frame that carries the event.
+    pub(crate) view_json: ViewJson,
 }
 
 impl Event {
     pub fn visibility(&self) -> Visibility {
         self.view.data.visibility()
+    }
+
+    /// `view` as JSON (what an `event` frame carries under `event`), made on first use:
+    /// from the payload if the event was sealed in this process, else by serializing
+    /// `view`. Empty only if serializing failed.
+    pub fn view_json(&self) -> &str {
+        self.view_json.view.get_or_init(|| {
+            let made = match &self.view_json.data {
+                Some(data) => self.view.to_json_with_data(data),
+                None => None,
+            };
+            made.or_else(|| serde_json::to_string(&self.view).ok())
+                .unwrap_or_default()
+                .into()
+        })
+    }
+}
+
+/// An event's view as JSON, made once and copied into each frame that carries the event
+/// (one per audience: the agents', the supervisors', the customer's) instead of
+/// serializing the event for each. An event sealed in this process keeps the payload
+/// it was stored with, its data as this build serializes it, and the view is made from
+/// that, so the body is escaped once, when it is stored. Serializing each frame took
+/// ~5,000 instructions, 12 % of the socket side's per delivery in `bc-load fanout`
+/// (docs/benchmarks-log.md). The view is made on first use, on the socket side, not
+/// on the append thread, whose time bounds how many appends a second one node
+/// acknowledges.
+///
+/// A cache of [`Event::view`], so it takes no part in comparing events.
+#[derive(Clone, Default)]
+pub(crate) struct ViewJson {
+    /// The event's data as stored, if this process stored it.
+    data: Option<Box<str>>,
+    view: std::sync::OnceLock<Box<str>>,
+}
+
+impl ViewJson {
+    fn from_payload(payload: &str) -> ViewJson {
+        ViewJson {
+            data: Some(payload.into()),
+            view: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl PartialEq for ViewJson {
+    fn eq(&self, _: &ViewJson) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for ViewJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.view.get().is_some() {
+            "ViewJson(made)"
+        } else {
+            "ViewJson(not yet)"
+        })
     }
 }
 
@@ -164,6 +224,7 @@ impl NewEvent {
             },
             client_id: self.client_id.clone(),
             hash,
+            view_json: ViewJson::from_payload(&payload),
         };
         Ok((event, payload))
     }
@@ -715,5 +776,42 @@ impl AuditRow {
             },
             data: serde_json::from_str(&self.payload).map_err(|_| corrupt("payload"))?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backchannel_protocol::{EventId, NoteAudience, NoteType, Role, UserId};
+
+    /// A sealed event keeps the payload it is stored with, and its frames' JSON is made
+    /// from it: the same bytes as serializing its view.
+    #[test]
+    fn a_sealed_event_makes_its_view_json_from_its_payload() {
+        let new = NewEvent {
+            id: EventId::new(),
+            conversation_id: ConversationId::new(),
+            at: now(),
+            actor: Actor {
+                id: UserId::from("alice"),
+                role: Role::Agent,
+                name: Some("Alice".into()),
+            },
+            client_id: Some("c-1".into()),
+            data: EventData::Note {
+                body: "@bob \"refund\"\n</script>".into(),
+                note_type: NoteType::Transfer,
+                audience: NoteAudience::Agents,
+                mentions: vec![UserId::from("bob")],
+            },
+        };
+        let (event, payload) = new.seal(Heads::default(), &[0; 32]).expect("seals");
+        assert_eq!(event.view_json.data.as_deref(), Some(payload.as_str()));
+        let serialized = serde_json::to_string(&event.view).expect("serializes");
+        assert_eq!(event.view_json(), serialized);
+        // Should the payload not be an object, the view is serialized instead.
+        let mut stale = event.clone();
+        stale.view_json = ViewJson::from_payload("[\"not an object\"]");
+        assert_eq!(stale.view_json(), serialized);
     }
 }

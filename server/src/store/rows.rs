@@ -192,6 +192,9 @@ pub(crate) fn event_from_row(row: &impl Columns) -> Result<Event, StoreError> {
             .bytes("hash")?
             .try_into()
             .map_err(|_| StoreError::Corrupt("event hash is not 32 bytes".into()))?,
+        // Made on first use: a payload stored by an older build may not be `data` as this
+        // one serializes it.
+        view_json: Default::default(),
     })
 }
 
