@@ -370,6 +370,153 @@ mod tests {
         }
     }
 
+    /// Each command is read as the variant its `type` names, wherever `type` stands
+    /// in the object, with `ref` and fields it does not know ignored.
+    #[test]
+    fn every_command_decodes_with_type_anywhere_and_unknown_fields_ignored() {
+        let conversation = "0192f0c8-0000-7000-8000-000000000000";
+        let note = "0192f0c8-0000-7000-8000-000000000001";
+        let id = ConversationId(conversation.parse().expect("uuid"));
+        let cases: Vec<(String, ClientFrame)> = vec![
+            (
+                r#""token":"t""#.into(),
+                ClientFrame::Hello { token: "t".into() },
+            ),
+            (
+                format!(r#""conversation_id":"{conversation}","since":4"#),
+                ClientFrame::Subscribe {
+                    conversation_id: id,
+                    since: Some(4),
+                },
+            ),
+            (
+                format!(r#""conversation_id":"{conversation}""#),
+                ClientFrame::Unsubscribe {
+                    conversation_id: id,
+                },
+            ),
+            (
+                format!(
+                    r#""conversation_id":"{conversation}","client_id":"c","body":"b\"q\"","based_on_seq":9"#
+                ),
+                ClientFrame::Send {
+                    conversation_id: id,
+                    client_id: "c".into(),
+                    body: "b\"q\"".into(),
+                    based_on_seq: Some(9),
+                },
+            ),
+            (
+                format!(
+                    r#""conversation_id":"{conversation}","client_id":"c","body":"n","note_type":"coaching","audience":"supervisors""#
+                ),
+                ClientFrame::Note {
+                    conversation_id: id,
+                    client_id: "c".into(),
+                    body: "n".into(),
+                    note_type: Some(NoteType::Coaching),
+                    audience: Some(NoteAudience::Supervisors),
+                },
+            ),
+            (
+                format!(r#""conversation_id":"{conversation}","note_id":"{note}","body":"e""#),
+                ClientFrame::EditNote {
+                    conversation_id: id,
+                    note_id: EventId(note.parse().expect("uuid")),
+                    body: "e".into(),
+                },
+            ),
+            (
+                format!(r#""conversation_id":"{conversation}","note_id":"{note}""#),
+                ClientFrame::PinNote {
+                    conversation_id: id,
+                    note_id: EventId(note.parse().expect("uuid")),
+                    pinned: true,
+                },
+            ),
+            (
+                format!(r#""conversation_id":"{conversation}","audience":"internal""#),
+                ClientFrame::Typing {
+                    conversation_id: id,
+                    audience: TypingAudience::Internal,
+                },
+            ),
+            (
+                format!(
+                    r#""conversation_id":"{conversation}","assignee_id":"bob","note":"over to you""#
+                ),
+                ClientFrame::Assign {
+                    conversation_id: id,
+                    assignee_id: Some(UserId("bob".into())),
+                    team_id: None,
+                    note: Some("over to you".into()),
+                },
+            ),
+            (
+                format!(r#""conversation_id":"{conversation}","status":"pending""#),
+                ClientFrame::SetStatus {
+                    conversation_id: id,
+                    status: Status::Pending,
+                },
+            ),
+            (
+                format!(r#""conversation_id":"{conversation}","add":["vip"]"#),
+                ClientFrame::Tag {
+                    conversation_id: id,
+                    add: vec!["vip".into()],
+                    remove: vec![],
+                },
+            ),
+            (
+                r#""target":"contact","id":"c-1","fields":{"plan":"pro","seats":null}"#.into(),
+                ClientFrame::SetFields {
+                    target: FieldTarget::Contact,
+                    id: "c-1".into(),
+                    fields: BTreeMap::from([
+                        ("plan".to_owned(), serde_json::json!("pro")),
+                        ("seats".to_owned(), serde_json::Value::Null),
+                    ]),
+                },
+            ),
+            (
+                r#""up_to":7"#.into(),
+                ClientFrame::ReadNotifications {
+                    ids: None,
+                    up_to: Some(7),
+                },
+            ),
+            (r#""x":1"#.into(), ClientFrame::WatchAgents),
+            (r#""x":[1,{"y":2}]"#.into(), ClientFrame::UnwatchAgents),
+            (r#""x":"y""#.into(), ClientFrame::Ping),
+        ];
+        assert_eq!(cases.len(), CLIENT_FRAME_TYPES.len(), "a case per command");
+        for (fields, expected) in cases {
+            let kind = expected.kind();
+            for text in [
+                format!(r#"{{"type":"{kind}","ref":1,{fields},"later":{{"a":[true]}}}}"#),
+                format!(r#" {{ {fields}, "type" : "{kind}" }} "#),
+            ] {
+                let decoded = decode(&text);
+                assert_eq!(decoded.frame.as_ref(), Ok(&expected), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_command_missing_a_field_or_with_trailing_text_is_refused() {
+        match decode(r#"{"type":"note","conversation_id":"0192f0c8-0000-7000-8000-000000000000","body":"b"}"#).frame {
+            Err(DecodeError::InvalidFields { kind, message }) => {
+                assert_eq!(kind, "note");
+                assert!(message.contains("missing field `client_id`"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match decode(r#"{"type":"ping"} {"type":"ping"}"#).frame {
+            Err(DecodeError::NotAnObject(_)) | Err(DecodeError::InvalidFields { .. }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
     #[test]
     fn decode_keeps_the_ref_and_flags_pings() {
         let decoded = decode(r#"{"type":"ping","ref":"p1"}"#);
