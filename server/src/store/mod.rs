@@ -108,11 +108,9 @@ impl Event {
     /// `view`. Empty only if serializing failed.
     pub fn view_json(&self) -> &str {
         self.view_json.view.get_or_init(|| {
-            let made = match &self.view_json.data {
-                Some(data) => self.view.to_json_with_data(data),
-                None => None,
-            };
-            made.or_else(|| serde_json::to_string(&self.view).ok())
+            let data = self.view_json.data.as_deref();
+            data.and_then(|data| self.view.to_json_with_data(data))
+                .or_else(|| serde_json::to_string(&self.view).ok())
                 .unwrap_or_default()
                 .into()
         })
