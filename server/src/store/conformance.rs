@@ -74,16 +74,21 @@ impl Harness {
     /// its schema back as an older release left it. Event times go on from where they
     /// were.
     async fn reopen_migrated(self) -> Harness {
-        let Backend::Sqlite { dir } = &self.backend else {
-            unreachable!("a SQLite harness")
-        };
-        let store = SqliteStore::open(dir.path())
+        let store = SqliteStore::open(self.sqlite_dir())
             .await
             .expect("reopen and migrate");
         let clock = self.clock.load(Ordering::SeqCst);
         let h = Harness::new(store, self.backend);
         h.clock.store(clock, Ordering::SeqCst);
         h
+    }
+
+    /// SQLite only: the data directory.
+    fn sqlite_dir(&self) -> &std::path::Path {
+        let Backend::Sqlite { dir } = &self.backend else {
+            unreachable!("a SQLite harness")
+        };
+        dir.path()
     }
 
     fn new(store: Arc<dyn Store>, backend: Backend) -> Harness {
@@ -3350,9 +3355,7 @@ async fn postgres_plain_appends_are_written_on_remembered_heads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_search_index_is_rebuilt_by_the_contentless_migration() {
     let h = Harness::sqlite().await;
-    let Backend::Sqlite { dir } = &h.backend else {
-        unreachable!("a SQLite harness")
-    };
+    let dir = h.sqlite_dir();
     let c = h.open("support", Some("cust-1")).await;
     let alice = agent("alice");
     let kept = h
@@ -3370,7 +3373,7 @@ async fn sqlite_search_index_is_rebuilt_by_the_contentless_migration() {
     h.store.close().await;
 
     // Put the data directory back as migration 0004 left it: the old table, filled.
-    let file = dir.path().join(DATABASE_FILE);
+    let file = dir.join(DATABASE_FILE);
     {
         let db = rusqlite::Connection::open(&file).expect("open the database file");
         db.execute_batch(
@@ -3390,9 +3393,7 @@ async fn sqlite_search_index_is_rebuilt_by_the_contentless_migration() {
         assert!(!old_style.contains("content"), "{old_style}");
     }
 
-    let store = SqliteStore::open(dir.path())
-        .await
-        .expect("reopen and migrate");
+    let store = SqliteStore::open(dir).await.expect("reopen and migrate");
     let h = Harness::new(store, h.backend);
     let result = AssertUnwindSafe(async {
         {
@@ -3427,9 +3428,7 @@ async fn sqlite_search_index_is_rebuilt_by_the_contentless_migration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_activity_buckets_are_filled_by_their_migration() {
     let h = Harness::sqlite().await;
-    let Backend::Sqlite { dir } = &h.backend else {
-        unreachable!("a SQLite harness")
-    };
+    let dir = h.sqlite_dir();
     let alice = agent("alice");
     let c1 = h.open("support", Some("cust-1")).await;
     h.advance(25);
@@ -3439,7 +3438,7 @@ async fn sqlite_activity_buckets_are_filled_by_their_migration() {
     h.store.close().await;
 
     // Put the data directory back as migration 0006 left it.
-    let file = dir.path().join(DATABASE_FILE);
+    let file = dir.join(DATABASE_FILE);
     {
         let db = rusqlite::Connection::open(&file).expect("open the database file");
         db.execute_batch(
@@ -3476,9 +3475,7 @@ async fn sqlite_activity_buckets_are_filled_by_their_migration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_events_survive_the_visibility_check_rebuild() {
     let h = Harness::sqlite().await;
-    let Backend::Sqlite { dir } = &h.backend else {
-        unreachable!("a SQLite harness")
-    };
+    let dir = h.sqlite_dir();
     let c = h.open("support", Some("cust-1")).await;
     let (cust, alice, sue) = (customer("cust-1"), agent("alice"), supervisor("sue"));
     h.append(h.event(c, &cust, Some("m-1"), message("my kettle broke")))
@@ -3497,7 +3494,7 @@ async fn sqlite_events_survive_the_visibility_check_rebuild() {
     h.store.close().await;
 
     // Put the data directory back as migration 0007 left it: the table with the IN check.
-    let file = dir.path().join(DATABASE_FILE);
+    let file = dir.join(DATABASE_FILE);
     let events_schema = |db: &rusqlite::Connection| -> String {
         db.query_row(
             "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'",
