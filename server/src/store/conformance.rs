@@ -3470,8 +3470,9 @@ async fn sqlite_activity_buckets_are_filled_by_their_migration() {
 }
 
 /// SQLite only: migration 0008 rebuilds the events table (its visibility check written
-/// without an IN list). A data directory from before it keeps every event, each stream's
-/// order, the hash chain, the stream and idempotency indexes, and the check itself.
+/// without an IN list), and 0009 keys the idempotency index by `client_id` first. A data
+/// directory from before them keeps every event, each stream's order, the hash chain,
+/// the stream and idempotency indexes, and the check itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_events_survive_the_visibility_check_rebuild() {
     let h = Harness::sqlite().await;
@@ -3524,7 +3525,7 @@ async fn sqlite_events_survive_the_visibility_check_rebuild() {
                  WHERE public_seq IS NOT NULL;
              CREATE UNIQUE INDEX events_idempotency ON events (actor_id, client_id)
                  WHERE client_id IS NOT NULL;
-             DELETE FROM _sqlx_migrations WHERE version = 8;",
+             DELETE FROM _sqlx_migrations WHERE version >= 8;",
         )
         .expect("recreate the schema of migration 0007");
         assert!(events_schema(&db).contains("IN ('public'"));
@@ -3547,6 +3548,14 @@ async fn sqlite_events_survive_the_visibility_check_rebuild() {
                 indexes.contains("events_public_stream") && indexes.contains("events_idempotency"),
                 "{indexes:?}"
             );
+            let idempotency_key: Vec<String> = db
+                .prepare("SELECT name FROM pragma_index_info('events_idempotency') ORDER BY seqno")
+                .expect("the index's columns")
+                .query_map([], |row| row.get(0))
+                .expect("its columns")
+                .collect::<Result<_, _>>()
+                .expect("column names");
+            assert_eq!(idempotency_key, ["client_id", "actor_id"]);
             let refused = db.execute(
                 "UPDATE events SET visibility = 'everyone' WHERE rowid = (SELECT MIN(rowid) FROM events)",
                 [],

@@ -773,6 +773,31 @@ mod tests {
     use super::super::Store;
     use super::*;
 
+    /// A `client_id`'s retry is found through the idempotency index, keyed by
+    /// `client_id` first (migration 0009): a time-ordered `client_id`, the JavaScript
+    /// client's, then adds its entry at the index's end instead of on a page among its
+    /// author's earlier ones. Keyed the other way round, or not used, the plan differs.
+    #[tokio::test]
+    async fn a_retry_is_looked_up_by_client_id_then_author() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = SqliteStore::open(dir.path())
+            .await
+            .expect("open and migrate");
+        store.close().await;
+        let db = Connection::open(dir.path().join(DATABASE_FILE)).expect("open the database file");
+        let plan: Vec<String> = db
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", SELECT_RETRIED.as_str()))
+            .expect("the lookup compiles")
+            .query_map(params!["an-author", "a-client-id"], |row| row.get(3))
+            .expect("its plan")
+            .collect::<Result<_, _>>()
+            .expect("plan rows");
+        assert_eq!(
+            plan,
+            ["SEARCH events USING INDEX events_idempotency (client_id=? AND actor_id=?)"]
+        );
+    }
+
     /// SQLite compiles some expressions into a temporary B-tree that every execution
     /// opens, fills and closes again: a RETURNING clause, an IN list of more than two
     /// constants (even inside a table's CHECK), a sort. On the statements every note and
