@@ -21,6 +21,7 @@
 import { Backoff, backoffDelay, type BackoffOptions } from './backoff.js';
 import { BackchannelError, CloseCode, closeAction, type CloseAction } from './codes.js';
 import { Emitter } from './emitter.js';
+import { newClientId } from './ids.js';
 import { Subscription, type ResetContext, type SubscriptionHost } from './subscription.js';
 import { Transport, type WebSocketConstructor } from './transport.js';
 import type {
@@ -692,12 +693,4 @@ function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<
 
 function idOf(request: PendingRequest): { clientId?: string } {
   return request.clientId === undefined ? {} : { clientId: request.clientId };
-}
-
-function newClientId(): string {
-  const crypto = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
-  if (crypto?.randomUUID !== undefined) return crypto.randomUUID();
-  let id = '';
-  for (let i = 0; i < 32; i++) id += Math.floor(Math.random() * 16).toString(16);
-  return id;
 }

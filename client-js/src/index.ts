@@ -8,6 +8,7 @@
  * - `backoff.ts`: full-jitter reconnect delays.
  * - `emitter.ts`: the typed event emitter both classes extend.
  * - `http.ts`: `HttpApi` for history paging and opening conversations.
+ * - `ids.ts`: `newClientId`, the time-ordered `client_id` a `send` or `note` gets.
  * - `types.ts`: the wire frames.
  */
 
@@ -38,5 +39,6 @@ export type { BackoffOptions } from './backoff.js';
 export { Emitter } from './emitter.js';
 export type { Listener } from './emitter.js';
 export { HttpApi, httpBaseFromWsUrl } from './http.js';
+export { newClientId } from './ids.js';
 export type { ConversationView, FetchLike, HistoryPage, HttpApiOptions, OpenConversation } from './http.js';
 export type * from './types.js';

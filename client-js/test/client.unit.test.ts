@@ -11,6 +11,7 @@ import {
   backoffDelay,
   Client,
   closeAction,
+  newClientId,
   type ClientOptions,
   type CloseInfo,
   type EventFrame,
@@ -77,6 +78,46 @@ describe('codes and backoff', () => {
     assert.deepEqual([backoff.next(), backoff.next(), backoff.next(), backoff.next(), backoff.next()], [150, 200, 300, 500, 600]);
     backoff.reset();
     assert.equal(backoff.next(), 150);
+  });
+});
+
+describe('client ids', () => {
+  const UUID_V7 = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+
+  test('a client_id is a UUIDv7 that starts with its time in milliseconds', () => {
+    const at = Date.UTC(2026, 11, 7, 23, 45, 1, 234);
+    const id = newClientId(at);
+    assert.match(id, UUID_V7);
+    assert.equal(parseInt(id.slice(0, 8) + id.slice(9, 13), 16), at);
+    assert.equal(newClientId(0).slice(0, 13), '00000000-0000');
+    assert.equal(newClientId(2 ** 48 - 1).slice(0, 13), 'ffffffff-ffff');
+  });
+
+  test('client_ids sort by the time they were made, and never repeat', () => {
+    // The server's idempotency index keys on client_id first: ids in time order land
+    // at its end. Within one millisecond the order is random; across milliseconds it
+    // is the time's.
+    const ids: string[] = [];
+    for (let ms = 1_700_000_000_000; ms < 1_700_000_000_000 + 2000; ms += 1) ids.push(newClientId(ms), newClientId(ms));
+    const byTime = ids.filter((_, i) => i % 2 === 0);
+    assert.deepEqual([...byTime].sort(), byTime);
+    assert.equal(new Set(ids).size, ids.length);
+    for (const id of ids) assert.match(id, UUID_V7);
+  });
+
+  test('a send and a note without a clientId get a fresh UUIDv7 each', async () => {
+    const client = track(makeClient());
+    client.connect();
+    await until(() => FakeSocket.instances.length === 1, 'a socket');
+    FakeSocket.last.welcome();
+    client.send(CONV, 'hello').catch(() => {});
+    client.note(CONV, 'internal').catch(() => {});
+    const socket = FakeSocket.last;
+    const sendId = socket.frames('send')[0]!.client_id;
+    const noteId = socket.frames('note')[0]!.client_id;
+    assert.match(sendId, UUID_V7);
+    assert.match(noteId, UUID_V7);
+    assert.notEqual(sendId, noteId);
   });
 });
 

@@ -136,6 +136,26 @@ var Emitter = class {
   }
 };
 
+// src/ids.ts
+function newClientId(now = Date.now()) {
+  const bytes = new Uint8Array(16);
+  const crypto = globalThis.crypto;
+  if (crypto?.getRandomValues !== void 0) {
+    crypto.getRandomValues(bytes);
+  } else {
+    for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+  }
+  let ms = Math.max(0, Math.floor(now));
+  for (let i = 5; i >= 0; i--) {
+    bytes[i] = ms % 256;
+    ms = Math.floor(ms / 256);
+  }
+  bytes[6] = bytes[6] & 15 | 112;
+  bytes[8] = bytes[8] & 63 | 128;
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
 // src/subscription.ts
 var MAX_BUFFERED_EVENTS = 1e4;
 var Subscription = class extends Emitter {
@@ -918,13 +938,6 @@ function withTimeout(promise, ms, what) {
 function idOf(request) {
   return request.clientId === void 0 ? {} : { clientId: request.clientId };
 }
-function newClientId() {
-  const crypto = globalThis.crypto;
-  if (crypto?.randomUUID !== void 0) return crypto.randomUUID();
-  let id = "";
-  for (let i = 0; i < 32; i++) id += Math.floor(Math.random() * 16).toString(16);
-  return id;
-}
 
 // src/http.ts
 function httpBaseFromWsUrl(wsUrl) {
@@ -1041,5 +1054,6 @@ export {
   TEMPORARY_ERROR_CODES,
   backoffDelay,
   closeAction,
-  httpBaseFromWsUrl
+  httpBaseFromWsUrl,
+  newClientId
 };
