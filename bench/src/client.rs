@@ -66,7 +66,7 @@ pub struct Spec {
     pub latency: bool,
     /// Which latency group its deliveries are recorded in.
     pub group: usize,
-    /// A number unique in the run, for `client_id`s and the relay's actor id.
+    /// A number unique in the run: the relay's actor and event ids, Socket.IO's user id.
     pub id: u32,
     /// Characters of padding after the marker and time in each body.
     pub body_pad: usize,
@@ -410,8 +410,8 @@ impl Conn {
             Proto::Backchannel { conversation, .. } => {
                 let kind = if note { "note" } else { "send" };
                 format!(
-                    "{{\"type\":\"{kind}\",\"ref\":{t},\"conversation_id\":\"{conversation}\",\"client_id\":\"c{}-{}\",\"body\":\"{body}\"}}",
-                    self.spec.id, self.sent
+                    "{{\"type\":\"{kind}\",\"ref\":{t},\"conversation_id\":\"{conversation}\",\"client_id\":\"{}\",\"body\":\"{body}\"}}",
+                    new_client_id()
                 )
             }
             Proto::Relay { room } => relay_event_frame(room, self.sent, note, self.spec.id, &body),
@@ -419,8 +419,8 @@ impl Conn {
                 if note { "note" } else { "send" },
                 t,
                 &format!(
-                    "{{\"conversation_id\":\"{room}\",\"client_id\":\"c{}-{}\",\"body\":\"{body}\"}}",
-                    self.spec.id, self.sent
+                    "{{\"conversation_id\":\"{room}\",\"client_id\":\"{}\",\"body\":\"{body}\"}}",
+                    new_client_id()
                 ),
             ),
         };
@@ -547,6 +547,12 @@ impl Conn {
 /// The frame a relay client sends: shaped like the `event` frame Backchannel delivers
 /// for the same note or message (same fields, same order, same sizes), so both servers
 /// move the same bytes.
+/// A `client_id` as the JavaScript client makes one (`client-js`, `newClientId`): a
+/// UUIDv7, ordered by time, so the load is what a floor of real consoles sends.
+fn new_client_id() -> uuid::Uuid {
+    uuid::Uuid::now_v7()
+}
+
 pub fn relay_event_frame(room: &str, n: u64, note: bool, id: u32, body: &str) -> String {
     let event_id = format!("019ab{:03x}-{:04x}-7000-8000-{:012x}", id % 4096, 0, n);
     let at = "2026-11-23T21:07:01.123456Z";
