@@ -773,18 +773,25 @@ mod tests {
     use super::super::Store;
     use super::*;
 
-    /// A `client_id`'s retry is found through the idempotency index, keyed by
-    /// `client_id` first (migration 0009): a time-ordered `client_id`, the JavaScript
-    /// client's, then adds its entry at the index's end instead of on a page among its
-    /// author's earlier ones. Keyed the other way round, or not used, the plan differs.
-    #[tokio::test]
-    async fn a_retry_is_looked_up_by_client_id_then_author() {
+    /// A database file migrated as the store opens it, and a plain connection to it (the
+    /// directory goes with the first).
+    async fn migrated_database() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = SqliteStore::open(dir.path())
             .await
             .expect("open and migrate");
         store.close().await;
         let db = Connection::open(dir.path().join(DATABASE_FILE)).expect("open the database file");
+        (dir, db)
+    }
+
+    /// A `client_id`'s retry is found through the idempotency index, keyed by
+    /// `client_id` first (migration 0009): a time-ordered `client_id`, the JavaScript
+    /// client's, then adds its entry at the index's end instead of on a page among its
+    /// author's earlier ones. Keyed the other way round, or not used, the plan differs.
+    #[tokio::test]
+    async fn a_retry_is_looked_up_by_client_id_then_author() {
+        let (_dir, db) = migrated_database().await;
         let plan: Vec<String> = db
             .prepare(&format!("EXPLAIN QUERY PLAN {}", SELECT_RETRIED.as_str()))
             .expect("the lookup compiles")
@@ -805,12 +812,7 @@ mod tests {
     /// may compile into one.
     #[tokio::test]
     async fn an_append_builds_no_temporary_btree() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = SqliteStore::open(dir.path())
-            .await
-            .expect("open and migrate");
-        store.close().await;
-        let db = Connection::open(dir.path().join(DATABASE_FILE)).expect("open the database file");
+        let (_dir, db) = migrated_database().await;
         for sql in [
             SELECT_RETRIED.as_str(),
             INSERT_EVENT.as_str(),
