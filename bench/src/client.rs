@@ -544,15 +544,15 @@ impl Conn {
     }
 }
 
-/// The frame a relay client sends: shaped like the `event` frame Backchannel delivers
-/// for the same note or message (same fields, same order, same sizes), so both servers
-/// move the same bytes.
 /// A `client_id` as the JavaScript client makes one (`client-js`, `newClientId`): a
 /// UUIDv7, ordered by time, so the load is what a floor of real consoles sends.
 fn new_client_id() -> uuid::Uuid {
     uuid::Uuid::now_v7()
 }
 
+/// The frame a relay client sends: shaped like the `event` frame Backchannel delivers
+/// for the same note or message (same fields, same order, same sizes), so both servers
+/// move the same bytes.
 pub fn relay_event_frame(room: &str, n: u64, note: bool, id: u32, body: &str) -> String {
     let event_id = format!("019ab{:03x}-{:04x}-7000-8000-{:012x}", id % 4096, 0, n);
     let at = "2026-11-23T21:07:01.123456Z";
