@@ -3290,6 +3290,54 @@ async fn postgres_client_id_taken_by_another_node_mid_batch() {
     h.finish(result).await;
 }
 
+/// PostgreSQL only: migration 0007 keys the idempotency index by `client_id` first, so a
+/// time-ordered `client_id` (the JavaScript client's) adds its entry at the index's end;
+/// the insert's `ON CONFLICT (actor_id, client_id)` still finds it (a retry answers with
+/// the event stored first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_idempotency_index_is_keyed_by_client_id_first() {
+    let h = Harness::postgres().await;
+    let result = AssertUnwindSafe(async {
+        let mut db = h.other_node_transaction().await;
+        let key: Vec<String> = sqlx::query_scalar(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indexrelid \
+             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, position) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE c.relname = 'events_idempotency' ORDER BY k.position",
+        )
+        .fetch_all(&mut db)
+        .await
+        .expect("the index's columns");
+        assert_eq!(key, ["client_id", "actor_id"]);
+        drop(db);
+
+        let c = h.open("support", Some("cust-1")).await;
+        let cust = customer("cust-1");
+        let first = h
+            .append(h.event(
+                c,
+                &cust,
+                Some("019af000-0000-7000-8000-000000000001"),
+                message("hi"),
+            ))
+            .await;
+        let retry = h
+            .append(h.event(
+                c,
+                &cust,
+                Some("019af000-0000-7000-8000-000000000001"),
+                message("hi"),
+            ))
+            .await;
+        assert!(retry.duplicate);
+        assert_eq!(retry.events[0].view.id, first.events[0].view.id);
+    })
+    .catch_unwind()
+    .await;
+    h.finish(result).await;
+}
+
 /// PostgreSQL only: a batch of plain appends to a conversation whose head this node
 /// remembers is written in one statement, without the locking read; once another node
 /// has moved that head, the statement writes nothing and the batch is written on the
