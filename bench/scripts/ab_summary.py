@@ -5,8 +5,9 @@
 
 Reads DIR/a-N.json and DIR/b-N.json (one bc-load JSON line each) and prints, per run,
 what the scenario measures: for `fanout`, Backchannel's CPU µs per delivery, its ratio to
-the relay and its p99 in each fixed round; for `durable`, each store's acknowledged
-notes per second, hub CPU µs per ack and ack p99. Then each figure's median over A's
+the relay, its p99 and its lost deliveries in each fixed round; for `durable`, each
+store's acknowledged notes per second, hub CPU µs per ack, ack p99 and errors. A build
+that loses deliveries is broken, not fast: read the lost deliveries first. Then each figure's median over A's
 runs and over B's, and B's median over A's.
 """
 
@@ -24,7 +25,9 @@ def figures(line):
         hub = line["backchannel"]
         rounds = hub["fixed_rounds"]
         out["µs per delivery"] = [r["server_cpu_us_per_delivery"] for r in rounds]
-        out["p99 ms"] = [r["latency"]["p99_ms"] for r in rounds]
+        # A round that delivered nothing has no percentiles: it shows as lost deliveries.
+        out["p99 ms"] = [r["latency"]["p99_ms"] for r in rounds if "p99_ms" in r["latency"]]
+        out["lost deliveries"] = [r["lost"] for r in rounds]
         ratio = line.get("ratio_to_relay") or {}
         if ratio.get("cpu_us_per_delivery_fixed_rounds"):
             out["ratio to relay"] = ratio["cpu_us_per_delivery_fixed_rounds"]
@@ -35,7 +38,8 @@ def figures(line):
                 run = line[store]
                 out[f"{store} acks/s"] = [run["acks_per_s"]]
                 out[f"{store} µs per ack"] = [run["server_cpu_us_per_ack"]]
-                out[f"{store} ack p99 ms"] = [run["ack_latency"]["p99_ms"]]
+                out[f"{store} ack p99 ms"] = [run["ack_latency"].get("p99_ms")]
+                out[f"{store} errors"] = [run["correctness"]["errors"]]
     else:
         raise SystemExit(f"ab_summary.py: no summary for scenario {scenario!r}")
     return out
@@ -67,7 +71,7 @@ def main():
         print(name)
         medians = {}
         for side, runs in sides.items():
-            values = [v for _, figs in runs for v in figs.get(name, [])]
+            values = [v for _, figs in runs for v in figs.get(name, []) if v is not None]
             shown = " / ".join(f"{v:g}" for v in values)
             if values:
                 medians[side] = statistics.median(values)
