@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use backchannel_protocol::server::{Notification, NotificationKind};
 use backchannel_protocol::{ConversationId, EventData, InboxId, UserId, Visibility};
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{
+    params, CachedStatement, Connection, OpenFlags, OptionalExtension, TransactionBehavior,
+};
 use tokio::sync::oneshot;
 
 use super::chain;
@@ -101,6 +103,60 @@ const UPDATE_HEAD: &str = "UPDATE conversations SET public_seq = ?1, agent_seq =
 const UPDATE_HEAD_AND_SLOT: &str = "UPDATE conversations SET public_seq = ?1, agent_seq = ?2, \
     supervisor_seq = ?3, last_hash = ?4, last_activity_at = COALESCE(?5, last_activity_at), \
     last_public_at = COALESCE(?6, last_public_at), activity_bucket = ?8 WHERE id = ?7";
+
+/// The statements above, as [`Statements`] keeps them.
+#[derive(Clone, Copy)]
+enum Hot {
+    Retried,
+    InsertEvent,
+    InsertNote,
+    InsertSearch,
+    UpdateHead,
+    UpdateHeadAndSlot,
+}
+
+impl Hot {
+    const COUNT: usize = 6;
+
+    fn sql(self) -> &'static str {
+        match self {
+            Hot::Retried => SELECT_RETRIED.as_str(),
+            Hot::InsertEvent => INSERT_EVENT.as_str(),
+            Hot::InsertNote => INSERT_NOTE,
+            Hot::InsertSearch => INSERT_SEARCH,
+            Hot::UpdateHead => UPDATE_HEAD,
+            Hot::UpdateHeadAndSlot => UPDATE_HEAD_AND_SLOT,
+        }
+    }
+}
+
+/// A batch's connection, and the statements every message or note runs, each taken from
+/// the connection's statement cache at its first use in the batch and kept until the
+/// commit. rusqlite's cache hashes a statement's text when it is taken out and again when
+/// it goes back, and clears its bindings; taken once per event, five statements a note,
+/// that was ~2 % of the hub's samples in `durable` (docs/benchmarks-log.md). The rarer
+/// statements go through the cache as before (`db`).
+struct Statements<'c> {
+    db: &'c Connection,
+    hot: [Option<CachedStatement<'c>>; Hot::COUNT],
+}
+
+impl<'c> Statements<'c> {
+    fn new(db: &'c Connection) -> Statements<'c> {
+        Statements {
+            db,
+            hot: Default::default(),
+        }
+    }
+
+    fn get(&mut self, which: Hot) -> Result<&mut CachedStatement<'c>, StoreError> {
+        let slot = &mut self.hot[which as usize];
+        Ok(match slot {
+            Some(statement) => statement,
+            None => slot.insert(self.db.prepare_cached(which.sql())?),
+        })
+    }
+}
 
 struct Job {
     batch: Vec<WriteRequest>,
@@ -265,28 +321,32 @@ fn write_batch(
     heads.revalidate(&transaction)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut search = Vec::new();
+    let mut statements = Statements::new(&transaction);
     for request in batch {
         outcomes.push(match request {
             WriteRequest::Append { events, guard } => {
-                append(&transaction, heads, events, *guard, &mut search)?
+                append(&mut statements, heads, events, *guard, &mut search)?
             }
             WriteRequest::Open(conversation) => {
-                open_conversation(&transaction, heads, conversation, &mut search)?
+                open_conversation(&mut statements, heads, conversation, &mut search)?
             }
         });
     }
-    write_search(&transaction, &search)?;
+    write_search(&mut statements, &search)?;
+    // The statements go back to the cache before the transaction ends.
+    drop(statements);
     transaction.commit()?;
     heads.committed();
     Ok(outcomes)
 }
 
 fn open_conversation(
-    db: &Connection,
+    statements: &mut Statements<'_>,
     heads: &mut HeadCache,
     new: &NewConversation,
     search: &mut Vec<SearchWrite>,
 ) -> Refusable<WriteOutcome> {
+    let db = statements.db;
     let inbox = db
         .prepare_cached("SELECT 1 FROM inboxes WHERE id = ?")?
         .query_row([new.inbox_id.as_str()], |_| Ok(()))
@@ -321,14 +381,14 @@ fn open_conversation(
             .collect();
         &with_then
     };
-    append(db, heads, events, None, search)
+    append(statements, heads, events, None, search)
 }
 
 /// Appends events of one conversation: allocates their seqs from the conversation's
 /// counters, chains their hashes, and updates the projections they imply. Every refusal
 /// comes before the first write.
 fn append(
-    db: &Connection,
+    statements: &mut Statements<'_>,
     cache: &mut HeadCache,
     events: &[NewEvent],
     guard: Option<ReplyGuard>,
@@ -341,10 +401,11 @@ fn append(
             duplicate: false,
         }));
     };
+    let db = statements.db;
     let conversation = first.conversation_id;
     let conversation_text = conversation.to_string();
     if let Some(client_id) = &first.client_id {
-        let mut statement = db.prepare_cached(&SELECT_RETRIED)?;
+        let statement = statements.get(Hot::Retried)?;
         let mut rows = statement.query(params![first.actor.id.as_str(), client_id])?;
         if let Some(row) = rows.next()? {
             return Ok(Ok(WriteOutcome {
@@ -387,7 +448,7 @@ fn append(
                 "one append request spans two conversations".into(),
             ));
         }
-        let event = insert_event(db, new, heads, previous)?;
+        let event = insert_event(statements, new, heads, previous)?;
         heads = heads.after(&event.seqs);
         previous = event.hash;
         let at = to_micros(new.at);
@@ -398,7 +459,7 @@ fn append(
             last_public_at = Some(at);
         }
         project(
-            db,
+            statements,
             &event,
             head.contact_id.as_deref(),
             &mut notifications,
@@ -408,10 +469,10 @@ fn append(
     }
     let activity_bucket = last_agent_at.map_or(head.activity_bucket, super::activity_bucket);
     let new_slot = activity_bucket != head.activity_bucket;
-    let mut statement = db.prepare_cached(if new_slot {
-        UPDATE_HEAD_AND_SLOT
+    let statement = statements.get(if new_slot {
+        Hot::UpdateHeadAndSlot
     } else {
-        UPDATE_HEAD
+        Hot::UpdateHead
     })?;
     statement.raw_bind_parameter(1, heads.public as i64)?;
     statement.raw_bind_parameter(2, heads.agent as i64)?;
@@ -524,7 +585,7 @@ fn unseen(
 }
 
 fn insert_event(
-    db: &Connection,
+    statements: &mut Statements<'_>,
     new: &NewEvent,
     heads: Heads,
     previous: [u8; 32],
@@ -533,7 +594,7 @@ fn insert_event(
     let seqs = event.seqs;
     let visibility = new.data.visibility();
     let at = to_micros(new.at);
-    db.prepare_cached(&INSERT_EVENT)?.execute(params![
+    statements.get(Hot::InsertEvent)?.execute(params![
         new.id.to_string(),
         new.conversation_id.to_string(),
         seqs.supervisor as i64,
@@ -561,15 +622,18 @@ enum SearchWrite {
     Update { rowid: i64, body: String },
 }
 
-fn write_search(db: &Connection, writes: &[SearchWrite]) -> Result<(), StoreError> {
+fn write_search(statements: &mut Statements<'_>, writes: &[SearchWrite]) -> Result<(), StoreError> {
     for write in writes {
         match write {
             SearchWrite::Insert { rowid, body } => {
-                db.prepare_cached(INSERT_SEARCH)?
+                statements
+                    .get(Hot::InsertSearch)?
                     .execute(params![rowid, body])?;
             }
             SearchWrite::Update { rowid, body } => {
-                db.prepare_cached("UPDATE note_search SET body = ? WHERE rowid = ?")?
+                statements
+                    .db
+                    .prepare_cached("UPDATE note_search SET body = ? WHERE rowid = ?")?
                     .execute(params![body, rowid])?;
             }
         }
@@ -580,12 +644,13 @@ fn write_search(db: &Connection, writes: &[SearchWrite]) -> Result<(), StoreErro
 /// Keeps the tables derived from the log (notes, search, tags, fields, assignment,
 /// status) and the notifications an event implies, in the append transaction.
 fn project(
-    db: &Connection,
+    statements: &mut Statements<'_>,
     event: &Event,
     contact_id: Option<&str>,
     notifications: &mut Vec<UserNotification>,
     search: &mut Vec<SearchWrite>,
 ) -> Result<(), StoreError> {
+    let db = statements.db;
     let conversation = event.conversation_id.to_string();
     let actor = &event.view.actor;
     match &event.view.data {
@@ -595,7 +660,7 @@ fn project(
             audience,
             mentions,
         } => {
-            db.prepare_cached(INSERT_NOTE)?.execute(params![
+            statements.get(Hot::InsertNote)?.execute(params![
                 event.view.id.to_string(),
                 conversation,
                 contact_id,
