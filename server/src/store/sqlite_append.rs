@@ -104,7 +104,8 @@ const UPDATE_HEAD_AND_SLOT: &str = "UPDATE conversations SET public_seq = ?1, ag
     supervisor_seq = ?3, last_hash = ?4, last_activity_at = COALESCE(?5, last_activity_at), \
     last_public_at = COALESCE(?6, last_public_at), activity_bucket = ?8 WHERE id = ?7";
 
-/// The statements above, as [`Statements`] keeps them.
+/// The statements above, as [`Statements`] keeps them (and as the test that none builds a
+/// temporary B-tree reads them).
 #[derive(Clone, Copy)]
 enum Hot {
     Retried,
@@ -116,7 +117,14 @@ enum Hot {
 }
 
 impl Hot {
-    const COUNT: usize = 6;
+    const ALL: [Hot; 6] = [
+        Hot::Retried,
+        Hot::InsertEvent,
+        Hot::InsertNote,
+        Hot::InsertSearch,
+        Hot::UpdateHead,
+        Hot::UpdateHeadAndSlot,
+    ];
 
     fn sql(self) -> &'static str {
         match self {
@@ -138,7 +146,7 @@ impl Hot {
 /// statements go through the cache as before (`db`).
 struct Statements<'c> {
     db: &'c Connection,
-    hot: [Option<CachedStatement<'c>>; Hot::COUNT],
+    hot: [Option<CachedStatement<'c>>; Hot::ALL.len()],
 }
 
 impl<'c> Statements<'c> {
@@ -875,17 +883,18 @@ mod tests {
     /// constants (even inside a table's CHECK), a sort. On the statements every note and
     /// message runs that was a tenth of the append thread's work per note; none of them
     /// may compile into one.
+    #[test]
+    fn the_hot_statements_are_listed_in_order() {
+        // `Statements` keeps `which` at `hot[which as usize]`.
+        for (slot, which) in Hot::ALL.into_iter().enumerate() {
+            assert_eq!(which as usize, slot);
+        }
+    }
+
     #[tokio::test]
     async fn an_append_builds_no_temporary_btree() {
         let (_dir, db) = migrated_database().await;
-        for sql in [
-            SELECT_RETRIED.as_str(),
-            INSERT_EVENT.as_str(),
-            INSERT_NOTE,
-            INSERT_SEARCH,
-            UPDATE_HEAD,
-            UPDATE_HEAD_AND_SLOT,
-        ] {
+        for sql in Hot::ALL.map(Hot::sql) {
             let mut explain = db
                 .prepare(&format!("EXPLAIN {sql}"))
                 .expect("the statement compiles");
