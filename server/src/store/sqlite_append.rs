@@ -142,7 +142,8 @@ impl Hot {
 /// the connection's statement cache at its first use in the batch and kept until the
 /// commit. rusqlite's cache hashes a statement's text when it is taken out and again when
 /// it goes back, and clears its bindings; taken once per event, five statements a note,
-/// that was ~2 % of the hub's samples in `durable` (docs/benchmarks-log.md). The rarer
+/// that was 6.6 % of this thread's instructions in `durable` (docs/benchmarks-log.md,
+/// first session of 2026-12-08). The rarer
 /// statements go through the cache as before (`db`).
 struct Statements<'c> {
     db: &'c Connection,
