@@ -1,6 +1,7 @@
 //! What the benchmark reads from and asks of the operating system: CPU pinning
-//! (`sched_setaffinity`), the file descriptor limit, and a process's CPU time and
-//! resident memory from `/proc/PID/stat` and `/proc/PID/status`.
+//! (`sched_setaffinity`), the file descriptor limit, a process's CPU time and resident
+//! memory from `/proc/PID/stat` and `/proc/PID/status`, and what the machine is: its CPU,
+//! kernel, and what one durable commit costs its disk.
 
 use std::fs;
 use std::io;
@@ -98,21 +99,141 @@ pub fn source_addresses(connections: usize, requested: Option<usize>) -> Vec<Ipv
         .collect()
 }
 
-/// One line about the machine: cores, CPU model, kernel.
+/// One line about the machine: cores, CPU model (its name, and its family and model
+/// numbers, which tell apart machines that share a name), kernel.
 pub fn machine() -> serde_json::Value {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
+    // The first processor's value of `key` (`model name`, `cpu family`, `model`).
+    let field = |key: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == key))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let number = |key: &str| field(key).parse::<u32>().ok();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
     // SAFETY: sysconf has no preconditions.
     let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    serde_json::json!({ "cores": cores, "cpu": model, "kernel": kernel })
+    serde_json::json!({
+        "cores": cores,
+        "cpu": field("model name"),
+        "cpu_family": number("cpu family"),
+        "cpu_model": number("model"),
+        "kernel": kernel,
+    })
+}
+
+/// What one durable commit costs this machine's disk before any database work:
+/// [`DiskCommit::BYTES`] written after the last, then `fdatasync`, as a store's commit
+/// does. Machines of one name differ most here (`scripts/fsync_probe.py` has put a 2 KB
+/// commit at 45 to 110 µs of CPU on this project's machines: docs/benchmarks.md, "What
+/// bounds", section 2), and the store's share of the hub's CPU moves with it, so every
+/// line carries its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiskCommit {
+    pub commits: usize,
+    /// User plus system CPU time of the probing thread per commit.
+    pub cpu_us: f64,
+    pub wall_p50_us: f64,
+    pub wall_p99_us: f64,
+}
+
+impl DiskCommit {
+    pub const BYTES: usize = 2048;
+
+    /// Commits `commits` times into a new file in `dir` (which must be on the disk
+    /// being measured: a memory-backed /tmp syncs for free), from a thread pinned to
+    /// `cores` when given (the server's, so the figure is that core's). The file is
+    /// removed afterwards, whatever happened.
+    pub fn probe(
+        dir: &std::path::Path,
+        cores: Option<&[usize]>,
+        commits: usize,
+    ) -> io::Result<DiskCommit> {
+        let path = dir.join(format!("bc-disk-probe-{}", std::process::id()));
+        let cores = cores.map(<[usize]>::to_vec);
+        let worker_path = path.clone();
+        let outcome = std::thread::spawn(move || {
+            if let Some(cores) = &cores {
+                pin_self(cores)?;
+            }
+            commit_repeatedly(&worker_path, commits)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the disk probe's thread panicked")));
+        let _ = fs::remove_file(&path);
+        outcome
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "bytes": Self::BYTES,
+            "commits": self.commits,
+            "cpu_us": crate::stats::round(self.cpu_us, 1),
+            "wall_p50_us": crate::stats::round(self.wall_p50_us, 1),
+            "wall_p99_us": crate::stats::round(self.wall_p99_us, 1),
+        })
+    }
+}
+
+fn commit_repeatedly(path: &std::path::Path, commits: usize) -> io::Result<DiskCommit> {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+
+    if commits == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no commits to time",
+        ));
+    }
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    let length = (commits * DiskCommit::BYTES) as libc::off_t;
+    // Preallocated, as SQLite's WAL is once it has grown: each sync then writes data,
+    // not the file's new size.
+    // SAFETY: posix_fallocate takes an open descriptor we own and two plain integers.
+    let failed = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, length) };
+    if failed != 0 {
+        return Err(io::Error::from_raw_os_error(failed));
+    }
+    file.sync_all()?;
+    let data = [b'x'; DiskCommit::BYTES];
+    let mut wall = Vec::with_capacity(commits);
+    let cpu_before = thread_cpu_micros()?;
+    for i in 0..commits {
+        let start = std::time::Instant::now();
+        file.write_all_at(&data, (i * DiskCommit::BYTES) as u64)?;
+        file.sync_data()?;
+        wall.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    let cpu = thread_cpu_micros()? - cpu_before;
+    wall.sort_by(f64::total_cmp);
+    let at = |q: f64| wall[((wall.len() - 1) as f64 * q).round() as usize];
+    Ok(DiskCommit {
+        commits,
+        cpu_us: cpu / commits as f64,
+        wall_p50_us: at(0.50),
+        wall_p99_us: at(0.99),
+    })
+}
+
+/// CPU time (user plus system) of the calling thread, in microseconds.
+fn thread_cpu_micros() -> io::Result<f64> {
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe {
+        let mut now: libc::timespec = std::mem::zeroed();
+        if libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(now.tv_sec as f64 * 1e6 + now.tv_nsec as f64 / 1e3)
+    }
 }
 
 /// Busy time of each core since boot (all but idle and iowait), in microseconds.
@@ -171,4 +292,61 @@ pub fn listen_overflows() -> Option<u64> {
         return values.split_whitespace().nth(index)?.parse().ok();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory of its own under the temporary directory, removed by the caller.
+    fn fresh_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("bc-sys-test-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("a fresh directory");
+        dir
+    }
+
+    #[test]
+    fn the_disk_probe_times_every_commit_and_leaves_no_file() {
+        let dir = fresh_dir("probe");
+        let probe = DiskCommit::probe(&dir, None, 20).expect("the probe runs");
+        let left: Vec<_> = fs::read_dir(&dir).expect("readable").collect();
+        fs::remove_dir_all(&dir).expect("removed");
+        assert_eq!(probe.commits, 20);
+        assert!(probe.cpu_us > 0.0, "{probe:?}");
+        assert!(
+            probe.wall_p50_us > 0.0 && probe.wall_p50_us <= probe.wall_p99_us,
+            "{probe:?}"
+        );
+        assert!(left.is_empty(), "the probe's file was removed: {left:?}");
+        let line = probe.to_json();
+        assert_eq!(line["bytes"], 2048);
+        assert_eq!(line["commits"], 20);
+    }
+
+    #[test]
+    fn a_disk_probe_that_cannot_write_says_why() {
+        let dir = std::env::temp_dir().join(format!("bc-sys-test-missing-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let failed = DiskCommit::probe(&dir, None, 20).expect_err("no directory to write in");
+        assert_eq!(failed.kind(), io::ErrorKind::NotFound, "{failed}");
+        let empty = fresh_dir("zero");
+        let nothing = DiskCommit::probe(&empty, None, 0).expect_err("nothing to time");
+        fs::remove_dir_all(&empty).expect("removed");
+        assert_eq!(nothing.kind(), io::ErrorKind::InvalidInput, "{nothing}");
+    }
+
+    #[test]
+    fn the_machine_is_named_by_its_cpu_numbers_too() {
+        let machine = machine();
+        assert!(
+            machine["cores"].as_i64().is_some_and(|n| n >= 1),
+            "{machine}"
+        );
+        // Every x86 Linux lists `cpu family` and `model` for each processor.
+        if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+            assert!(machine["cpu_family"].is_u64(), "{machine}");
+            assert!(machine["cpu_model"].is_u64(), "{machine}");
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! `bc-load fanout` against the relay and the Socket.IO server (on the machine's Redis,
 //! through its adapter), at a small scale: both are reached, every expected delivery
-//! arrives, a Socket.IO customer never gets a note, appends are acknowledged, and the
-//! ratio between the two is computed from their rounds.
+//! arrives, a Socket.IO customer never gets a note, appends are acknowledged, the ratio
+//! between the two is computed from their rounds, and the line says what a commit cost
+//! the disk.
 //!
 //! It needs `node`, the Socket.IO server's packages (`npm ci` in `bench/socketio`, which
 //! `scripts/test` runs first) and Redis on 127.0.0.1:6379; without them it fails.
@@ -92,4 +93,13 @@ fn fanout_measures_the_relay_and_socket_io_side_by_side() {
         );
     }
     assert_eq!(line["fixed_load"]["saturated"], serde_json::json!([]));
+    // The line names its machine's disk by what a commit cost it before the run.
+    let disk = &line["machine"]["disk_commit"];
+    assert_eq!(disk["commits"], 500, "the disk probe ran: {disk}");
+    assert_eq!(disk["bytes"], 2048, "{disk}");
+    assert!(
+        disk["cpu_us"].as_f64().is_some_and(|cpu| cpu > 0.0)
+            && disk["wall_p50_us"].as_f64() <= disk["wall_p99_us"].as_f64(),
+        "{disk}"
+    );
 }
