@@ -879,19 +879,20 @@ mod tests {
         );
     }
 
-    /// SQLite compiles some expressions into a temporary B-tree that every execution
-    /// opens, fills and closes again: a RETURNING clause, an IN list of more than two
-    /// constants (even inside a table's CHECK), a sort. On the statements every note and
-    /// message runs that was a tenth of the append thread's work per note; none of them
-    /// may compile into one.
+    /// `Statements` keeps each hot statement at `hot[which as usize]`, sized by
+    /// `Hot::ALL`: the list must hold every variant in declaration order.
     #[test]
     fn the_hot_statements_are_listed_in_order() {
-        // `Statements` keeps `which` at `hot[which as usize]`.
         for (slot, which) in Hot::ALL.into_iter().enumerate() {
             assert_eq!(which as usize, slot);
         }
     }
 
+    /// SQLite compiles some expressions into a temporary B-tree that every execution
+    /// opens, fills and closes again: a RETURNING clause, an IN list of more than two
+    /// constants (even inside a table's CHECK), a sort. On the statements every note and
+    /// message runs that was a tenth of the append thread's work per note; none of them
+    /// may compile into one.
     #[tokio::test]
     async fn an_append_builds_no_temporary_btree() {
         let (_dir, db) = migrated_database().await;
